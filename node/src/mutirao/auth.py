@@ -1,0 +1,129 @@
+"""Users, passwords and tokens.
+
+Passwords are stored as scrypt hashes in a JSON users file (``mutirao user add``). Login
+returns a bearer token ``<base64 claims>.<base64 HMAC-SHA256>`` signed with a secret kept
+in the orchestrator's data dir, so any orchestrator sharing that dir (or a copy of the
+secret) accepts it. Workers authenticate separately, with the cluster's join token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from mutirao.errors import AuthError, ConflictError, ValidationError
+
+USERS_FILE = "users.json"
+SECRET_FILE = "token.secret"
+JOIN_TOKEN_FILE = "join.token"
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    admin: bool
+
+
+def _hash(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+def read_or_create_secret(path: Path, make: int = 32) -> str:
+    """A secret kept in a private file, created on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(make)
+    _write_private(path, value.encode())
+    return value
+
+
+class UserStore:
+    """The users file: ``{name: {salt, hash, admin}}`` with hex-encoded bytes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        if not self.path.exists():
+            return {}
+        data: dict[str, dict[str, object]] = orjson.loads(self.path.read_bytes())
+        return data
+
+    def add(self, name: str, password: str, *, admin: bool = False, replace: bool = False) -> User:
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValidationError(
+                "user name must be letters, digits, '-', '_' or '.'", field="name"
+            )
+        if len(password) < 8:
+            raise ValidationError("password must have at least 8 characters", field="password")
+        users = self._load()
+        if name in users and not replace:
+            raise ConflictError(f"user {name!r} already exists", field="name")
+        salt = os.urandom(16)
+        users[name] = {"salt": salt.hex(), "hash": _hash(password, salt).hex(), "admin": admin}
+        _write_private(self.path, orjson.dumps(users, option=orjson.OPT_INDENT_2))
+        return User(name, admin)
+
+    def verify(self, name: str, password: str) -> User:
+        entry = self._load().get(name)
+        if entry is None:
+            # Hash anyway so a wrong user name costs as much time as a wrong password.
+            _hash(password, b"0" * 16)
+            raise AuthError("wrong user name or password")
+        salt = bytes.fromhex(str(entry["salt"]))
+        if not hmac.compare_digest(_hash(password, salt), bytes.fromhex(str(entry["hash"]))):
+            raise AuthError("wrong user name or password")
+        return User(name, bool(entry["admin"]))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, secret: str) -> None:
+        self._key = secret.encode()
+
+    def _sign(self, body: bytes) -> str:
+        return _b64(hmac.new(self._key, body, hashlib.sha256).digest())
+
+    def issue(self, user: User, now: float, ttl: float) -> str:
+        body = orjson.dumps({"sub": user.name, "adm": user.admin, "exp": now + ttl})
+        return f"{_b64(body)}.{self._sign(body)}"
+
+    def verify(self, token: str, now: float) -> User:
+        try:
+            body_text, signature = token.split(".", 1)
+            body = _unb64(body_text)
+        except ValueError:
+            raise AuthError("malformed token") from None
+        if not signature.isascii() or not hmac.compare_digest(self._sign(body), signature):
+            raise AuthError("invalid token signature")
+        claims = orjson.loads(body)
+        if claims["exp"] < now:
+            raise AuthError("token expired: log in again")
+        return User(claims["sub"], bool(claims["adm"]))

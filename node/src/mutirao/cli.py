@@ -1,0 +1,387 @@
+"""The ``mutirao`` command: servers (orchestrator, worker, up), users and client commands.
+
+Flags override ``MUTIRAO_*`` environment variables, which override the defaults in
+:mod:`mutirao.settings`. Every command has ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mutirao import logs
+from mutirao.client import commands, credentials
+from mutirao.client.http import ApiError, Client, Unreachable
+from mutirao.errors import MutiraoError
+from mutirao.settings import Settings, SettingsError, from_env
+
+log = logging.getLogger("mutirao")
+
+_SETTING = "setting:"
+
+
+def _flag(parser: argparse.ArgumentParser, *names: str, setting: str, **kw: Any) -> None:
+    """A flag that overrides ``setting`` (a dotted path into :class:`Settings`)."""
+    parser.add_argument(*names, dest=_SETTING + setting, default=None, **kw)
+
+
+def _apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    for name, value in vars(args).items():
+        if not name.startswith(_SETTING) or value is None:
+            continue
+        *path, leaf = name[len(_SETTING) :].split(".")
+        target: Any = settings
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, leaf, value)
+    return settings
+
+
+def _common_client(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="orchestrator URL(s), comma-separated [MUTIRAO_URL]")
+    parser.add_argument("--token", help="bearer token [MUTIRAO_TOKEN, else from `login`]")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _common_server(parser: argparse.ArgumentParser) -> None:
+    _flag(parser, "--log-level", setting="log.level", help="DEBUG, INFO, WARNING... [INFO]")
+    _flag(
+        parser,
+        "--log-format",
+        setting="log.format",
+        choices=["text", "json"],
+        help="log line format [text]",
+    )
+    _flag(parser, "--log-dir", setting="log.dir", type=Path, help="rotating log files [logs]")
+    _flag(
+        parser,
+        "--heartbeat-interval",
+        setting="heartbeat.interval",
+        type=float,
+        help="seconds between worker heartbeats [1.0]",
+    )
+    _flag(
+        parser,
+        "--heartbeat-timeout",
+        setting="heartbeat.timeout",
+        type=float,
+        help="silence after which a worker is dead [3.0]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mutirao",
+        description="Mutirão: distributed, collaborative task processing.",
+        epilog="Quick start: `mutirao up` in one terminal; `mutirao login` and "
+        "`mutirao submit echo --payload '\"hi\"' --wait` in another.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "orchestrator",
+        help="run the orchestrator",
+        description="Run the orchestrator: HTTP API, scheduler, journal.",
+    )
+    _flag(p, "--host", setting="host", help="interface to bind [127.0.0.1]")
+    _flag(p, "--port", setting="port", type=int, help="HTTP port [7000]")
+    _flag(p, "--data-dir", setting="data_dir", type=Path, help="state directory [mutirao-data]")
+    _flag(p, "--node-id", setting="node_id", help="name in logs [orchestrator]")
+    _flag(
+        p,
+        "--join-token",
+        setting="auth.join_token",
+        help="worker join token [generated into DATA_DIR/join.token]",
+    )
+    _flag(
+        p,
+        "--checkpoint-interval",
+        setting="journal.checkpoint_interval",
+        type=float,
+        help="seconds between checkpoints [30]",
+    )
+    p.add_argument(
+        "--no-fsync",
+        dest=_SETTING + "journal.fsync",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not fsync the journal (unsafe)",
+    )
+    _common_server(p)
+    p.set_defaults(run=_run_orchestrator)
+
+    p = sub.add_parser(
+        "backup",
+        help="run a hot-standby orchestrator (not available yet)",
+        description="Hot-standby backup orchestrator. Not implemented yet: "
+        "restart the orchestrator on its data dir to recover instead.",
+    )
+    p.add_argument("--url", help="URL of the active orchestrator")
+    p.set_defaults(run=_run_backup)
+
+    p = sub.add_parser(
+        "worker",
+        help="run a worker",
+        description="Run a worker that executes tasks for the orchestrator.",
+    )
+    _flag(p, "--id", setting="worker.id", help="worker id [<hostname>-<pid>]")
+    _flag(p, "--host", setting="host", help="interface of the worker's status server")
+    _flag(p, "--port", setting="worker.port", type=int, help="status server port [free port]")
+    _flag(p, "--slots", setting="worker.slots", type=int, help="tasks run at once [4]")
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE for @mutirao.task handlers (repeatable)",
+    )
+    p.add_argument(
+        "--allow-crash",
+        dest=_SETTING + "worker.allow_crash",
+        action="store_const",
+        const=True,
+        default=None,
+        help='obey "crash" payloads (failure drills)',
+    )
+    p.add_argument("--url", help="orchestrator URL(s), comma-separated [MUTIRAO_URL]")
+    _flag(p, "--join-token", setting="auth.join_token", help="join token [MUTIRAO_AUTH_JOIN_TOKEN]")
+    p.add_argument("--join-token-file", type=Path, help="read the join token from this file")
+    _common_server(p)
+    p.set_defaults(run=_run_worker)
+
+    from mutirao.launcher import add_up_parser
+
+    add_up_parser(sub)
+
+    p = sub.add_parser("user", help="manage users", description="Manage users of a data dir.")
+    user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_sub.add_parser("add", help="add a user (or reset a password with --replace)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="may see every user's tasks")
+    add.add_argument("--replace", action="store_true", help="overwrite an existing user")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    _flag(add, "--data-dir", setting="data_dir", type=Path, help="state directory [mutirao-data]")
+    add.set_defaults(run=_run_user_add)
+
+    client_commands: list[tuple[str, str, Callable[..., Awaitable[int]]]] = [
+        ("login", "log in and save a token", commands.login),
+        ("submit", "submit task(s)", commands.submit),
+        ("status", "show a task and its attempts", commands.status),
+        ("result", "print a task's result", commands.result),
+        ("tasks", "list your tasks", commands.tasks),
+        ("workers", "list workers with load and heartbeat age", commands.workers),
+        ("cancel", "cancel a task", commands.cancel),
+        ("cluster", "leader, epoch, queue and workers (admins)", commands.cluster),
+    ]
+    for name, help_text, fn in client_commands:
+        p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        _common_client(p)
+        p.set_defaults(run=_client_runner(fn))
+        _client_args(name, p)
+
+    p = sub.add_parser("client", help="interactive client (login, submit, status, result...)")
+    p.add_argument("--url", help="orchestrator URL(s), comma-separated [MUTIRAO_URL]")
+    p.add_argument("--token", help="bearer token [MUTIRAO_TOKEN, else from `login`]")
+    p.set_defaults(run=_run_shell)
+    return parser
+
+
+def _client_args(name: str, p: argparse.ArgumentParser) -> None:
+    if name == "login":
+        p.add_argument("--user", help="user name (prompted if omitted)")
+        p.add_argument("--password-stdin", action="store_true", help="read password from stdin")
+        p.add_argument("--print-token", action="store_true", help="print the token, save nothing")
+    elif name == "submit":
+        p.add_argument("type", help="task type (handler name), e.g. echo, sleep, sum")
+        p.add_argument("--payload", help="JSON payload, e.g. '{\"seconds\": 1}'")
+        p.add_argument("--priority", type=int, help="higher runs first [0]")
+        p.add_argument("--max-attempts", type=int, help="attempts before failing [3]")
+        p.add_argument("--timeout", type=float, help="seconds per attempt [300]")
+        p.add_argument("--key", help="idempotency key (with --count: prefix of per-task keys)")
+        p.add_argument("--count", type=int, default=1, help="submit N copies, in batches [1]")
+        p.add_argument("--wait", action="store_true", help="wait for the result(s)")
+    elif name in ("status", "result", "cancel"):
+        p.add_argument("id", help="task id")
+        if name == "result":
+            p.add_argument("--wait", action="store_true", help="block until the task finishes")
+            p.add_argument("--timeout", type=float, default=300, help="give up after [300] s")
+    elif name == "tasks":
+        p.add_argument("--state", help="only tasks in this state")
+        p.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+
+
+def client_settings(args: argparse.Namespace) -> tuple[list[str], str]:
+    """URLs and token: flags, then environment, then what `mutirao login` saved."""
+    settings = from_env()
+    saved = credentials.load()
+    import os
+
+    if args.url:
+        urls = [u.strip() for u in args.url.split(",") if u.strip()]
+    elif "MUTIRAO_URL" in os.environ or not saved.get("urls"):
+        urls = settings.urls
+    else:
+        urls = [str(u) for u in saved["urls"]]  # type: ignore[attr-defined]
+    token = getattr(args, "token", None) or os.environ.get("MUTIRAO_TOKEN") or saved.get("token")
+    return urls, str(token or "")
+
+
+def _client_runner(
+    fn: Callable[[Client, argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        urls, token = client_settings(args)
+        if args.command == "submit" and args.count < 1:
+            raise SystemExit("error: --count must be at least 1")
+
+        async def go() -> int:
+            async with Client(urls, token) as client:
+                return await fn(client, args)
+
+        return asyncio.run(go())
+
+    return run
+
+
+def _server_settings(args: argparse.Namespace) -> Settings:
+    settings = _apply_flags(from_env(), args)
+    if getattr(args, "url", None):
+        settings.urls = [u.strip() for u in args.url.split(",") if u.strip()]
+    return settings
+
+
+def _run_orchestrator(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from mutirao.orchestrator.api import create_app
+    from mutirao.orchestrator.service import Orchestrator
+
+    settings = _server_settings(args)
+    logs.setup(
+        "orchestrator",
+        settings.node_id,
+        level=settings.log.level,
+        fmt=settings.log.format,
+        directory=settings.log.dir,
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    orch = Orchestrator(settings)
+    log.info(
+        "orchestrator %s serving http://%s:%d (data dir %s)",
+        settings.node_id,
+        settings.host,
+        settings.port,
+        settings.data_dir.resolve(),
+    )
+    web.run_app(
+        create_app(orch),
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5,
+    )
+    log.info("orchestrator %s stopped", settings.node_id)
+    return 0
+
+
+def _run_backup(args: argparse.Namespace) -> int:
+    print(
+        "error: the hot-standby backup orchestrator is not available yet; restart "
+        "`mutirao orchestrator` on the same --data-dir to recover its state",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from mutirao.registry import REGISTRY
+    from mutirao.worker import builtins
+    from mutirao.worker.node import WorkerNode, create_app, default_worker_id
+
+    settings = _server_settings(args)
+    settings.worker.id = settings.worker.id or default_worker_id()
+    logs.setup(
+        "worker",
+        settings.worker.id,
+        level=settings.log.level,
+        fmt=settings.log.format,
+        directory=settings.log.dir,
+    )
+    token = settings.auth.join_token
+    if args.join_token_file is not None:
+        token = args.join_token_file.read_text().strip()
+    if not token:
+        raise SystemExit(
+            "error: a worker needs the join token: --join-token, "
+            "--join-token-file or MUTIRAO_AUTH_JOIN_TOKEN"
+        )
+    assert builtins  # imported for its @task registrations
+    for module in args.tasks:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SystemExit(f"error: cannot import task module {module!r}: {exc}") from None
+    if settings.worker.slots < 1:
+        raise SystemExit("error: --slots must be at least 1")
+    node = WorkerNode(settings, REGISTRY, token)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.worker.port))
+    node.url = f"http://{settings.host}:{sock.getsockname()[1]}"
+    log.info(
+        "worker %s (%d slots, types %s) status at %s, orchestrator(s) %s",
+        node.id,
+        settings.worker.slots,
+        ",".join(REGISTRY.names()),
+        node.url,
+        ",".join(settings.urls),
+    )
+    web.run_app(create_app(node), sock=sock, print=None, access_log=None, shutdown_timeout=5)
+    log.info("worker %s stopped", node.id)
+    return 0
+
+
+def _run_user_add(args: argparse.Namespace) -> int:
+    from mutirao.auth import USERS_FILE, UserStore
+
+    settings = _apply_flags(from_env(), args)
+    password = commands._read_password(args, confirm=not args.password_stdin)
+    store = UserStore(settings.data_dir / USERS_FILE)
+    user = store.add(args.name, password, admin=args.admin, replace=args.replace)
+    print(f"user {user.name} {'(admin) ' if user.admin else ''}saved in {store.path}")
+    return 0
+
+
+def _run_shell(args: argparse.Namespace) -> int:
+    from mutirao.client.shell import run_shell
+
+    urls, token = client_settings(args)
+    return run_shell(urls, token)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except (ApiError, Unreachable, MutiraoError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

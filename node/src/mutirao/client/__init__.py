@@ -1,0 +1,1 @@
+"""Clients of the orchestrator API: an async library and the interactive shell."""

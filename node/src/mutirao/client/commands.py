@@ -1,0 +1,225 @@
+"""Client subcommands: login, submit, status, result, tasks, workers, cancel, cluster."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from mutirao.client import credentials
+from mutirao.client.http import Client
+from mutirao.client.progress import Progress
+from mutirao.protocol import TaskView, WorkerView
+
+BATCH = 1000
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def _task_rows(tasks: list[TaskView]) -> str:
+    rows = [
+        [
+            t["id"],
+            t["type"],
+            t["state"],
+            str(len(t["attempts"])),
+            t["attempts"][-1]["worker"] if t["attempts"] else "-",
+            _short(t["result"] if t["state"] != "failed" else t["error"]),
+        ]
+        for t in tasks
+    ]
+    return _table(rows, ["id", "type", "state", "attempts", "worker", "result"])
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def worker_table(workers: list[WorkerView]) -> str:
+    rows = [
+        [
+            w["id"],
+            w["state"],
+            f"{w['running']}/{w['slots']}",
+            f"{w['load']:.2f}",
+            f"{w['heartbeat_age']:.1f}s",
+            w["url"],
+        ]
+        for w in workers
+    ]
+    return _table(rows, ["worker", "state", "running", "load", "heartbeat", "url"])
+
+
+def _read_password(args: argparse.Namespace, confirm: bool) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Repeat password: ") != password:
+        raise SystemExit("error: passwords do not match")
+    return password
+
+
+async def login(client: Client, args: argparse.Namespace) -> int:
+    user = args.user or await asyncio.to_thread(input, "User: ")
+    password = await asyncio.to_thread(_read_password, args, False)
+    token = await client.login(user, password)
+    if args.print_token:
+        print(token)
+        return 0
+    path = credentials.save(client.urls, token, user)
+    print(f"logged in as {user}; token saved to {path}", file=sys.stderr)
+    return 0
+
+
+def _payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise SystemExit(f"error: --payload is not valid JSON: {exc}") from None
+
+
+async def submit(client: Client, args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {"type": args.type, "payload": _payload(args.payload)}
+    for name in ("priority", "max_attempts", "timeout"):
+        if getattr(args, name) is not None:
+            spec[name] = getattr(args, name)
+    if args.count == 1:
+        if args.key:
+            spec["key"] = args.key
+        task = await client.submit(spec.pop("type"), spec.pop("payload"), **spec)
+        ids = [task["id"]]
+    else:
+        ids = await _submit_many(client, spec, args)
+    if not args.wait:
+        if args.json:
+            _print_json({"ids": ids})
+        else:
+            print("\n".join(ids))
+        return 0
+    views = await _wait_all(client, ids, show=args.count > 1)
+    if args.json:
+        _print_json(views if args.count > 1 else views[0])
+    elif args.count == 1:
+        _print_result(views[0])
+    else:
+        states: dict[str, int] = {}
+        for view in views:
+            states[view["state"]] = states.get(view["state"], 0) + 1
+        print(", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    return 0 if all(v["state"] == "succeeded" for v in views) else 1
+
+
+async def _submit_many(client: Client, spec: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    progress = Progress(args.count, "submitted")
+    ids: list[str] = []
+    prefix = args.key or ""
+    for start in range(0, args.count, BATCH):
+        batch = []
+        for i in range(start, min(start + BATCH, args.count)):
+            item = dict(spec)
+            if prefix:
+                item["key"] = f"{prefix}-{i}"
+            batch.append(item)
+        ids += [t["id"] for t in await client.submit_batch(batch)]
+        progress.update(len(ids))
+    return ids
+
+
+async def _wait_all(client: Client, ids: list[str], show: bool) -> list[TaskView]:
+    progress = Progress(len(ids), "finished") if show else None
+    views: list[TaskView] = []
+    for start in range(0, len(ids), BATCH):
+        views += await client.wait_many(ids[start : start + BATCH], timeout=3600)
+        if progress is not None:
+            progress.update(len(views))
+    return views
+
+
+def _print_result(view: TaskView) -> None:
+    if view["state"] == "succeeded":
+        print(orjson.dumps(view["result"]).decode())
+    elif view["state"] in ("failed", "cancelled"):
+        print(f"task {view['id']} {view['state']}: {view['error'] or ''}", file=sys.stderr)
+    else:
+        print(f"task {view['id']} is still {view['state']}", file=sys.stderr)
+
+
+async def status(client: Client, args: argparse.Namespace) -> int:
+    view = await client.get(args.id)
+    if args.json:
+        _print_json(view)
+        return 0
+    print(_task_rows([view]))
+    for a in view["attempts"]:
+        print(
+            f"  attempt {a['attempt']} on {a['worker']}: {a['outcome'] or 'in progress'}"
+            + (f" ({a['error']})" if a["error"] else "")
+        )
+    return 0
+
+
+async def result(client: Client, args: argparse.Namespace) -> int:
+    view = await client.wait(args.id, args.timeout) if args.wait else await client.get(args.id)
+    if args.json:
+        _print_json(view)
+    else:
+        _print_result(view)
+    return 0 if view["state"] == "succeeded" else 1
+
+
+async def tasks(client: Client, args: argparse.Namespace) -> int:
+    views = await client.tasks(state=args.state, limit=args.limit)
+    if args.json:
+        _print_json(views)
+    else:
+        print(_task_rows(views) if views else "no tasks")
+    return 0
+
+
+async def workers(client: Client, args: argparse.Namespace) -> int:
+    views = await client.workers()
+    if args.json:
+        _print_json(views)
+    else:
+        print(worker_table(views) if views else "no workers registered")
+    return 0
+
+
+async def cancel(client: Client, args: argparse.Namespace) -> int:
+    view = await client.cancel(args.id)
+    if args.json:
+        _print_json(view)
+    else:
+        print(f"task {view['id']} is {view['state']}")
+    return 0
+
+
+async def cluster(client: Client, args: argparse.Namespace) -> int:
+    info = await client.cluster()
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"active orchestrator: {info['node']} at {client.url} (epoch {info['epoch']})")
+    print("tasks: " + ", ".join(f"{k}={v}" for k, v in info["tasks"].items()))
+    queue = info["queue"]
+    print("queue: " + (", ".join(f"{k}={v}" for k, v in queue.items()) if queue else "empty"))
+    print(worker_table(info["workers"]) if info["workers"] else "no workers registered")
+    print(f"(as of {time.strftime('%H:%M:%S')})")
+    return 0

@@ -1,0 +1,167 @@
+"""An async client for the orchestrator API, shared by the CLI, the demo and the tests.
+
+It knows every orchestrator URL and moves to the next one when the current one cannot be
+reached or answers that it is not ready, so callers follow the active orchestrator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from mutirao.protocol import TaskView, WorkerView
+
+
+class ApiError(Exception):
+    """The orchestrator answered with an error (4xx/5xx and a JSON body)."""
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+        where = f" (field {body['field']})" if body.get("field") else ""
+        super().__init__(f"{body.get('message', body)}{where} [HTTP {status}]")
+
+
+class Unreachable(Exception):
+    """No orchestrator URL answered within the retry budget."""
+
+
+class Client:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        token: str = "",
+        *,
+        retry_for: float = 10.0,
+        timeout: float = 90.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one orchestrator URL is needed")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.token = token
+        self.retry_for = retry_for
+        self._current = 0
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        self._http = aiohttp.ClientSession(
+            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256)
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._current]
+
+    async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
+        """One API call; on an unreachable or unready orchestrator, tries the others."""
+        assert self._http is not None, "use `async with Client(...)`"
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None if body is None else orjson.dumps(body)
+        query = {k: str(v) for k, v in params.items() if v is not None}
+        deadline = time.monotonic() + self.retry_for
+        pause = 0.05
+        while True:
+            try:
+                async with self._http.request(
+                    method, self.url + path, data=data, headers=headers, params=query
+                ) as resp:
+                    payload = orjson.loads(await resp.read() or b"null")
+                    if resp.status < 400:
+                        return payload
+                    if resp.status != 503:
+                        raise ApiError(resp.status, payload if isinstance(payload, dict) else {})
+                    problem = f"{self.url} is not ready"
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                problem = f"{self.url}: {exc or type(exc).__name__}"
+            if time.monotonic() >= deadline:
+                raise Unreachable(f"no orchestrator answered; last: {problem}")
+            self._current = (self._current + 1) % len(self.urls)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    async def login(self, username: str, password: str) -> str:
+        credentials = {"username": username, "password": password}
+        reply = await self.request("POST", "/v1/login", credentials)
+        self.token = reply["token"]
+        return self.token
+
+    async def submit(self, task_type: str, payload: Any = None, **options: Any) -> TaskView:
+        """Submit one task; an idempotency key is added if none is given, so the retry after
+        a lost reply returns the task already created instead of a duplicate."""
+        spec = {"type": task_type, "payload": payload}
+        spec.update({k: v for k, v in options.items() if v is not None})
+        spec.setdefault("key", uuid.uuid4().hex)
+        result: TaskView = await self.request("POST", "/v1/tasks", spec)
+        return result
+
+    async def submit_batch(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Submit many tasks in one request (keys added as in :meth:`submit`)."""
+        specs = [spec if "key" in spec else {**spec, "key": uuid.uuid4().hex} for spec in specs]
+        reply = await self.request("POST", "/v1/tasks", {"tasks": specs})
+        tasks: list[dict[str, Any]] = reply["tasks"]
+        return tasks
+
+    async def get(self, task_id: str) -> TaskView:
+        result: TaskView = await self.request("GET", f"/v1/tasks/{task_id}")
+        return result
+
+    async def result(self, task_id: str, wait: float = 0.0) -> TaskView:
+        result: TaskView = await self.request("GET", f"/v1/tasks/{task_id}/result", wait=wait)
+        return result
+
+    async def wait(self, task_id: str, timeout: float = 60.0) -> TaskView:
+        """Long-poll until the task finishes or ``timeout`` passes; returns its last view."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            view = await self.result(task_id, wait=max(0.0, min(remaining, 30.0)))
+            if view["state"] in ("succeeded", "failed", "cancelled") or remaining <= 0:
+                return view
+
+    async def wait_many(self, ids: list[str], timeout: float = 60.0) -> list[TaskView]:
+        """Wait until all ``ids`` finish (or ``timeout`` passes); their views, in order."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            reply = await self.request(
+                "POST", "/v1/tasks/wait", {"ids": ids, "wait": max(0.0, min(remaining, 30.0))}
+            )
+            views: list[TaskView] = reply["tasks"]
+            done = all(v["state"] in ("succeeded", "failed", "cancelled") for v in views)
+            if done or remaining <= 0:
+                return views
+
+    async def tasks(self, state: str | None = None, limit: int = 100) -> list[TaskView]:
+        reply = await self.request("GET", "/v1/tasks", state=state, limit=limit)
+        tasks: list[TaskView] = reply["tasks"]
+        return tasks
+
+    async def cancel(self, task_id: str) -> TaskView:
+        result: TaskView = await self.request("POST", f"/v1/tasks/{task_id}/cancel", {})
+        return result
+
+    async def workers(self) -> list[WorkerView]:
+        reply = await self.request("GET", "/v1/workers")
+        workers: list[WorkerView] = reply["workers"]
+        return workers
+
+    async def cluster(self) -> dict[str, Any]:
+        reply: dict[str, Any] = await self.request("GET", "/v1/cluster")
+        return reply

@@ -1,0 +1,89 @@
+"""``mutirao client``: the seed's interactive client (login, submit, status, result, list)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import shlex
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from mutirao.client import commands, credentials
+from mutirao.client.http import ApiError, Client, Unreachable
+
+HELP = """commands:
+  login [USER]                   log in (asks for the password)
+  submit TYPE [JSON_PAYLOAD]     submit a task, e.g. submit sum [1,2,3]
+  status ID                      show a task and its attempts
+  result ID [WAIT_SECONDS]       show a task's result, waiting if asked
+  list [STATE]                   list your tasks
+  workers                        list workers
+  cancel ID                      cancel a task
+  help | quit"""
+
+
+async def _one(urls: list[str], token: str, fn: Callable[[Client], Awaitable[Any]]) -> Any:
+    async with Client(urls, token, retry_for=3) as client:
+        return await fn(client)
+
+
+def run_shell(urls: list[str], token: str) -> int:
+    print(f"Mutirão client for {', '.join(urls)}. Type 'help' for commands.")
+    while True:
+        try:
+            line = input("mutirao> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line:
+            continue
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            continue
+        command, rest = words[0], words[1:]
+        if command in ("quit", "exit"):
+            return 0
+        try:
+            token = _dispatch(urls, token, command, rest)
+        except (ApiError, Unreachable) as exc:
+            print(f"error: {exc}")
+        except (ValueError, IndexError) as exc:
+            print(f"error: {exc}; type 'help'")
+
+
+def _dispatch(urls: list[str], token: str, command: str, rest: list[str]) -> str:
+    def run(fn: Callable[[Client], Awaitable[Any]]) -> Any:
+        return asyncio.run(_one(urls, token, fn))
+
+    if command == "login":
+        user = rest[0] if rest else input("User: ")
+        password = getpass.getpass("Password: ")
+        token = run(lambda c: c.login(user, password))
+        credentials.save(urls, token, user)
+        print(f"logged in as {user}")
+    elif command == "submit":
+        payload = orjson.loads(rest[1]) if len(rest) > 1 else None
+        view = run(lambda c: c.submit(rest[0], payload))
+        print(f"submitted {view['id']} ({view['state']})")
+    elif command == "status":
+        print(commands._task_rows([run(lambda c: c.get(rest[0]))]))
+    elif command == "result":
+        wait = float(rest[1]) if len(rest) > 1 else 0.0
+        view = run(lambda c: c.result(rest[0], wait))
+        commands._print_result(view)
+    elif command == "list":
+        views = run(lambda c: c.tasks(state=rest[0] if rest else None))
+        print(commands._task_rows(views) if views else "no tasks")
+    elif command == "workers":
+        print(commands.worker_table(run(lambda c: c.workers())))
+    elif command == "cancel":
+        print(f"task is {run(lambda c: c.cancel(rest[0]))['state']}")
+    elif command == "help":
+        print(HELP)
+    else:
+        print(f"unknown command {command!r}; type 'help'")
+    return token

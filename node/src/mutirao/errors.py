@@ -1,0 +1,94 @@
+"""Errors by what the caller should do about them.
+
+:class:`PermanentError` means the request itself is wrong and retrying it cannot help;
+:class:`TemporaryError` means the same request may succeed later. Each carries the HTTP status
+and a JSON body, so the HTTP layer maps them in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MutiraoError(Exception):
+    """Root of every error Mutirão raises on purpose."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        body.update(self.details)
+        return body
+
+
+class PermanentError(MutiraoError):
+    """Retrying the same request cannot succeed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class TemporaryError(MutiraoError):
+    """The same request may succeed later (after ``delay`` seconds, if given)."""
+
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, delay: float = 1.0, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.delay = delay
+
+
+class ValidationError(PermanentError):
+    """A field of the request is missing, mistyped or out of range."""
+
+    status = 422
+    code = "invalid"
+
+
+class MalformedError(PermanentError):
+    """The request body is not valid JSON (or not the expected shape at all)."""
+
+    code = "malformed"
+
+
+class TooLargeError(PermanentError):
+    status = 413
+    code = "too_large"
+
+
+class NotFoundError(PermanentError):
+    status = 404
+    code = "not_found"
+
+
+class ConflictError(PermanentError):
+    status = 409
+    code = "conflict"
+
+
+class AuthError(PermanentError):
+    """Missing, wrong or expired credentials."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(PermanentError):
+    status = 403
+    code = "forbidden"
+
+
+class ProtocolError(PermanentError):
+    """A peer sent a message that does not decode to any known message type."""
+
+    code = "protocol"

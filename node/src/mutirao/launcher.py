@@ -1,0 +1,272 @@
+"""``mutirao up``: a whole local cluster as child processes, supervised until Ctrl-C/SIGTERM.
+
+It starts the orchestrator, waits until it is ready, starts N workers with the cluster's
+join token, creates a development admin user on first use, prints how to log in, and
+restarts any child that dies (a crashed worker comes back under the same id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from mutirao.auth import (
+    JOIN_TOKEN_FILE,
+    SECRET_FILE,
+    USERS_FILE,
+    TokenSigner,
+    User,
+    UserStore,
+    read_or_create_secret,
+)
+
+CLUSTER_FILE = "cluster.json"
+DEV_USER = "dev"
+
+
+def add_up_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start a local cluster (orchestrator + workers)",
+        description="Start an orchestrator and N workers as child processes; stop them all "
+        "on Ctrl-C or SIGTERM. Children that die are restarted.",
+    )
+    p.add_argument("--workers", type=int, default=2, help="number of workers [2]")
+    p.add_argument("--slots", type=int, default=4, help="slots per worker [4]")
+    p.add_argument("--port", type=int, default=7000, help="orchestrator port [7000]")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind [127.0.0.1]")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("mutirao-data"),
+        help="orchestrator state [mutirao-data]",
+    )
+    p.add_argument("--log-dir", type=Path, default=Path("logs"), help="log files [logs]")
+    p.add_argument(
+        "--allow-crash",
+        action="store_true",
+        help='let workers obey "crash" payloads (failure drills)',
+    )
+    p.add_argument(
+        "--tasks",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="extra task module for the workers (repeatable)",
+    )
+    p.add_argument("--log-level", default="INFO", help="children's log level [INFO]")
+    p.set_defaults(run=run_up)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv)
+        self.started_at = time.monotonic()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+
+def _wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: orchestrator at {url} not ready after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def _wait_workers(url: str, token: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(
+        url + "/v1/workers", headers={"Authorization": f"Bearer {token}"}
+    )
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=1) as resp:
+                alive = [w for w in json.load(resp)["workers"] if w["state"] == "alive"]
+                if len(alive) >= count:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"error: only some of {count} workers registered in {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def _dev_credentials(data_dir: Path) -> tuple[str, str]:
+    """The development admin user, created once; its password is kept beside the users file."""
+    password_file = data_dir / "dev.password"
+    password = read_or_create_secret(password_file, make=12)
+    store = UserStore(data_dir / USERS_FILE)
+    try:
+        store.verify(DEV_USER, password)
+    except Exception:
+        store.add(DEV_USER, password, admin=True, replace=True)
+    return DEV_USER, password
+
+
+def run_up(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.slots < 1:
+        raise SystemExit("error: --workers must be >= 0 and --slots >= 1")
+    data_dir: Path = args.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://{args.host}:{args.port}"
+    user, password = _dev_credentials(data_dir)
+    py = [sys.executable, "-m", "mutirao"]
+    logging_flags = ["--log-dir", str(args.log_dir), "--log-level", args.log_level]
+    children = [
+        Child(
+            "orchestrator",
+            [
+                *py,
+                "orchestrator",
+                "--host",
+                args.host,
+                "--port",
+                str(args.port),
+                "--data-dir",
+                str(data_dir),
+                *logging_flags,
+            ],
+        )
+    ]
+    for i in range(1, args.workers + 1):
+        argv = [
+            *py,
+            "worker",
+            "--id",
+            f"W{i}",
+            "--url",
+            url,
+            "--slots",
+            str(args.slots),
+            "--join-token-file",
+            str(data_dir / JOIN_TOKEN_FILE),
+            *logging_flags,
+        ]
+        argv += ["--allow-crash"] if args.allow_crash else []
+        for module in args.tasks:
+            argv += ["--tasks", module]
+        children.append(Child(f"worker W{i}", argv))
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        children[0].start()
+        _wait_ready(url, 30)
+        token = TokenSigner(read_or_create_secret(data_dir / SECRET_FILE)).issue(
+            User(user, True), time.time(), 30 * 24 * 3600
+        )
+        for child in children[1:]:
+            child.start()
+        _wait_workers(url, token, args.workers, 30)
+        _write_cluster_file(data_dir, url, user, password, token)
+        print(
+            _banner(
+                url,
+                user,
+                password,
+                token,
+                workers=args.workers,
+                data_dir=data_dir,
+                log_dir=args.log_dir,
+            ),
+            flush=True,
+        )
+        _supervise(children)
+    except _Stop as stop:
+        print(f"\nmutirao up: {stop}: stopping {len(children)} process(es)...", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _shutdown(children)
+    return 0
+
+
+def _write_cluster_file(data_dir: Path, url: str, user: str, password: str, token: str) -> None:
+    path = data_dir / CLUSTER_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"urls": [url], "user": user, "password": password, "token": token}, fh)
+
+
+def _banner(
+    url: str, user: str, password: str, token: str, *, workers: int, data_dir: Path, log_dir: Path
+) -> str:
+    return f"""
+Mutirão is up: orchestrator {url} with {workers} worker(s).
+  data dir {data_dir.resolve()}   logs {log_dir.resolve()}
+Development login: user {user!r}, password {password!r}. In another terminal:
+  export MUTIRAO_URL={url}
+  mutirao login --user {user}              # or: export MUTIRAO_TOKEN={token}
+  mutirao submit echo --payload '"hello"' --wait
+  mutirao workers
+Press Ctrl-C to stop everything."""
+
+
+def _supervise(children: list[Child]) -> None:
+    while True:
+        for child in children:
+            assert child.proc is not None
+            code = child.proc.poll()
+            if code is None:
+                continue
+            child.restarts += 1
+            pause = 0.2 if time.monotonic() - child.started_at > 5 else 1.0
+            print(
+                f"mutirao up: {child.name} exited with code {code}; restarting it "
+                f"(restart #{child.restarts})",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(pause)
+            child.start()
+        time.sleep(0.2)
+
+
+def _shutdown(children: list[Child]) -> None:
+    for child in reversed(children):
+        child.stop()
+    deadline = time.monotonic() + 10
+    for child in children:
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"mutirao up: {child.name} did not stop in time; killing it", file=sys.stderr)
+            child.proc.kill()
+            child.proc.wait()

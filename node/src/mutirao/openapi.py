@@ -1,0 +1,173 @@
+"""The OpenAPI 3.1 document served at ``/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_TASK = {"$ref": "#/components/schemas/Task"}
+
+
+def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": {"description": "OK", "content": {"application/json": ok}}}
+    for code in codes:
+        out[str(code)] = {
+            "description": "error",
+            "content": {"application/json": {"schema": _ERROR}},
+        }
+    return out
+
+
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+_TASK_SPEC = {
+    "type": "object",
+    "required": ["type"],
+    "additionalProperties": False,
+    "properties": {
+        "type": {"type": "string", "minLength": 1, "description": "handler name"},
+        "payload": {"description": "any JSON value passed to the handler"},
+        "priority": {"type": "integer", "default": 0},
+        "max_attempts": {"type": "integer", "minimum": 1, "default": 3},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 300},
+        "key": {"type": "string", "maxLength": 256, "description": "idempotency key"},
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "Mutirão orchestrator API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {
+                    "error": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+            },
+            "TaskSpec": _TASK_SPEC,
+            "Task": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "type": {"type": "string"},
+                    "state": {
+                        "enum": [
+                            "pending",
+                            "assigned",
+                            "running",
+                            "succeeded",
+                            "failed",
+                            "cancelled",
+                        ]
+                    },
+                    "owner": {"type": "string"},
+                    "attempts": {"type": "array", "items": {"type": "object"}},
+                    "result": {},
+                    "error": {"type": ["string", "null"]},
+                },
+            },
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/login": {
+            "post": {
+                "summary": "Exchange a user name and password for a bearer token",
+                "security": [],
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["username", "password"],
+                                "properties": {
+                                    "username": {"type": "string"},
+                                    "password": {"type": "string"},
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": _responses({"schema": {"type": "object"}}, 400, 401, 422),
+            }
+        },
+        "/v1/tasks": {
+            "post": {
+                "summary": 'Submit one task, or a batch as {"tasks": [...]}',
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/TaskSpec"},
+                                    {
+                                        "type": "object",
+                                        "required": ["tasks"],
+                                        "properties": {
+                                            "tasks": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/TaskSpec"},
+                                            }
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    }
+                },
+                "responses": _responses({"schema": _TASK}, 400, 401, 413, 422, 503),
+            },
+            "get": {
+                "summary": "List your tasks, newest first",
+                "parameters": [
+                    {"name": "state", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                ],
+                "responses": _responses({"schema": {"type": "object"}}, 401, 422),
+            },
+        },
+        "/v1/tasks/{id}": {
+            "get": {
+                "summary": "One task with its attempts",
+                "parameters": _ID,
+                "responses": _responses({"schema": _TASK}, 401, 404),
+            }
+        },
+        "/v1/tasks/{id}/result": {
+            "get": {
+                "summary": "The task, after waiting up to `wait` seconds for it to finish",
+                "parameters": [
+                    *_ID,
+                    {"name": "wait", "in": "query", "schema": {"type": "number"}},
+                ],
+                "responses": _responses({"schema": _TASK}, 401, 404, 422),
+            }
+        },
+        "/v1/tasks/{id}/cancel": {
+            "post": {
+                "summary": "Cancel a task that has not finished",
+                "parameters": _ID,
+                "responses": _responses({"schema": _TASK}, 401, 404, 422),
+            }
+        },
+        "/v1/workers": {
+            "get": {
+                "summary": "Workers with their load and heartbeat age",
+                "responses": _responses({"schema": {"type": "object"}}, 401),
+            }
+        },
+        "/v1/cluster": {
+            "get": {
+                "summary": "Leader, epoch, task counts, queue depth and workers (admins)",
+                "responses": _responses({"schema": {"type": "object"}}, 401, 403),
+            }
+        },
+        "/healthz": {"get": {"security": [], "responses": _responses({})}},
+        "/readyz": {"get": {"security": [], "responses": _responses({}, 503)}},
+    },
+}

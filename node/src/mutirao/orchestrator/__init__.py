@@ -1,0 +1,1 @@
+"""The orchestrator: sans-IO engine, journal and the aiohttp service around them."""

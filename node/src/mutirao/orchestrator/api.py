@@ -1,0 +1,283 @@
+"""The client-facing HTTP API (``/v1``), its auth and error middlewares, and the app factory."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from mutirao import protocol
+from mutirao.auth import User
+from mutirao.errors import (
+    AuthError,
+    ForbiddenError,
+    MalformedError,
+    MutiraoError,
+    NotFoundError,
+    TemporaryError,
+    TooLargeError,
+    ValidationError,
+)
+from mutirao.openapi import OPENAPI
+from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
+from mutirao.orchestrator.tasks import Task
+from mutirao.protocol import TaskState
+
+log = logging.getLogger(__name__)
+
+_PUBLIC = frozenset({"/healthz", "/readyz", "/v1/login", "/v1/openapi.json", "/metrics"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except MutiraoError as exc:
+        return _json(exc.to_json(), exc.status)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return _json(TooLargeError(exc.text or "request too large", field="body").to_json(), 413)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}
+        return _json(body, exc.status)
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return _json({"error": "internal", "message": "internal error; see the server log"}, 500)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in _PUBLIC or request.path == protocol.WORKER_WS_PATH:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise AuthError("missing bearer token: run `mutirao login` or set MUTIRAO_TOKEN")
+    orch = request.app[ORCHESTRATOR]
+    request["user"] = orch.signer.verify(header[7:].strip(), orch.clock())
+    return await handler(request)
+
+
+def _user(request: web.Request) -> User:
+    user: User = request["user"]
+    return user
+
+
+async def _body(request: web.Request) -> bytes:
+    if not request.body_exists:
+        raise MalformedError("request body is required", field="body")
+    return await request.read()
+
+
+def _visible(request: web.Request, task_id: str) -> Task:
+    orch = request.app[ORCHESTRATOR]
+    task = orch.engine.table.get(task_id)
+    user = _user(request)
+    if task is None or (task.owner != user.name and not user.admin):
+        raise NotFoundError(f"no task {task_id!r}", field="id")
+    return task
+
+
+def _number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number", field=name) from None
+    if not math.isfinite(value) or value < low:
+        raise ValidationError(f"{name} must be >= {low}", field=name)
+    return min(value, high)
+
+
+def _require_ready(orch: Orchestrator) -> None:
+    if not orch.ready:
+        raise TemporaryError("orchestrator is starting or stopping", delay=0.5)
+
+
+async def login(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    doc = protocol.decode_json(await _body(request))
+    if not isinstance(doc, dict):
+        raise ValidationError("expected an object with username and password", field="body")
+    for name in ("username", "password"):
+        if not isinstance(doc.get(name), str):
+            raise ValidationError(f"{name} must be a string", field=name)
+    user = orch.users.verify(doc["username"], doc["password"])
+    now, ttl = orch.clock(), orch.settings.auth.token_ttl
+    log.info("user %s logged in", user.name)
+    token = orch.signer.issue(user, now, ttl)
+    return _json({"token": token, "user": user.name, "admin": user.admin, "expires_at": now + ttl})
+
+
+async def submit(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    _require_ready(orch)
+    specs, batch = protocol.parse_submission(
+        await _body(request), orch.settings.tasks, orch.settings.limits
+    )
+    before = len(orch.engine.table.tasks)
+    tasks, effects = orch.engine.submit(specs, _user(request).name, orch.clock())
+    created = len(orch.engine.table.tasks) - before
+    await orch.execute(effects)
+    for task in tasks[:1] if batch else tasks:
+        log.info(
+            "accepted task %s (%s)%s",
+            task.id,
+            task.type,
+            f" and {len(tasks) - 1} more" if batch and len(tasks) > 1 else "",
+            extra={"task": task.id},
+        )
+    if batch:
+        return _json(
+            {"tasks": [{"id": t.id, "state": t.state, "key": t.key} for t in tasks]},
+            201 if created else 200,
+        )
+    return _json(tasks[0].view(), 201 if created else 200)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    user = _user(request)
+    state_name = request.query.get("state")
+    state = None
+    if state_name is not None:
+        try:
+            state = TaskState(state_name)
+        except ValueError:
+            allowed = ", ".join(s.value for s in TaskState)
+            raise ValidationError(f"state must be one of {allowed}", field="state") from None
+    limit = int(_number(request, "limit", 100, 1, 10_000))
+    views = []
+    for task in reversed(orch.engine.table.tasks.values()):
+        if (user.admin or task.owner == user.name) and (state is None or task.state is state):
+            views.append(task.view())
+            if len(views) >= limit:
+                break
+    return _json({"tasks": views})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    return _json(_visible(request, request.match_info["id"]).view())
+
+
+async def get_result(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    task = _visible(request, request.match_info["id"])
+    wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
+    await orch.wait_finished(task, wait)
+    return _json(task.view())
+
+
+async def wait_tasks(request: web.Request) -> web.Response:
+    """Wait up to ``wait`` seconds until every task in ``ids`` has finished."""
+    orch = request.app[ORCHESTRATOR]
+    doc = protocol.decode_json(await _body(request))
+    ids = doc.get("ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValidationError("ids must be a list of task ids", field="ids")
+    if len(ids) > orch.settings.limits.max_batch:
+        raise TooLargeError(f"at most {orch.settings.limits.max_batch} ids", field="ids")
+    wait = doc.get("wait", 0)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
+        raise ValidationError("wait must be a non-negative number of seconds", field="wait")
+    tasks = [_visible(request, task_id) for task_id in ids]
+    deadline = orch.clock() + min(float(wait), orch.settings.limits.max_wait)
+    for task in tasks:
+        await orch.wait_finished(task, deadline - orch.clock())
+    return _json({"tasks": [t.view() for t in tasks]})
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    _require_ready(orch)
+    task = _visible(request, request.match_info["id"])
+    if task.state.terminal:
+        raise ValidationError(f"task {task.id} is already {task.state}", field="id")
+    await orch.execute(orch.engine.cancel(task, orch.clock()))
+    log.info(
+        "cancelled task %s at the request of %s",
+        task.id,
+        _user(request).name,
+        extra={"task": task.id},
+    )
+    return _json(task.view())
+
+
+async def list_workers(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    return _json({"workers": orch.engine.worker_views(orch.clock())})
+
+
+async def cluster(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    if not _user(request).admin:
+        raise ForbiddenError("the cluster view is for admins")
+    engine = orch.engine
+    return _json(
+        {
+            "node": orch.settings.node_id,
+            "role": "active",
+            "epoch": engine.epoch,
+            "tasks": engine.counts(),
+            "queue": engine.queue.depth_by_type(),
+            "workers": engine.worker_views(orch.clock()),
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
+    if not orch.ready:
+        return _json({"status": "starting"}, 503)
+    return _json({"status": "ready", "role": "active"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return _json(OPENAPI)
+
+
+async def worker_socket(request: web.Request) -> web.StreamResponse:
+    return await request.app[ORCHESTRATOR].worker_socket(request)
+
+
+def create_app(orch: Orchestrator) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware],
+        client_max_size=orch.settings.limits.max_request_bytes,
+    )
+    app[ORCHESTRATOR] = orch
+    app.cleanup_ctx.append(orch.run)
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/v1/openapi.json", openapi),
+            web.post("/v1/login", login),
+            web.post("/v1/tasks", submit),
+            web.get("/v1/tasks", list_tasks),
+            web.post("/v1/tasks/wait", wait_tasks),
+            web.get("/v1/tasks/{id}", get_task),
+            web.get("/v1/tasks/{id}/result", get_result),
+            web.post("/v1/tasks/{id}/cancel", cancel_task),
+            web.get("/v1/workers", list_workers),
+            web.get(protocol.WORKER_WS_PATH, worker_socket),
+            web.get("/v1/cluster", cluster),
+        ]
+    )
+    return app

@@ -1,0 +1,411 @@
+"""The orchestrator's decisions, sans-IO: commands in, records and messages out.
+
+Each command (a submission, a worker's hello, heartbeat or results, a clock tick) changes the
+in-memory state only by applying records (see :mod:`mutirao.orchestrator.tasks`) and returns
+:class:`Effects`: the records to journal and the messages to send once they are durable.
+The aiohttp service is a thin adapter around this class; tests drive it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mutirao.errors import NotFoundError, ValidationError
+from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
+from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable
+from mutirao.protocol import (
+    AssignItem,
+    AttemptRef,
+    HelloMsg,
+    OrchestratorMessage,
+    Outcome,
+    ResultItem,
+    TaskId,
+    TaskSpec,
+    TaskState,
+    WorkerView,
+)
+from mutirao.settings import HeartbeatSettings
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
+
+
+@dataclass(slots=True)
+class Worker(Slotted):
+    url: str = ""
+    attempts: set[AttemptRef] = field(default_factory=set)
+    last_seen: float = 0.0
+    session: int = 0
+    """Which connection of this worker id is current; messages of older ones are ignored."""
+    connected: bool = False
+    state: str = "alive"
+
+    def view(self, now: float) -> WorkerView:
+        return {
+            "id": self.id,
+            "url": self.url,
+            "state": self.state,
+            "slots": self.slots,
+            "running": len(self.attempts),
+            "load": round(self.load, 3),
+            "types": sorted(self.types),
+            "heartbeat_age": round(max(0.0, now - self.last_seen), 3),
+        }
+
+
+@dataclass(slots=True)
+class Effects:
+    """What a command asks the I/O layer to do, in order: journal, then send."""
+
+    records: list[Record] = field(default_factory=list)
+    sends: dict[str, list[OrchestratorMessage]] = field(default_factory=dict)
+    disconnect: list[str] = field(default_factory=list)
+    """Workers whose connection must be closed (declared dead while still connected)."""
+    finished: list[Task] = field(default_factory=list)
+    """Tasks that reached a terminal state: wake whoever waits on them once durable."""
+
+    def send(self, worker: str, message: OrchestratorMessage) -> None:
+        self.sends.setdefault(worker, []).append(message)
+
+    def extend(self, other: Effects) -> Effects:
+        self.records.extend(other.records)
+        for worker, messages in other.sends.items():
+            self.sends.setdefault(worker, []).extend(messages)
+        self.disconnect.extend(other.disconnect)
+        self.finished.extend(other.finished)
+        return self
+
+
+def _new_task_id() -> TaskId:
+    return TaskId(uuid.uuid4().hex)
+
+
+class Engine:
+    def __init__(
+        self,
+        heartbeat: HeartbeatSettings,
+        *,
+        epoch: int = 1,
+        new_id: Callable[[], TaskId] = _new_task_id,
+    ) -> None:
+        self.heartbeat = heartbeat
+        self.epoch = epoch
+        self.table = TaskTable()
+        self.queue = PendingQueue()
+        self.workers: dict[str, Worker] = {}
+        self._new_id = new_id
+        self._finished: list[Task] = []
+
+    # -- state changes ---------------------------------------------------------------------
+
+    def apply(self, record: Record) -> None:
+        """Apply a record live or during recovery, keeping queue and workers in step."""
+        for change in self.table.apply(record):
+            self._track(change)
+
+    def _track(self, change: Change) -> None:
+        task = change.task
+        if change.old_state in _ACTIVE and change.old_worker is not None:
+            old = self.workers.get(change.old_worker)
+            if old is not None:
+                old.attempts.discard((task.id, task.attempts[-1].n))
+                old.running = len(old.attempts)
+        if task.state is TaskState.PENDING:
+            avoid = task.attempts[-1].worker if task.attempts else None
+            self.queue.push(task.type, Entry(-task.priority, task.seq, task.id, avoid))
+        elif task.state in _ACTIVE:
+            attempt = task.attempts[-1]
+            worker = self._worker(attempt.worker)
+            worker.attempts.add((task.id, attempt.n))
+            worker.running = len(worker.attempts)
+        elif task.state.terminal:
+            self._finished.append(task)
+
+    def rebuild(self, task: Task) -> None:
+        """Re-index a task restored from a checkpoint."""
+        self._track(Change(task, TaskState.PENDING, None))
+
+    def _worker(self, worker_id: str) -> Worker:
+        """The worker entry, created disconnected if only recovered state knows it."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = Worker(id=worker_id, slots=0, types=frozenset(), eligible=False)
+            self.workers[worker_id] = worker
+        return worker
+
+    def _record(self, effects: Effects, record: Record) -> None:
+        self.apply(record)
+        effects.records.append(record)
+        if self._finished:
+            effects.finished.extend(self._finished)
+            self._finished.clear()
+
+    def recovered(self, now: float) -> None:
+        """After replay: give workers that held attempts one heartbeat timeout to come back."""
+        self._finished.clear()
+        for worker in self.workers.values():
+            worker.last_seen = now
+
+    # -- client commands -------------------------------------------------------------------
+
+    def submit(self, specs: list[TaskSpec], owner: str, now: float) -> tuple[list[Task], Effects]:
+        """Create tasks (all or none); a known idempotency key returns the existing task."""
+        for i, spec in enumerate(specs):
+            if spec.type not in self.table.known_types:
+                where = f"tasks[{i}].type" if len(specs) > 1 else "type"
+                known = ", ".join(sorted(self.table.known_types)) or "none yet"
+                raise ValidationError(
+                    f"unknown task type {spec.type!r}: no worker runs it (known: {known})",
+                    field=where,
+                )
+        tasks: list[Task] = []
+        rows: list[Record] = []
+        fresh: dict[str, Task] = {}
+        for spec in specs:
+            existing = None
+            if spec.key is not None:
+                existing = self.table.by_key(owner, spec.key) or fresh.get(spec.key)
+            if existing is not None:
+                tasks.append(existing)
+                continue
+            task = Task.new(self._new_id(), spec, owner, now)
+            if spec.key is not None:
+                fresh[spec.key] = task
+            tasks.append(task)
+            rows.append(task.row())
+        effects = Effects()
+        if rows:
+            self._record(effects, {"e": "submit", "tasks": rows})
+            # Hand back the table's own objects, which will see later state changes.
+            tasks = [self.table.tasks[t.id] for t in tasks]
+        return tasks, effects.extend(self.dispatch(now))
+
+    def cancel(self, task: Task, now: float) -> Effects:
+        effects = Effects()
+        if task.state.terminal:
+            return effects
+        current = task.current
+        self._record(effects, {"e": "cancel", "at": now, "tasks": [task.id]})
+        if current is not None:
+            effects.send(
+                current.worker,
+                {"op": "cancel", "epoch": self.epoch, "attempts": [(task.id, current.n)]},
+            )
+        return effects.extend(self.dispatch(now))
+
+    def get(self, task_id: str) -> Task:
+        task = self.table.get(task_id)
+        if task is None:
+            raise NotFoundError(f"no task {task_id!r}", field="id")
+        return task
+
+    # -- worker commands -------------------------------------------------------------------
+
+    def hello(self, msg: HelloMsg, session: int, now: float) -> Effects:
+        """(Re-)register a worker and reconcile what it says it runs with what we think."""
+        wid = msg["worker_id"]
+        effects = Effects()
+        previous = self.workers.get(wid)
+        held = set(previous.attempts) if previous is not None else set()
+        worker = Worker(
+            id=wid,
+            slots=msg["slots"],
+            types=frozenset(msg["types"]),
+            url=msg["url"],
+            attempts=held,
+            running=len(held),
+            last_seen=now,
+            session=session,
+            connected=True,
+        )
+        self.workers[wid] = worker
+        new_types = worker.types - self.table.known_types
+        if new_types:
+            self._record(effects, {"e": "types", "types": sorted(new_types)})
+        reported = {(t, n) for t, n in msg["running"]}
+        lost = held - reported
+        if lost:
+            log.warning(
+                "worker %s re-registered without %d attempt(s) it held; requeueing them",
+                wid,
+                len(lost),
+                extra={"worker": wid},
+            )
+            self._lose(effects, lost, f"worker {wid} restarted and no longer runs it", now)
+        drop = self._adopt(effects, wid, reported - held, now)
+        effects.send(
+            wid,
+            {
+                "op": "welcome",
+                "epoch": self.epoch,
+                "heartbeat_interval": self.heartbeat.interval,
+                "drop": drop,
+            },
+        )
+        return effects.extend(self.dispatch(now))
+
+    def _adopt(
+        self, effects: Effects, wid: str, unknown: set[AttemptRef], now: float
+    ) -> list[AttemptRef]:
+        """Keep attempts a worker runs that we lost track of; returns those it must drop."""
+        adopt: list[AttemptRef] = []
+        drop: list[AttemptRef] = []
+        for task_id, n in sorted(unknown):
+            task = self.table.get(task_id)
+            if task is not None and task.state is TaskState.PENDING and n == len(task.attempts) + 1:
+                adopt.append((task_id, n))
+            else:
+                drop.append((task_id, n))
+        if adopt:
+            self._record(effects, {"e": "assign", "w": wid, "at": now, "items": adopt})
+        return drop
+
+    def heartbeat_from(self, wid: str, session: int, now: float) -> None:
+        worker = self.workers.get(wid)
+        if worker is not None and worker.session == session and worker.connected:
+            worker.last_seen = now
+            if worker.state != "alive":
+                worker.state, worker.eligible = "alive", True
+
+    def started(self, wid: str, session: int, attempts: list[AttemptRef], now: float) -> Effects:
+        effects = Effects()
+        worker = self.workers.get(wid)
+        if worker is None or worker.session != session:
+            return effects
+        worker.last_seen = now
+        mine = [(t, n) for t, n in attempts if (t, n) in worker.attempts]
+        if mine:
+            self._record(effects, {"e": "start", "at": now, "items": mine})
+        return effects
+
+    def results(self, wid: str, session: int, items: list[ResultItem], now: float) -> Effects:
+        """Record results of current attempts; stale ones are ignored (fencing by attempt)."""
+        effects = Effects()
+        worker = self.workers.get(wid)
+        if worker is None or worker.session != session:
+            return effects
+        worker.last_seen = now
+        finish: list[Record] = []
+        for item in items:
+            ref = (item["task"], item["attempt"])
+            if ref not in worker.attempts:
+                log.warning(
+                    "ignoring result of task %s attempt %d from %s: that attempt is no "
+                    "longer current (reassigned, cancelled or already recorded)",
+                    ref[0],
+                    ref[1],
+                    wid,
+                    extra={"task": ref[0], "attempt": ref[1], "worker": wid},
+                )
+                continue
+            finish.append(
+                {
+                    "t": ref[0],
+                    "n": ref[1],
+                    "o": Outcome.SUCCEEDED if item["ok"] else Outcome.FAILED,
+                    "v": item["value"],
+                    "err": item["error"],
+                    "s": item["started_at"],
+                    "e": item["ended_at"],
+                }
+            )
+        if finish:
+            self._record(effects, {"e": "finish", "items": finish})
+        effects.send(wid, {"op": "ack", "attempts": [(i["task"], i["attempt"]) for i in items]})
+        return effects.extend(self.dispatch(now))
+
+    def worker_lost(self, wid: str, session: int, reason: str, now: float) -> Effects:
+        """The worker's connection dropped: its attempts are lost at once."""
+        effects = Effects()
+        worker = self.workers.get(wid)
+        if worker is None or worker.session != session or not worker.connected:
+            return effects
+        self._declare_dead(effects, worker, reason, now)
+        return effects.extend(self.dispatch(now))
+
+    def _declare_dead(self, effects: Effects, worker: Worker, reason: str, now: float) -> None:
+        worker.connected = False
+        worker.eligible = False
+        worker.state = "dead"
+        if worker.attempts:
+            log.warning(
+                "worker %s is dead (%s); redistributing its %d task(s)",
+                worker.id,
+                reason,
+                len(worker.attempts),
+                extra={"worker": worker.id},
+            )
+            self._lose(effects, set(worker.attempts), f"worker {worker.id} died: {reason}", now)
+        else:
+            log.warning("worker %s is dead (%s)", worker.id, reason, extra={"worker": worker.id})
+
+    def _lose(self, effects: Effects, refs: Iterable[AttemptRef], reason: str, now: float) -> None:
+        items: list[Record] = [
+            {"t": t, "n": n, "o": Outcome.LOST, "err": reason, "e": now} for t, n in sorted(refs)
+        ]
+        self._record(effects, {"e": "finish", "items": items})
+
+    def tick(self, now: float) -> Effects:
+        """Heartbeat bookkeeping: mark silent workers suspect, then dead."""
+        effects = Effects()
+        suspect_after = 2 * self.heartbeat.interval
+        for worker in self.workers.values():
+            if worker.state == "dead":
+                continue
+            age = now - worker.last_seen
+            if age > self.heartbeat.timeout:
+                if worker.connected:
+                    effects.disconnect.append(worker.id)
+                self._declare_dead(effects, worker, f"no heartbeat for {age:.1f}s", now)
+            elif age > suspect_after and worker.state == "alive":
+                worker.state, worker.eligible = "suspect", False
+                log.info("worker %s is suspect: silent for %.1fs", worker.id, age)
+        # Always dispatch: a suspect worker whose heartbeat made it eligible again has free
+        # slots, and nothing else would hand it the tasks queued meanwhile.
+        return effects.extend(self.dispatch(now))
+
+    def dispatch(self, now: float) -> Effects:
+        """Assign queued tasks to free slots, least load first."""
+        effects = Effects()
+        if not len(self.queue):
+            return effects
+        candidates = [w for w in self.workers.values() if w.free > 0]
+        if not candidates:
+            return effects
+        tasks = self.table.tasks
+        pairs = self.queue.drain(
+            candidates, lambda task_id: tasks[task_id].state is TaskState.PENDING
+        )
+        by_worker: dict[str, list[AssignItem]] = {}
+        for entry, worker in pairs:
+            task = tasks[entry.task_id]
+            by_worker.setdefault(worker.id, []).append(
+                {
+                    "task": task.id,
+                    "attempt": len(task.attempts) + 1,
+                    "type": task.type,
+                    "payload": task.payload,
+                    "timeout": task.timeout,
+                }
+            )
+        for wid, items in by_worker.items():
+            refs = [(i["task"], i["attempt"]) for i in items]
+            self._record(effects, {"e": "assign", "w": wid, "at": now, "items": refs})
+            effects.send(wid, {"op": "assign", "epoch": self.epoch, "items": items})
+        return effects
+
+    # -- views -----------------------------------------------------------------------------
+
+    def worker_views(self, now: float) -> list[WorkerView]:
+        return [w.view(now) for w in sorted(self.workers.values(), key=lambda w: w.id)]
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(TaskState, 0)
+        for task in self.table.tasks.values():
+            counts[task.state] += 1
+        return {str(k): v for k, v in counts.items()}

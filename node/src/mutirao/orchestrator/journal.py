@@ -1,0 +1,236 @@
+"""Durable state: an append-only, checksummed, group-committed journal plus checkpoints.
+
+Records are appended as lines ``<crc32 hex> <json>\\n`` to numbered segment files. One writer
+task writes and fsyncs whatever accumulated while the previous fsync ran (group commit), so
+under load many submissions share one fsync; :meth:`Journal.commit` returns once its records
+are on disk. A checkpoint is a snapshot written atomically (temp file, fsync, rename) that
+names the first segment *not* included in it; older segments are then deleted (compaction).
+Recovery loads the checkpoint and replays the later segments; a torn or corrupt record is
+skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "state_checkpoint.json"
+_SEGMENT_GLOB = "journal-*.log"
+
+
+def _segment_path(directory: Path, number: int) -> Path:
+    return directory / f"journal-{number:08d}.log"
+
+
+def _segment_number(path: Path) -> int:
+    return int(path.stem.split("-", 1)[1])
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    body = orjson.dumps(record)
+    return b"%08x %b\n" % (zlib.crc32(body), body)
+
+
+def _decode_line(line: bytes) -> dict[str, Any] | None:
+    if not line.endswith(b"\n") or len(line) < 10 or line[8:9] != b" ":
+        return None
+    body = line[9:-1]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        record = orjson.loads(body)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+@dataclass
+class Recovered:
+    snapshot: dict[str, Any] | None
+    records: list[dict[str, Any]]
+    skipped: int
+    next_segment: int
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(directory: Path) -> Recovered:
+    """Read the checkpoint and every later segment (blocking; call before serving)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    snapshot = None
+    first = 0
+    checkpoint = directory / CHECKPOINT_NAME
+    if checkpoint.exists():
+        doc = orjson.loads(checkpoint.read_bytes())
+        snapshot, first = doc["state"], doc["segment"]
+    segments = sorted(directory.glob(_SEGMENT_GLOB), key=_segment_number)
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    for path in segments:
+        if _segment_number(path) < first:
+            continue
+        for number, line in enumerate(_lines(path), 1):
+            record = _decode_line(line)
+            if record is None:
+                skipped += 1
+                log.warning("skipping torn or corrupt journal record %s:%d", path.name, number)
+                continue
+            records.append(record)
+    last = max((_segment_number(p) for p in segments), default=first - 1)
+    return Recovered(snapshot, records, skipped, max(last + 1, first, 1))
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        yield from fh
+
+
+@dataclass
+class _Group:
+    data: list[bytes] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    rotate_to: int | None = None
+
+
+class Journal:
+    """The writer side; recovery is :func:`recover`."""
+
+    def __init__(self, directory: Path, segment: int, *, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self.segment = segment
+        self.records_since_checkpoint = 0
+        self._file = _segment_path(directory, segment).open("ab")
+        self._queue: list[_Group] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._writing = False
+        self.last_fsync_seconds = 0.0
+
+    async def __aenter__(self) -> Journal:
+        self._writer = asyncio.create_task(self._write_loop(), name="journal-writer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+        self._file.close()
+
+    def _open_group(self) -> _Group:
+        if not self._queue or self._queue[-1].rotate_to is not None:
+            self._queue.append(_Group())
+        return self._queue[-1]
+
+    def append(self, records: list[dict[str, Any]]) -> asyncio.Future[None]:
+        """Queue records in order; the future resolves once they are durable."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(RuntimeError("journal is closed"))
+            return future
+        if not records and not self._queue and not self._writing:
+            future.set_result(None)  # nothing to write and nothing earlier still in flight
+            return future
+        group = self._open_group()
+        group.data.extend(encode_record(r) for r in records)
+        group.waiters.append(future)
+        self.records_since_checkpoint += len(records)
+        self._wakeup.set()
+        return future
+
+    def rotate(self) -> asyncio.Future[None]:
+        """Start a new segment; resolves when everything before it is durable."""
+        group = self._open_group()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        group.waiters.append(future)
+        self.segment += 1
+        group.rotate_to = self.segment
+        self.records_since_checkpoint = 0
+        self._wakeup.set()
+        return future
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                group = self._queue.pop(0)
+                self._writing = True
+                failure: OSError | None = None
+                try:
+                    await loop.run_in_executor(None, self._write_group, group)
+                except OSError as exc:
+                    log.critical("journal write failed: %s", exc)
+                    failure = exc
+                finally:
+                    self._writing = False
+                for waiter in group.waiters:
+                    if waiter.done():
+                        continue
+                    if failure is None:
+                        waiter.set_result(None)
+                    else:
+                        waiter.set_exception(failure)
+            if self._closed:
+                return
+
+    def _write_group(self, group: _Group) -> None:
+        started = time.monotonic()
+        if group.data:
+            self._file.write(b"".join(group.data))
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        if group.rotate_to is not None:
+            self._file.close()
+            self._file = _segment_path(self.directory, group.rotate_to).open("ab")
+            if self.fsync:
+                _fsync_dir(self.directory)
+        self.last_fsync_seconds = time.monotonic() - started
+
+    async def checkpoint(self, snapshot: dict[str, Any]) -> None:
+        """Persist ``snapshot`` (taken just before this call) and drop older segments.
+
+        The caller must take the snapshot and call this without awaiting in between, so
+        the snapshot holds exactly the records appended before the rotation.
+        """
+        rotated = self.rotate()
+        first = self.segment
+        await rotated
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._write_checkpoint, snapshot, first
+        )
+
+    def _write_checkpoint(self, snapshot: dict[str, Any], first: int) -> None:
+        target = self.directory / CHECKPOINT_NAME
+        tmp = target.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            fh.write(orjson.dumps({"version": 1, "segment": first, "state": snapshot}))
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(target)
+        _fsync_dir(self.directory)
+        for path in self.directory.glob(_SEGMENT_GLOB):
+            if _segment_number(path) < first:
+                path.unlink()
+        log.info("checkpoint written; journal compacted to segment %d", first)

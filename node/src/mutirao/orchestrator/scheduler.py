@@ -1,0 +1,117 @@
+"""Least-load scheduling, pure logic (no I/O, no clock).
+
+A pending task goes to the eligible worker (alive, runs its type, has a free slot) with the
+lowest load = running / slots, ties broken by worker id; higher priority first, FIFO (by
+submission sequence) within a priority. A task that cannot run anywhere right now never
+blocks tasks of other types behind it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+IsPending = Callable[[str], bool]
+
+
+@dataclass(slots=True)
+class Slotted:
+    """What the scheduler needs to know about a worker."""
+
+    id: str
+    slots: int
+    types: frozenset[str]
+    running: int = 0
+    eligible: bool = True
+    """False while the worker is suspect, dead or disconnected."""
+
+    @property
+    def free(self) -> int:
+        return self.slots - self.running if self.eligible else 0
+
+    @property
+    def load(self) -> float:
+        return self.running / self.slots if self.slots else 1.0
+
+
+@dataclass(order=True, slots=True)
+class Entry:
+    priority: int  # negated, so the heap pops the highest priority first
+    seq: int
+    task_id: str = field(compare=False)
+    avoid: str | None = field(compare=False, default=None)
+    """Worker the previous attempt ran on; another one is preferred when there is a choice."""
+
+
+def pick_worker(workers: Iterable[Slotted], task_type: str, avoid: str | None) -> Slotted | None:
+    """The least-loaded eligible worker with a free slot for ``task_type``, or None."""
+    best: Slotted | None = None
+    best_key: tuple[bool, float, str] | None = None
+    for worker in workers:
+        if worker.free <= 0 or task_type not in worker.types:
+            continue
+        key = (worker.id == avoid, worker.load, worker.id)
+        if best_key is None or key < best_key:
+            best, best_key = worker, key
+    return best
+
+
+class PendingQueue:
+    """Pending tasks, one priority heap per task type."""
+
+    def __init__(self) -> None:
+        self._heaps: dict[str, list[Entry]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, task_type: str, entry: Entry) -> None:
+        heapq.heappush(self._heaps.setdefault(task_type, []), entry)
+        self._size += 1
+
+    def depth_by_type(self) -> dict[str, int]:
+        return {t: len(h) for t, h in self._heaps.items() if h}
+
+    def drain(
+        self, workers: Sequence[Slotted], is_pending: IsPending
+    ) -> list[tuple[Entry, Slotted]]:
+        """Assign as many queued tasks as free slots allow; returns (entry, worker) pairs.
+
+        ``is_pending`` lets the caller drop entries whose task was cancelled meanwhile.
+        Each choice updates the chosen worker's ``running`` so the next one sees its load.
+        A task queued twice (a stale entry survives an assignment the queue did not make,
+        e.g. a replayed or adopted one) is handed out once; its other entries are dropped.
+        """
+        assignments: list[tuple[Entry, Slotted]] = []
+        taken: set[str] = set()
+
+        def pending(task_id: str) -> bool:
+            return task_id not in taken and is_pending(task_id)
+
+        while True:
+            choice = self._best_head(workers, pending)
+            if choice is None:
+                return assignments
+            task_type, worker = choice
+            entry = heapq.heappop(self._heaps[task_type])
+            self._size -= 1
+            worker.running += 1
+            taken.add(entry.task_id)
+            assignments.append((entry, worker))
+
+    def _best_head(
+        self, workers: Sequence[Slotted], is_pending: IsPending
+    ) -> tuple[str, Slotted] | None:
+        best: tuple[Entry, str, Slotted] | None = None
+        for task_type, heap in self._heaps.items():
+            while heap and not is_pending(heap[0].task_id):
+                heapq.heappop(heap)
+                self._size -= 1
+            if not heap or (best is not None and best[0] < heap[0]):
+                continue
+            worker = pick_worker(workers, task_type, heap[0].avoid)
+            if worker is not None:
+                best = (heap[0], task_type, worker)
+        return None if best is None else (best[1], best[2])

@@ -1,0 +1,287 @@
+"""The task table as an event-sourced state machine (sans-IO).
+
+Every change to tasks is a *record* (a JSON-able dict) applied by :meth:`TaskTable.apply`.
+The live orchestrator applies a record and appends it to the journal; recovery applies the
+same records again, so replay and live operation cannot disagree.
+
+Records (``e`` is the kind; batches keep the journal cheap under load):
+
+- ``submit``: ``tasks`` = list of full task rows
+- ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
+- ``start``: ``items`` began running at ``at``
+- ``finish``: ``items`` = ``[{t, n, o, v, err, s, e}]`` (task, attempt, outcome, value, error,
+  started, ended); a failed or lost attempt requeues the task while attempts remain
+- ``cancel``: ``tasks`` cancelled at ``at``
+- ``types``: task types some worker has announced
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mutirao.protocol import AttemptView, Outcome, TaskId, TaskSpec, TaskState, TaskView
+
+Record = dict[str, Any]
+
+_ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
+
+
+@dataclass(slots=True)
+class Attempt:
+    n: int
+    worker: str
+    assigned_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    outcome: Outcome | None = None
+    error: str | None = None
+
+    def view(self) -> AttemptView:
+        return {
+            "attempt": self.n,
+            "worker": self.worker,
+            "assigned_at": self.assigned_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "outcome": self.outcome,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class Task:
+    id: TaskId
+    type: str
+    payload: Any
+    priority: int
+    max_attempts: int
+    timeout: float
+    key: str | None
+    owner: str
+    created_at: float
+    seq: int = 0
+    state: TaskState = TaskState.PENDING
+    attempts: list[Attempt] = field(default_factory=list)
+    result: Any = None
+    error: str | None = None
+    finished_at: float | None = None
+
+    @property
+    def current(self) -> Attempt | None:
+        """The attempt in flight, if the task is assigned or running."""
+        return self.attempts[-1] if self.state in _ACTIVE else None
+
+    def row(self) -> Record:
+        """The submission as stored in the journal."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "key": self.key,
+            "owner": self.owner,
+            "created_at": self.created_at,
+        }
+
+    def view(self) -> TaskView:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "state": self.state,
+            "owner": self.owner,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "timeout": self.timeout,
+            "key": self.key,
+            "payload": self.payload,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "attempts": [a.view() for a in self.attempts],
+            "result": self.result,
+            "error": self.error,
+        }
+
+    @classmethod
+    def new(cls, task_id: TaskId, spec: TaskSpec, owner: str, now: float) -> Task:
+        return cls(
+            id=task_id,
+            type=spec.type,
+            payload=spec.payload,
+            priority=spec.priority,
+            max_attempts=spec.max_attempts,
+            timeout=spec.timeout,
+            key=spec.key,
+            owner=owner,
+            created_at=now,
+        )
+
+
+@dataclass(slots=True)
+class Change:
+    """A task whose state a record changed, with what it was before."""
+
+    task: Task
+    old_state: TaskState
+    old_worker: str | None
+
+
+class TaskTable:
+    """All tasks, their idempotency keys and the task types ever announced."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.keys: dict[tuple[str, str], TaskId] = {}
+        self.known_types: set[str] = set()
+        self._seq = 0
+
+    def get(self, task_id: str) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def by_key(self, owner: str, key: str) -> Task | None:
+        task_id = self.keys.get((owner, key))
+        return None if task_id is None else self.tasks[task_id]
+
+    def apply(self, record: Record) -> list[Change]:
+        """Apply one record; returns the tasks whose state changed."""
+        kind = record["e"]
+        if kind == "submit":
+            return list(self._submit(record["tasks"]))
+        if kind == "assign":
+            return list(self._assign(record["w"], record["items"], record["at"]))
+        if kind == "start":
+            self._start(record["items"], record["at"])
+            return []
+        if kind == "finish":
+            return list(self._finish(record["items"]))
+        if kind == "cancel":
+            return list(self._cancel(record["tasks"], record["at"]))
+        if kind == "types":
+            self.known_types.update(record["types"])
+            return []
+        raise ValueError(f"unknown journal record kind {kind!r}")
+
+    def _submit(self, rows: list[Record]) -> Iterator[Change]:
+        for row in rows:
+            task = Task(**row)
+            self._seq += 1
+            task.seq = self._seq
+            self.tasks[task.id] = task
+            if task.key is not None:
+                self.keys[(task.owner, task.key)] = task.id
+            yield Change(task, TaskState.PENDING, None)
+
+    def _assign(self, worker: str, items: list[list[Any]], at: float) -> Iterator[Change]:
+        for task_id, n in items:
+            task = self.tasks[task_id]
+            if task.state is not TaskState.PENDING or n != len(task.attempts) + 1:
+                continue
+            task.attempts.append(Attempt(n=n, worker=worker, assigned_at=at))
+            task.state = TaskState.ASSIGNED
+            yield Change(task, TaskState.PENDING, None)
+
+    def _start(self, items: list[list[Any]], at: float) -> None:
+        for task_id, n in items:
+            task = self.tasks[task_id]
+            current = task.current
+            if current is not None and current.n == n and task.state is TaskState.ASSIGNED:
+                current.started_at = at
+                task.state = TaskState.RUNNING
+
+    def _finish(self, items: list[Record]) -> Iterator[Change]:
+        for item in items:
+            task = self.tasks[item["t"]]
+            current = task.current
+            if current is None or current.n != item["n"]:
+                continue
+            old_state = task.state
+            outcome = Outcome(item["o"])
+            current.outcome = outcome
+            current.error = item.get("err")
+            current.ended_at = item["e"]
+            if item.get("s") is not None:
+                current.started_at = item["s"]
+            if outcome is Outcome.SUCCEEDED:
+                task.state = TaskState.SUCCEEDED
+                task.result = item.get("v")
+                task.finished_at = item["e"]
+            elif len(task.attempts) < task.max_attempts:
+                task.state = TaskState.PENDING
+            else:
+                task.state = TaskState.FAILED
+                task.error = _final_error(task)
+                task.finished_at = item["e"]
+            yield Change(task, old_state, current.worker)
+
+    def _cancel(self, task_ids: list[str], at: float) -> Iterator[Change]:
+        for task_id in task_ids:
+            task = self.tasks[task_id]
+            if task.state.terminal:
+                continue
+            old_state, current = task.state, task.current
+            if current is not None:
+                current.outcome = Outcome.CANCELLED
+                current.ended_at = at
+            task.state = TaskState.CANCELLED
+            task.finished_at = at
+            yield Change(task, old_state, None if current is None else current.worker)
+
+    def snapshot(self) -> Record:
+        """Everything needed to rebuild the table, for a checkpoint."""
+        return {
+            "seq": self._seq,
+            "known_types": sorted(self.known_types),
+            "tasks": [_snapshot_task(t) for t in self.tasks.values()],
+        }
+
+    def restore(self, snapshot: Record) -> None:
+        self._seq = snapshot["seq"]
+        self.known_types = set(snapshot["known_types"])
+        for saved in snapshot["tasks"]:
+            row = dict(saved)  # leave the caller's snapshot intact
+            attempts = [Attempt(**a) for a in row.pop("attempts")]
+            for a in attempts:
+                a.outcome = None if a.outcome is None else Outcome(a.outcome)
+            task = Task(**row, attempts=attempts)
+            task.state = TaskState(task.state)
+            self.tasks[task.id] = task
+            if task.key is not None:
+                self.keys[(task.owner, task.key)] = task.id
+
+
+def _snapshot_task(task: Task) -> Record:
+    row = task.row()
+    row.update(
+        seq=task.seq,
+        state=task.state,
+        attempts=[
+            {
+                "n": a.n,
+                "worker": a.worker,
+                "assigned_at": a.assigned_at,
+                "started_at": a.started_at,
+                "ended_at": a.ended_at,
+                "outcome": a.outcome,
+                "error": a.error,
+            }
+            for a in task.attempts
+        ],
+        result=task.result,
+        error=task.error,
+        finished_at=task.finished_at,
+    )
+    return row
+
+
+def _final_error(task: Task) -> str:
+    last = task.attempts[-1]
+    lost = sum(1 for a in task.attempts if a.outcome is Outcome.LOST)
+    if last.outcome is Outcome.LOST:
+        return (
+            f"gave up after {len(task.attempts)} attempts: the worker running it was lost "
+            f"{lost} time(s), last {last.worker}: {last.error or 'no reason given'}"
+        )
+    return f"failed after {len(task.attempts)} attempts; last error: {last.error}"

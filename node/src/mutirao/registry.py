@@ -1,0 +1,53 @@
+"""Task handlers by name: ``@mutirao.task("name")`` registers a function workers can run.
+
+A handler takes the task's JSON payload and returns a JSON-serialisable result. ``async def``
+handlers run on the worker's event loop; plain functions run in its thread pool, so blocking
+code never stalls heartbeats. An exception marks the attempt failed with its text.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Handler:
+    name: str
+    fn: Callable[[Any], Any]
+    is_async: bool
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def register(self, name: str, fn: Callable[[Any], Any]) -> None:
+        existing = self._handlers.get(name)
+        if existing is not None and existing.fn is not fn:
+            raise ValueError(f"task type {name!r} is already registered by {existing.fn!r}")
+        self._handlers[name] = Handler(name, fn, inspect.iscoroutinefunction(fn))
+
+    def get(self, name: str) -> Handler | None:
+        return self._handlers.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+
+REGISTRY = Registry()
+"""The process-wide registry that ``@mutirao.task`` fills and workers read."""
+
+
+def task(name: str | None = None, *, registry: Registry = REGISTRY) -> Callable[[F], F]:
+    """Register the decorated function as the handler of task type ``name``."""
+
+    def decorate(fn: F) -> F:
+        registry.register(name or fn.__name__, fn)
+        return fn
+
+    return decorate

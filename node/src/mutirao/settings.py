@@ -1,0 +1,158 @@
+"""All configuration in one place: nested dataclasses with typed, documented defaults.
+
+Values come from defaults, then ``MUTIRAO_*`` environment variables, then CLI flags. The
+environment is read only by :func:`from_env`, which the CLI calls; nothing here reads it at
+import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class HeartbeatSettings:
+    interval: float = 1.0
+    """Seconds between two heartbeats sent by a worker."""
+    timeout: float = 3.0
+    """Seconds of silence after which the orchestrator declares a worker dead."""
+
+
+@dataclass
+class JournalSettings:
+    fsync: bool = True
+    """Flush every journal group to disk before acknowledging it (durability)."""
+    checkpoint_interval: float = 30.0
+    """Seconds between checkpoints (snapshot + journal compaction)."""
+    checkpoint_min_records: int = 10_000
+    """Write a checkpoint early once the journal holds this many records."""
+
+
+@dataclass
+class AuthSettings:
+    token_ttl: float = 12 * 3600.0
+    """Seconds a login token stays valid."""
+    join_token: str = ""
+    """Shared secret workers present to register; generated into the data dir if empty."""
+
+
+@dataclass
+class LimitSettings:
+    max_payload_bytes: int = 1024 * 1024
+    """Largest JSON payload accepted for one task."""
+    max_request_bytes: int = 64 * 1024 * 1024
+    """Largest HTTP request body accepted (a batch of tasks)."""
+    max_batch: int = 10_000
+    """Most tasks accepted in one submission request."""
+    max_wait: float = 60.0
+    """Longest long-poll a client may ask for, in seconds."""
+
+
+@dataclass
+class TaskDefaults:
+    max_attempts: int = 3
+    """Attempts before a task fails for good (worker deaths count as attempts)."""
+    timeout: float = 300.0
+    """Seconds an attempt may run before the worker abandons it as failed."""
+    priority: int = 0
+    """Higher runs first; FIFO within one priority."""
+
+
+@dataclass
+class LogSettings:
+    level: str = "INFO"
+    """Threshold for stderr and the log file."""
+    format: str = "text"
+    """``text`` or ``json``."""
+    dir: Path = Path("logs")
+    """Directory for rotating log files ``<component>-<id>.log``."""
+
+
+@dataclass
+class WorkerSettings:
+    id: str = ""
+    """Worker id; defaults to ``<hostname>-<pid>``. A restart with the same id replaces it."""
+    port: int = 0
+    """Port of the worker's own HTTP server (health, status); 0 picks a free one."""
+    slots: int = 4
+    """Attempts this worker runs at once; its load is running / slots."""
+    tasks: list[str] = field(default_factory=list)
+    """Python modules to import for ``@mutirao.task`` handlers, besides the built-ins."""
+    allow_crash: bool = False
+    """Obey ``"crash"`` in payloads by exiting abruptly (for failure drills only)."""
+    reconnect_max: float = 2.0
+    """Longest pause between two attempts to reach an orchestrator, in seconds."""
+
+
+@dataclass
+class Settings:
+    """Settings shared by every Mutirão process."""
+
+    urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:7000"])
+    """Orchestrator URLs (active first); clients and workers try them in turn."""
+    host: str = "127.0.0.1"
+    """Interface the HTTP server of this process binds."""
+    port: int = 7000
+    """Port of the orchestrator's HTTP server (workers use their own ``--port``)."""
+    data_dir: Path = Path("mutirao-data")
+    """Orchestrator state: journal, checkpoint, users, secrets."""
+    node_id: str = "orchestrator"
+    """Name of this process in logs and the cluster view."""
+    token: str = ""
+    """Bearer token a client presents (from ``mutirao login`` or ``MUTIRAO_TOKEN``)."""
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    journal: JournalSettings = field(default_factory=JournalSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    tasks: TaskDefaults = field(default_factory=TaskDefaults)
+    log: LogSettings = field(default_factory=LogSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+
+
+def _env_name(path: str) -> str:
+    return "MUTIRAO_" + path.replace(".", "_").upper()
+
+
+def _coerce(value: str, current: Any) -> Any:
+    if isinstance(current, bool):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, Path):
+        return Path(value)
+    if isinstance(current, list):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _overlay(obj: Any, env: Mapping[str, str], prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        path = f"{prefix}{f.name}"
+        current = getattr(obj, f.name)
+        if dataclasses.is_dataclass(current):
+            _overlay(current, env, path + ".")
+            continue
+        name = "MUTIRAO_URL" if path == "urls" else _env_name(path)
+        if name in env:
+            try:
+                setattr(obj, f.name, _coerce(env[name], current))
+            except ValueError as exc:
+                raise SettingsError(f"{name}={env[name]!r}: {exc}") from None
+
+
+class SettingsError(ValueError):
+    """A configuration value could not be understood."""
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults overlaid with ``MUTIRAO_*`` variables (``MUTIRAO_HEARTBEAT_TIMEOUT=5`` ...)."""
+    settings = Settings()
+    _overlay(settings, os.environ if env is None else env, "")
+    return settings

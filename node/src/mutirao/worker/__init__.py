@@ -1,0 +1,1 @@
+"""The worker: runs task handlers for an orchestrator."""

@@ -1,0 +1,129 @@
+"""Runs assigned attempts: async handlers on the loop, blocking ones in a thread pool.
+
+The runner owns every attempt task it starts and cancels them on close. A payload with
+``"crash"`` makes the process exit abruptly mid-task (the seed's worker-failure test), but
+only on workers started with ``--allow-crash``: ``true`` crashes the first attempt, an
+integer N the first N attempts, ``"always"`` every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from mutirao.protocol import AssignItem, AttemptRef, ResultItem
+from mutirao.registry import Registry
+
+log = logging.getLogger(__name__)
+
+CRASH_EXIT_CODE = 70
+
+
+def crash_requested(payload: Any, attempt: int) -> bool:
+    if not isinstance(payload, dict) or "crash" not in payload:
+        return False
+    crash = payload["crash"]
+    if crash == "always":
+        return True
+    if crash is True:
+        return attempt == 1
+    if isinstance(crash, int) and not isinstance(crash, bool):
+        return attempt <= crash
+    return False
+
+
+class Runner:
+    def __init__(
+        self,
+        registry: Registry,
+        slots: int,
+        *,
+        allow_crash: bool,
+        on_result: Callable[[ResultItem], None],
+    ) -> None:
+        self.registry = registry
+        self.allow_crash = allow_crash
+        self.on_result = on_result
+        self.running: dict[AttemptRef, asyncio.Task[None]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="task")
+
+    def start(self, item: AssignItem) -> None:
+        ref = (item["task"], item["attempt"])
+        if ref in self.running:
+            return
+        task = asyncio.create_task(self._run(item), name=f"attempt {ref[0]}.{ref[1]}")
+        self.running[ref] = task
+        task.add_done_callback(lambda _: self.running.pop(ref, None))
+
+    def cancel(self, ref: AttemptRef) -> None:
+        task = self.running.get(ref)
+        if task is not None:
+            log.info("cancelling attempt", extra={"task": ref[0], "attempt": ref[1]})
+            task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, item: AssignItem) -> None:
+        task_id, attempt = item["task"], item["attempt"]
+        extra = {"task": task_id, "attempt": attempt}
+        started = time.time()
+        log.info("running %s", item["type"], extra=extra)
+        value: Any = None
+        error: str | None = None
+        try:
+            value = await asyncio.wait_for(self._call(item), item["timeout"])
+            orjson.dumps(value)
+        except TimeoutError:
+            error = f"timed out after {item['timeout']}s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        ended = time.time()
+        if error is None:
+            log.info("succeeded in %.3fs", ended - started, extra=extra)
+        else:
+            log.warning("failed: %s", error, extra=extra)
+        self.on_result(
+            {
+                "task": task_id,
+                "attempt": attempt,
+                "ok": error is None,
+                "value": value if error is None else None,
+                "error": error,
+                "started_at": started,
+                "ended_at": ended,
+            }
+        )
+
+    async def _call(self, item: AssignItem) -> Any:
+        handler = self.registry.get(item["type"])
+        if handler is None:
+            raise LookupError(f"this worker has no handler for task type {item['type']!r}")
+        if crash_requested(item["payload"], item["attempt"]):
+            if not self.allow_crash:
+                raise PermissionError(
+                    "crash requested, but this worker was not started with --allow-crash"
+                )
+            log.critical(
+                "crash requested by the task payload: exiting now",
+                extra={"task": item["task"], "attempt": item["attempt"]},
+            )
+            logging.shutdown()
+            os._exit(CRASH_EXIT_CODE)
+        if handler.is_async:
+            return await handler.fn(item["payload"])
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, handler.fn, item["payload"])

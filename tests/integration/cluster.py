@@ -1,0 +1,194 @@
+"""Real local clusters for tests: orchestrator and worker processes on loopback.
+
+Every process is started with ``python -m mutirao ...`` exactly as a user would, and is
+SIGKILLed and reaped when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mutirao.auth import SECRET_FILE, USERS_FILE, TokenSigner, User, UserStore
+from mutirao.client.http import Client
+
+T = TypeVar("T")
+
+HEARTBEAT_TIMEOUT = 1.5
+"""Tests shorten the heartbeat timeout (default 3 s) so failure scenarios finish quickly."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, timeout: float, what: str, every: float = 0.05
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Proc:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+        if self.popen is not None:
+            self.popen.wait(timeout=10)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    port: int = field(default_factory=free_port)
+    procs: list[Proc] = field(default_factory=list)
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def join_token(self) -> str:
+        return "test-join-token"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "MUTIRAO_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
+                "MUTIRAO_HEARTBEAT_INTERVAL": "0.25",
+                "MUTIRAO_AUTH_JOIN_TOKEN": self.join_token,
+                "MUTIRAO_LOG_DIR": str(self.root / "logs"),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env_extra)
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> Proc:
+        proc = Proc(
+            name, [sys.executable, "-m", "mutirao", *args], self.root / f"{name}.out", self._env()
+        )
+        self.procs.append(proc.start())
+        return proc
+
+    def start_orchestrator(self, *extra: str) -> Proc:
+        return self._spawn(
+            "orchestrator",
+            ["orchestrator", "--port", str(self.port), "--data-dir", str(self.data_dir), *extra],
+        )
+
+    def start_worker(
+        self, wid: str, *, slots: int = 4, crash: bool = True, extra: tuple[str, ...] = ()
+    ) -> Proc:
+        args = ["worker", "--id", wid, "--url", self.url, "--slots", str(slots), *extra]
+        if crash:
+            args.append("--allow-crash")
+        return self._spawn(f"worker-{wid}", args)
+
+    def token(self, user: str = "admin", admin: bool = True) -> str:
+        """A token signed with the orchestrator's secret (which exists once it started)."""
+        secret = (self.data_dir / SECRET_FILE).read_text().strip()
+        return TokenSigner(secret).issue(User(user, admin), time.time(), 3600)
+
+    def add_user(self, name: str, password: str, *, admin: bool = False) -> None:
+        UserStore(self.data_dir / USERS_FILE).add(name, password, admin=admin)
+
+    def client(self, token: str | None = None, **kw: Any) -> Client:
+        return Client([self.url], self.token() if token is None else token, **kw)
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        import aiohttp
+
+        async def ready() -> bool:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(self.url + "/readyz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(ready, timeout=timeout, what=f"orchestrator ready at {self.url}")
+
+    async def wait_workers(self, *ids: str, timeout: float = 20.0) -> None:
+        async with self.client() as client:
+
+            async def registered() -> bool:
+                alive = {w["id"] for w in await client.workers() if w["state"] == "alive"}
+                return alive >= set(ids)
+
+            await eventually(registered, timeout=timeout, what=f"workers {ids} alive")
+
+    async def start(self, *workers: str, slots: int = 4) -> None:
+        """Orchestrator plus workers, all registered."""
+        self.start_orchestrator()
+        await self.wait_ready()
+        for wid in workers:
+            self.start_worker(wid, slots=slots)
+        await self.wait_workers(*workers)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {p.name} =====\n{p.output()[-4000:]}" for p in self.procs)
+
+
+SIGKILL = signal.SIGKILL

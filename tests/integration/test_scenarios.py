@@ -1,0 +1,218 @@
+"""The seed's scenarios, on real processes over loopback: basic execution, balancing, worker
+failure (crash flag and SIGKILL), a silent (SIGSTOPped) worker, and an orchestrator restart."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import time
+from collections import Counter
+
+from mutirao.protocol import TaskView
+from tests.integration.cluster import HEARTBEAT_TIMEOUT, LocalCluster, eventually
+
+
+def _succeeded_once(view: TaskView) -> bool:
+    outcomes = [a["outcome"] for a in view["attempts"]]
+    return view["state"] == "succeeded" and outcomes.count("succeeded") == 1
+
+
+async def test_basic_execution(cluster: LocalCluster) -> None:
+    await cluster.start("W1")
+    async with cluster.client() as client:
+        cases = {
+            "echo": ({"hello": "world"}, {"hello": "world"}),
+            "sum": ([1, 2, 3.5], 6.5),
+            "sha256": ("abc", hashlib.sha256(b"abc").hexdigest()),
+            "wordcount": ("a b a", {"a": 2, "b": 1}),
+        }
+        submitted = {k: await client.submit(k, payload) for k, (payload, _) in cases.items()}
+        for kind, task in submitted.items():
+            view = await client.wait(task["id"], timeout=10)
+            assert view["state"] == "succeeded", view
+            assert view["result"] == cases[kind][1]
+            assert [a["worker"] for a in view["attempts"]] == ["W1"]
+
+
+async def test_least_load_follows_slots_not_round_robin(cluster: LocalCluster) -> None:
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("small", slots=1)
+    cluster.start_worker("big", slots=4)
+    await cluster.wait_workers("small", "big")
+    async with cluster.client() as client:
+        tasks = await client.submit_batch([{"type": "sleep", "payload": 0.3}] * 20)
+        views = await client.wait_many([t["id"] for t in tasks], timeout=30)
+    assert all(v["state"] == "succeeded" for v in views)
+    per_worker = Counter(v["attempts"][0]["worker"] for v in views)
+    # Capacity is 1:4, so least load gives about 4 and 16; round robin would give 10 and 10.
+    assert per_worker["small"] <= 6, per_worker
+    assert per_worker["big"] >= 14, per_worker
+    for worker, slots in (("small", 1), ("big", 4)):
+        spans = [
+            (v["attempts"][0]["started_at"], v["attempts"][0]["ended_at"])
+            for v in views
+            if v["attempts"][0]["worker"] == worker
+        ]
+        peak = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+        assert peak <= slots, f"{worker} ran {peak} tasks at once with {slots} slot(s)"
+
+
+async def test_crash_flag_kills_worker_and_task_completes_elsewhere(
+    cluster: LocalCluster,
+) -> None:
+    await cluster.start("W1", "W2")
+    async with cluster.client() as client:
+        task = await client.submit("echo", {"crash": True, "n": 1})
+        view = await client.wait(task["id"], timeout=15)
+    assert _succeeded_once(view), view
+    assert view["result"] == {"crash": True, "n": 1}
+    first, second = view["attempts"]
+    assert first["outcome"] == "lost"
+    assert second["outcome"] == "succeeded"
+    assert first["worker"] != second["worker"]
+    crashed = next(p for p in cluster.procs if p.name == f"worker-{first['worker']}")
+    assert crashed.popen is not None
+    assert crashed.popen.wait(5) == 70
+
+
+async def test_crash_refused_without_opt_in(cluster: LocalCluster) -> None:
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    worker = cluster.start_worker("prod", crash=False)
+    await cluster.wait_workers("prod")
+    async with cluster.client() as client:
+        task = await client.submit("echo", {"crash": True}, max_attempts=1)
+        view = await client.wait(task["id"], timeout=10)
+    assert view["state"] == "failed"
+    assert "--allow-crash" in (view["attempts"][0]["error"] or "")
+    assert worker.popen is not None
+    assert worker.popen.poll() is None, "the worker must survive"
+
+
+async def test_task_that_keeps_killing_workers_fails_with_reason(cluster: LocalCluster) -> None:
+    await cluster.start("W1", "W2")
+    async with cluster.client() as client:
+        task = await client.submit("echo", {"crash": "always"}, max_attempts=2)
+        view = await client.wait(task["id"], timeout=15)
+    assert view["state"] == "failed"
+    assert [a["outcome"] for a in view["attempts"]] == ["lost", "lost"]
+    assert "lost 2 time(s)" in (view["error"] or ""), view["error"]
+
+
+async def test_sigkilled_worker_tasks_redistributed_and_complete_once(
+    cluster: LocalCluster,
+) -> None:
+    await cluster.start("victim", "survivor")
+    victim = next(p for p in cluster.procs if p.name == "worker-victim")
+    async with cluster.client() as client:
+        tasks = await client.submit_batch([{"type": "sleep", "payload": 1.0}] * 8)
+        ids = [t["id"] for t in tasks]
+
+        async def victim_busy() -> bool:
+            views = [await client.get(i) for i in ids]
+            return (
+                sum(
+                    v["state"] == "running" and v["attempts"][-1]["worker"] == "victim"
+                    for v in views
+                )
+                >= 3
+            )
+
+        await eventually(victim_busy, timeout=10, what="victim running 3+ tasks")
+        victim.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        async def redistributed() -> bool:
+            views = [await client.get(i) for i in ids]
+            return all(v["attempts"][-1]["worker"] == "survivor" for v in views)
+
+        await eventually(redistributed, timeout=HEARTBEAT_TIMEOUT + 1, what="redistribution")
+        detected = time.monotonic() - killed_at
+        views = await client.wait_many(ids, timeout=20)
+    assert detected <= HEARTBEAT_TIMEOUT + 1
+    assert all(_succeeded_once(v) for v in views), views
+    moved = [v for v in views if len(v["attempts"]) == 2]
+    assert len(moved) >= 3
+    assert all(v["attempts"][0]["outcome"] == "lost" for v in moved)
+
+
+async def test_silent_worker_declared_dead_and_late_result_ignored(
+    cluster: LocalCluster,
+) -> None:
+    await cluster.start("sleepy", "awake")
+    sleepy = next(p for p in cluster.procs if p.name == "worker-sleepy")
+    async with cluster.client() as client:
+        tasks = await client.submit_batch([{"type": "sleep", "payload": 0.5}] * 4)
+        ids = [t["id"] for t in tasks]
+
+        async def sleepy_running() -> str | None:
+            for i in ids:
+                v = await client.get(i)
+                if v["state"] == "running" and v["attempts"][-1]["worker"] == "sleepy":
+                    return i
+            return None
+
+        stalled = await eventually(sleepy_running, timeout=10, what="a task on sleepy")
+        sleepy.signal(signal.SIGSTOP)
+
+        async def declared_dead() -> bool:
+            states = {w["id"]: w["state"] for w in await client.workers()}
+            return states.get("sleepy") == "dead"
+
+        await eventually(declared_dead, timeout=HEARTBEAT_TIMEOUT + 2, what="sleepy dead")
+        views = await client.wait_many(ids, timeout=15)
+        sleepy.signal(signal.SIGCONT)
+        # The resumed worker reconnects and re-sends its result for the reassigned attempt.
+        await cluster.wait_workers("sleepy")
+        final = await client.get(stalled)
+    assert all(_succeeded_once(v) for v in views), views
+    assert final["attempts"][0]["worker"] == "sleepy"
+    assert final["attempts"][0]["outcome"] == "lost"
+    assert _succeeded_once(final)
+    assert len(final["attempts"]) == 2
+
+
+async def test_orchestrator_restart_keeps_every_acknowledged_task(
+    cluster: LocalCluster,
+) -> None:
+    await cluster.start("W1", "W2", slots=2)
+    orchestrator = cluster.procs[0]
+    async with cluster.client() as client:
+        tasks = await client.submit_batch([{"type": "sleep", "payload": 0.4}] * 12)
+        ids = [t["id"] for t in tasks]
+
+        async def some_running() -> bool:
+            views = [await client.get(i) for i in ids]
+            return any(v["state"] == "running" for v in views)
+
+        await eventually(some_running, timeout=10, what="tasks running")
+        orchestrator.kill()
+        cluster.start_orchestrator()
+        await cluster.wait_ready()
+        views = await client.wait_many(ids, timeout=30)
+    assert all(_succeeded_once(v) for v in views), views
+    await cluster.wait_workers("W1", "W2")
+
+
+async def test_cancel_running_and_pending(cluster: LocalCluster) -> None:
+    await cluster.start("W1", slots=1)
+    async with cluster.client() as client:
+        running = await client.submit("sleep", 2.0)
+        pending = await client.submit("sleep", 2.0)
+
+        async def started() -> bool:
+            return (await client.get(running["id"]))["state"] == "running"
+
+        await eventually(started, timeout=10, what="first task running")
+        assert (await client.get(pending["id"]))["state"] == "pending"
+        assert (await client.cancel(pending["id"]))["state"] == "cancelled"
+        assert (await client.cancel(running["id"]))["state"] == "cancelled"
+        follow_up = await client.submit("echo", "after")
+        done = await client.wait(follow_up["id"], timeout=10)
+        assert done["state"] == "succeeded", "the cancelled task must free its slot"
+        await asyncio.sleep(0)
+        final = await client.get(running["id"])
+    assert final["state"] == "cancelled"
+    assert final["attempts"][0]["outcome"] == "cancelled"
