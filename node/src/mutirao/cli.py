@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import importlib
 import logging
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mutirao import logs
 from mutirao.client import commands, credentials
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
-from mutirao.settings import Settings, SettingsError, from_env
+from mutirao.settings import Settings, SettingsError, from_env, validate
 
 log = logging.getLogger("mutirao")
 
@@ -42,6 +43,69 @@ def _apply_flags(settings: Settings, args: argparse.Namespace) -> Settings:
             target = getattr(target, part)
         setattr(target, leaf, value)
     return settings
+
+
+def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, data: str) -> None:
+    _flag(p, "--host", setting="host", help="interface to bind [127.0.0.1]")
+    _flag(p, "--port", setting="port", type=int, help=f"HTTP port [{port}]")
+    _flag(p, "--data-dir", setting="data_dir", type=Path, help=f"state directory [{data}]")
+    _flag(p, "--node-id", setting="node_id", help=f"unique name of this orchestrator [{node}]")
+    _flag(
+        p,
+        "--join-token",
+        setting="auth.join_token",
+        help="cluster join token for workers and standbys [DATA_DIR/join.token]",
+    )
+    _flag(
+        p,
+        "--checkpoint-interval",
+        setting="journal.checkpoint_interval",
+        type=float,
+        help="seconds between checkpoints [30]",
+    )
+    p.add_argument(
+        "--no-fsync",
+        dest=_SETTING + "journal.fsync",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not fsync the journal (unsafe)",
+    )
+    _flag(
+        p,
+        "--lease",
+        setting="ha.backend",
+        choices=["file", "peer"],
+        help="leader lease backend [file]",
+    )
+    _flag(
+        p,
+        "--lease-dir",
+        setting="ha.lease_dir",
+        type=Path,
+        help="directory shared by the orchestrators (file lease) [mutirao-lease]",
+    )
+    _flag(
+        p,
+        "--lease-duration",
+        setting="ha.lease_duration",
+        type=float,
+        help="seconds a lease lasts unrenewed [5]",
+    )
+    _flag(
+        p,
+        "--peers",
+        setting="ha.peers",
+        type=_url_list,
+        help="other orchestrators' URLs, comma-separated (peer lease)",
+    )
+    _flag(p, "--advertise-url", setting="ha.url", help="URL others reach this node at")
+    _common_server(p)
+    p.set_defaults(_defaults={"port": port, "node_id": node, "data_dir": Path(data)})
+
+
+def _url_list(text: str) -> list[str]:
+    return [u.strip() for u in text.split(",") if u.strip()]
 
 
 def _common_client(parser: argparse.ArgumentParser) -> None:
@@ -87,45 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "orchestrator",
-        help="run the orchestrator",
-        description="Run the orchestrator: HTTP API, scheduler, journal.",
+        help="run an orchestrator (active, or standby if another one leads)",
+        description="Run an orchestrator: HTTP API, scheduler, journal. It leads if it can "
+        "take the lease, else it follows the leader as a hot standby.",
     )
-    _flag(p, "--host", setting="host", help="interface to bind [127.0.0.1]")
-    _flag(p, "--port", setting="port", type=int, help="HTTP port [7000]")
-    _flag(p, "--data-dir", setting="data_dir", type=Path, help="state directory [mutirao-data]")
-    _flag(p, "--node-id", setting="node_id", help="name in logs [orchestrator]")
-    _flag(
-        p,
-        "--join-token",
-        setting="auth.join_token",
-        help="worker join token [generated into DATA_DIR/join.token]",
-    )
-    _flag(
-        p,
-        "--checkpoint-interval",
-        setting="journal.checkpoint_interval",
-        type=float,
-        help="seconds between checkpoints [30]",
-    )
-    p.add_argument(
-        "--no-fsync",
-        dest=_SETTING + "journal.fsync",
-        action="store_const",
-        const=False,
-        default=None,
-        help="do not fsync the journal (unsafe)",
-    )
-    _common_server(p)
+    _orchestrator_flags(p, port=7000, node="orchestrator", data="mutirao-data")
     p.set_defaults(run=_run_orchestrator)
 
     p = sub.add_parser(
         "backup",
-        help="run a hot-standby orchestrator (not available yet)",
-        description="Hot-standby backup orchestrator. Not implemented yet: "
-        "restart the orchestrator on its data dir to recover instead.",
+        help="run a hot-standby orchestrator that takes over when the active one dies",
+        description="Run an orchestrator that follows the active one (--url) as a hot "
+        "standby and takes over automatically. Same code and flags as `orchestrator`, with "
+        "defaults for a second process on the same machine.",
     )
-    p.add_argument("--url", help="URL of the active orchestrator")
-    p.set_defaults(run=_run_backup)
+    _orchestrator_flags(p, port=7001, node="backup", data="mutirao-data-backup")
+    p.add_argument("--url", help="URL(s) of the active orchestrator (the peers to follow)")
+    p.set_defaults(run=_run_orchestrator)
 
     p = sub.add_parser(
         "worker",
@@ -261,10 +303,19 @@ def _server_settings(args: argparse.Namespace) -> Settings:
 def _run_orchestrator(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from mutirao.ha.backends import make_lease
     from mutirao.orchestrator.api import create_app
     from mutirao.orchestrator.service import Orchestrator
 
-    settings = _server_settings(args)
+    settings = from_env()
+    defaults = Settings()
+    for name, value in args._defaults.items():
+        # A backup's own defaults apply unless the environment set that value.
+        if getattr(settings, name) == getattr(defaults, name):
+            setattr(settings, name, value)
+    settings = _apply_flags(settings, args)
+    if getattr(args, "url", None):
+        settings.ha.peers = [*_url_list(args.url), *settings.ha.peers]
     logs.setup(
         "orchestrator",
         settings.node_id,
@@ -273,7 +324,8 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
         directory=settings.log.dir,
     )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    orch = Orchestrator(settings)
+    lock = _lock_data_dir(settings.data_dir)
+    orch = Orchestrator(validate(settings), make_lease(settings))
     log.info(
         "orchestrator %s serving http://%s:%d (data dir %s)",
         settings.node_id,
@@ -290,16 +342,27 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
         shutdown_timeout=5,
     )
     log.info("orchestrator %s stopped", settings.node_id)
+    lock.close()
     return 0
 
 
-def _run_backup(args: argparse.Namespace) -> int:
-    print(
-        "error: the hot-standby backup orchestrator is not available yet; restart "
-        "`mutirao orchestrator` on the same --data-dir to recover its state",
-        file=sys.stderr,
-    )
-    return 2
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Lock the data dir for as long as this process lives: the journal has one writer.
+
+    Without it, a second orchestrator started on the same dir by mistake replays the journal,
+    then (failing to bind, or at its first checkpoint) compacts away the segment the live
+    one is still appending to, losing every task acknowledged after that.
+    """
+    handle = (data_dir / "orchestrator.lock").open("ab")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SystemExit(
+            f"error: data dir {data_dir} is in use by another orchestrator; stop it first "
+            "or give this one its own --data-dir"
+        ) from None
+    return handle
 
 
 def _run_worker(args: argparse.Namespace) -> int:
@@ -376,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except (ApiError, Unreachable, MutiraoError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # A port in use, an unreadable token file, an unwritable data dir: say so in one line.
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

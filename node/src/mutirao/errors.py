@@ -92,3 +92,10 @@ class ProtocolError(PermanentError):
     """A peer sent a message that does not decode to any known message type."""
 
     code = "protocol"
+
+
+class NotLeaderError(TemporaryError):
+    """This orchestrator is a standby: send the request to ``leader`` instead."""
+
+    status = 421
+    code = "not_leader"

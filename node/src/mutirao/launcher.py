@@ -38,9 +38,10 @@ DEV_USER = "dev"
 def add_up_parser(sub: Any) -> None:
     p = sub.add_parser(
         "up",
-        help="start a local cluster (orchestrator + workers)",
-        description="Start an orchestrator and N workers as child processes; stop them all "
-        "on Ctrl-C or SIGTERM. Children that die are restarted.",
+        help="start a local cluster (orchestrator, hot standby, workers)",
+        description="Start an orchestrator, a hot-standby backup (on PORT+1) and N workers as "
+        "child processes; stop them all on Ctrl-C or SIGTERM. Children that die are restarted "
+        "(a restarted orchestrator rejoins as the standby of the one that took over).",
     )
     p.add_argument("--workers", type=int, default=2, help="number of workers [2]")
     p.add_argument("--slots", type=int, default=4, help="slots per worker [4]")
@@ -53,6 +54,9 @@ def add_up_parser(sub: Any) -> None:
         help="orchestrator state [mutirao-data]",
     )
     p.add_argument("--log-dir", type=Path, default=Path("logs"), help="log files [logs]")
+    p.add_argument(
+        "--no-backup", action="store_true", help="no hot-standby orchestrator (on PORT+1)"
+    )
     p.add_argument(
         "--allow-crash",
         action="store_true",
@@ -138,45 +142,42 @@ def _dev_credentials(data_dir: Path) -> tuple[str, str]:
     return DEV_USER, password
 
 
+def _orchestrator_argv(args: argparse.Namespace, command: str, port: int, data: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "mutirao", command,
+        "--host", args.host,
+        "--port", str(port),
+        "--data-dir", str(data),
+        "--lease-dir", str(args.data_dir / "lease"),
+        "--log-dir", str(args.log_dir),
+        "--log-level", args.log_level,
+    ]  # fmt: skip
+
+
 def run_up(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.slots < 1:
         raise SystemExit("error: --workers must be >= 0 and --slots >= 1")
-    data_dir: Path = args.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    url = f"http://{args.host}:{args.port}"
-    user, password = _dev_credentials(data_dir)
-    py = [sys.executable, "-m", "mutirao"]
-    logging_flags = ["--log-dir", str(args.log_dir), "--log-level", args.log_level]
-    children = [
-        Child(
-            "orchestrator",
-            [
-                *py,
-                "orchestrator",
-                "--host",
-                args.host,
-                "--port",
-                str(args.port),
-                "--data-dir",
-                str(data_dir),
-                *logging_flags,
-            ],
-        )
-    ]
+    root: Path = args.data_dir
+    primary, backup = root / "primary", root / "backup"
+    primary.mkdir(parents=True, exist_ok=True)
+    urls = [f"http://{args.host}:{args.port}"]
+    user, password = _dev_credentials(primary)
+    join_token = read_or_create_secret(root / JOIN_TOKEN_FILE)
+    os.environ["MUTIRAO_AUTH_JOIN_TOKEN"] = join_token  # inherited by every child
+    children = [Child("orchestrator", _orchestrator_argv(args, "orchestrator", args.port, primary))]
+    if not args.no_backup:
+        urls.append(f"http://{args.host}:{args.port + 1}")
+        argv = _orchestrator_argv(args, "backup", args.port + 1, backup)
+        children.append(Child("backup", [*argv, "--url", urls[0]]))
     for i in range(1, args.workers + 1):
         argv = [
-            *py,
-            "worker",
-            "--id",
-            f"W{i}",
-            "--url",
-            url,
-            "--slots",
-            str(args.slots),
-            "--join-token-file",
-            str(data_dir / JOIN_TOKEN_FILE),
-            *logging_flags,
-        ]
+            sys.executable, "-m", "mutirao", "worker",
+            "--id", f"W{i}",
+            "--url", ",".join(urls),
+            "--slots", str(args.slots),
+            "--log-dir", str(args.log_dir),
+            "--log-level", args.log_level,
+        ]  # fmt: skip
         argv += ["--allow-crash"] if args.allow_crash else []
         for module in args.tasks:
             argv += ["--tasks", module]
@@ -186,22 +187,22 @@ def run_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         children[0].start()
-        _wait_ready(url, 30)
-        token = TokenSigner(read_or_create_secret(data_dir / SECRET_FILE)).issue(
+        _wait_ready(urls[0], 30)
+        token = TokenSigner(read_or_create_secret(primary / SECRET_FILE)).issue(
             User(user, True), time.time(), 30 * 24 * 3600
         )
         for child in children[1:]:
             child.start()
-        _wait_workers(url, token, args.workers, 30)
-        _write_cluster_file(data_dir, url, user, password, token)
+        _wait_workers(urls[0], token, args.workers, 30)
+        _write_cluster_file(root, urls, user, password, token)
         print(
             _banner(
-                url,
+                urls,
                 user,
                 password,
                 token,
                 workers=args.workers,
-                data_dir=data_dir,
+                data_dir=root,
                 log_dir=args.log_dir,
             ),
             flush=True,
@@ -216,24 +217,34 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_cluster_file(data_dir: Path, url: str, user: str, password: str, token: str) -> None:
+def _write_cluster_file(
+    data_dir: Path, urls: list[str], user: str, password: str, token: str
+) -> None:
     path = data_dir / CLUSTER_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"urls": [url], "user": user, "password": password, "token": token}, fh)
+        json.dump({"urls": urls, "user": user, "password": password, "token": token}, fh)
 
 
 def _banner(
-    url: str, user: str, password: str, token: str, *, workers: int, data_dir: Path, log_dir: Path
+    urls: list[str],
+    user: str,
+    password: str,
+    token: str,
+    *,
+    workers: int,
+    data_dir: Path,
+    log_dir: Path,
 ) -> str:
+    standby = f", hot standby {urls[1]}" if len(urls) > 1 else " (no standby)"
     return f"""
-Mutirão is up: orchestrator {url} with {workers} worker(s).
+Mutirão is up: active orchestrator {urls[0]}{standby}, {workers} worker(s).
   data dir {data_dir.resolve()}   logs {log_dir.resolve()}
 Development login: user {user!r}, password {password!r}. In another terminal:
-  export MUTIRAO_URL={url}
+  export MUTIRAO_URL={",".join(urls)}
   mutirao login --user {user}              # or: export MUTIRAO_TOKEN={token}
   mutirao submit echo --payload '"hello"' --wait
-  mutirao workers
+  mutirao cluster                          # leader, epoch, standby lag, workers
 Press Ctrl-C to stop everything."""
 
 

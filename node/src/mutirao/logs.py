@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from mutirao.settings import SettingsError
+
 _CONTEXT = ("task", "attempt", "worker")
 
 
@@ -63,6 +65,8 @@ def setup(
     component: str, node: str, *, level: str = "INFO", fmt: str = "text", directory: Path | None
 ) -> None:
     """Route all ``mutirao`` logging to stderr and, if ``directory`` is set, a rotating file."""
+    if not isinstance(logging.getLevelName(level.upper()), int):
+        raise SettingsError(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     context = _ContextFilter(component, node)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]

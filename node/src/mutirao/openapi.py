@@ -108,6 +108,7 @@ OPENAPI: dict[str, Any] = {
                                     {
                                         "type": "object",
                                         "required": ["tasks"],
+                                        "additionalProperties": False,
                                         "properties": {
                                             "tasks": {
                                                 "type": "array",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, NewType, TypedDict
+from typing import Any, Literal, NewType, TypedDict, cast
 
 import orjson
 
@@ -23,7 +23,12 @@ Epoch = NewType("Epoch", int)
 
 API_PREFIX = "/v1"
 WORKER_WS_PATH = "/v1/workers/connect"
+REPLICATION_WS_PATH = "/v1/replication"
+HA_PATH = "/v1/ha"
+WORKER_SWITCH_PATH = "/v1/orchestrator"
 JOIN_TOKEN_HEADER = "X-Mutirao-Join-Token"
+STALE_EPOCH_CLOSE = 4409
+"""Websocket close code: the peer has seen a newer epoch than the sender's."""
 
 
 class TaskState(StrEnum):
@@ -200,6 +205,8 @@ class HelloMsg(TypedDict):
     slots: int
     types: list[str]
     running: list[AttemptRef]
+    epoch: int
+    """The newest epoch the worker has seen; an orchestrator behind it is deposed."""
 
 
 class HeartbeatMsg(TypedDict):
@@ -267,8 +274,78 @@ class AckMsg(TypedDict):
 
 OrchestratorMessage = WelcomeMsg | AssignMsg | CancelMsg | AckMsg
 
+# -- replication: a standby follows the active orchestrator's journal ------------------------
+
+
+class FollowMsg(TypedDict):
+    op: Literal["follow"]
+    node: str
+    url: str
+
+
+class ReplicaAckMsg(TypedDict):
+    op: Literal["ack"]
+    lsn: int
+    """Every record up to this log sequence number is durable on the standby."""
+
+
+StandbyMessage = FollowMsg | ReplicaAckMsg
+
+
+class AuthMaterial(TypedDict):
+    token_secret: str
+    join_token: str
+    users: str
+    """The users file's JSON text."""
+
+
+class SnapshotMsg(TypedDict):
+    op: Literal["snapshot"]
+    epoch: int
+    lsn: int
+    state: dict[str, Any]
+    auth: AuthMaterial
+
+
+class RecordsMsg(TypedDict):
+    op: Literal["records"]
+    lsn: int
+    records: list[dict[str, Any]]
+
+
+class BeatMsg(TypedDict):
+    op: Literal["beat"]
+    node: str
+    url: str
+    epoch: int
+    lsn: int
+    synced: bool
+    """Whether the active counts this standby as holding every acknowledged record."""
+
+
+LeaderMessage = SnapshotMsg | RecordsMsg | BeatMsg
+
+
+class HaView(TypedDict):
+    """``GET /v1/ha``: who this orchestrator is and whom it follows."""
+
+    node: str
+    url: str
+    role: str
+    epoch: int
+    leader: str | None
+    lsn: int
+
+
+_STANDBY_KEYS: dict[str, tuple[str, ...]] = {"follow": ("node", "url"), "ack": ("lsn",)}
+_LEADER_KEYS: dict[str, tuple[str, ...]] = {
+    "snapshot": ("epoch", "lsn", "state", "auth"),
+    "records": ("lsn", "records"),
+    "beat": ("node", "url", "epoch", "lsn", "synced"),
+}
+
 _WORKER_KEYS: dict[str, tuple[str, ...]] = {
-    "hello": ("worker_id", "url", "slots", "types", "running"),
+    "hello": ("worker_id", "url", "slots", "types", "running", "epoch"),
     "heartbeat": ("running",),
     "started": ("attempts",),
     "results": ("epoch", "items"),
@@ -281,7 +358,9 @@ _ORCHESTRATOR_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-def encode(message: WorkerMessage | OrchestratorMessage) -> bytes:
+def encode(
+    message: WorkerMessage | OrchestratorMessage | StandbyMessage | LeaderMessage,
+) -> bytes:
     return orjson.dumps(message)
 
 
@@ -303,8 +382,16 @@ def _decode(data: bytes | str, keys: dict[str, tuple[str, ...]]) -> dict[str, An
 
 
 def decode_worker_message(data: bytes | str) -> WorkerMessage:
-    return _decode(data, _WORKER_KEYS)  # type: ignore[return-value]
+    return cast(WorkerMessage, _decode(data, _WORKER_KEYS))
 
 
 def decode_orchestrator_message(data: bytes | str) -> OrchestratorMessage:
-    return _decode(data, _ORCHESTRATOR_KEYS)  # type: ignore[return-value]
+    return cast(OrchestratorMessage, _decode(data, _ORCHESTRATOR_KEYS))
+
+
+def decode_standby_message(data: bytes | str) -> StandbyMessage:
+    return cast(StandbyMessage, _decode(data, _STANDBY_KEYS))
+
+
+def decode_leader_message(data: bytes | str) -> LeaderMessage:
+    return cast(LeaderMessage, _decode(data, _LEADER_KEYS))

@@ -74,6 +74,27 @@ class LogSettings:
 
 
 @dataclass
+class HaSettings:
+    backend: str = "file"
+    """Lease backend: ``file`` (one machine, shared ``lease_dir``), ``peer`` (no shared disk)
+    or ``kubernetes`` (a coordination.k8s.io Lease)."""
+    lease_dir: Path = Path("mutirao-lease")
+    """Directory the ``file`` backend shares between the orchestrators of one machine."""
+    peers: list[str] = field(default_factory=list)
+    """URLs of the other orchestrators (``peer`` backend; also where a standby looks)."""
+    url: str = ""
+    """URL others reach this orchestrator at; defaults to ``http://<host>:<port>``."""
+    lease_duration: float = 5.0
+    """Seconds a lease lasts without renewal; a hung leader is replaced after this."""
+    renew_interval: float = 1.0
+    """Seconds between two renewals by the leader."""
+    retry_interval: float = 0.1
+    """Seconds between two attempts of a standby to take the lease."""
+    step_down_margin: float = 1.0
+    """A leader that could not renew stops acting this long before its lease expires."""
+
+
+@dataclass
 class WorkerSettings:
     id: str = ""
     """Worker id; defaults to ``<hostname>-<pid>``. A restart with the same id replaces it."""
@@ -112,6 +133,29 @@ class Settings:
     tasks: TaskDefaults = field(default_factory=TaskDefaults)
     log: LogSettings = field(default_factory=LogSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    ha: HaSettings = field(default_factory=HaSettings)
+
+    @property
+    def advertised_url(self) -> str:
+        return self.ha.url or f"http://{self.host}:{self.port}"
+
+
+def validate(settings: Settings) -> Settings:
+    """Reject combinations that would break a guarantee rather than a single value."""
+    ha, hb = settings.ha, settings.heartbeat
+    if ha.step_down_margin < 0.2:
+        raise SettingsError("ha.step_down_margin must be at least 0.2 s")
+    if ha.renew_interval + ha.step_down_margin >= ha.lease_duration:
+        raise SettingsError(
+            "ha.renew_interval + ha.step_down_margin must be below ha.lease_duration "
+            f"({ha.renew_interval} + {ha.step_down_margin} >= {ha.lease_duration}): the "
+            "leader would step down before it ever renews"
+        )
+    if hb.interval >= hb.timeout:
+        raise SettingsError(
+            f"heartbeat.interval ({hb.interval}) must be below heartbeat.timeout ({hb.timeout})"
+        )
+    return settings
 
 
 def _env_name(path: str) -> str:

@@ -216,7 +216,16 @@ async def cluster(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(info)
         return 0
-    print(f"active orchestrator: {info['node']} at {client.url} (epoch {info['epoch']})")
+    print(f"active orchestrator: {info['node']} at {info['url']} (epoch {info['epoch']})")
+    standbys = info["standbys"]
+    for standby in standbys:
+        state = "in sync" if standby["synced"] else "catching up"
+        print(
+            f"standby: {standby['node']} at {standby['url']}, {state}, "
+            f"lag {standby['lag']} batch(es)"
+        )
+    if not standbys:
+        print("standby: none (degraded: acknowledged work survives only on the active's disk)")
     print("tasks: " + ", ".join(f"{k}={v}" for k, v in info["tasks"].items()))
     queue = info["queue"]
     print("queue: " + (", ".join(f"{k}={v}" for k, v in queue.items()) if queue else "empty"))

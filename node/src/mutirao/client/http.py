@@ -67,6 +67,12 @@ class Client:
     def url(self) -> str:
         return self.urls[self._current]
 
+    def _follow(self, leader: str) -> None:
+        leader = leader.rstrip("/")
+        if leader not in self.urls:
+            self.urls.append(leader)
+        self._current = self.urls.index(leader)
+
     async def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         """One API call; on an unreachable or unready orchestrator, tries the others."""
         assert self._http is not None, "use `async with Client(...)`"
@@ -85,9 +91,17 @@ class Client:
                     payload = orjson.loads(await resp.read() or b"null")
                     if resp.status < 400:
                         return payload
-                    if resp.status != 503:
-                        raise ApiError(resp.status, payload if isinstance(payload, dict) else {})
-                    problem = f"{self.url} is not ready"
+                    body = payload if isinstance(payload, dict) else {}
+                    leader = body.get("leader")
+                    if resp.status == 421 and leader and leader.rstrip("/") != self.url:
+                        # A standby names the leader: go there at once.
+                        self._follow(str(leader))
+                        if time.monotonic() < deadline:
+                            await asyncio.sleep(0.005)
+                            continue
+                    if resp.status not in (421, 503):
+                        raise ApiError(resp.status, body)
+                    problem = f"{self.url}: {body.get('message', 'not ready')}"
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 problem = f"{self.url}: {exc or type(exc).__name__}"
             if time.monotonic() >= deadline:

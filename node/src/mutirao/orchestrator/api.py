@@ -29,7 +29,9 @@ from mutirao.protocol import TaskState
 
 log = logging.getLogger(__name__)
 
-_PUBLIC = frozenset({"/healthz", "/readyz", "/v1/login", "/v1/openapi.json", "/metrics"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/v1/login", "/v1/openapi.json", "/v1/ha"})
+# These check the join token themselves.
+_PEER_SOCKETS = frozenset({protocol.WORKER_WS_PATH, protocol.REPLICATION_WS_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -57,8 +59,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 @web.middleware
+async def role_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only the active orchestrator serves the API; a standby names the leader (HTTP 421)."""
+    if request.path.startswith("/v1/") and request.path not in _NOT_LEADER_ONLY:
+        request.app[ORCHESTRATOR].require_active()
+    return await handler(request)
+
+
+_NOT_LEADER_ONLY = frozenset({"/v1/openapi.json", "/v1/ha", protocol.REPLICATION_WS_PATH})
+
+
+@web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in _PUBLIC or request.path == protocol.WORKER_WS_PATH:
+    if request.path in _PUBLIC or request.path in _PEER_SOCKETS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
@@ -101,11 +114,6 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return min(value, high)
 
 
-def _require_ready(orch: Orchestrator) -> None:
-    if not orch.ready:
-        raise TemporaryError("orchestrator is starting or stopping", delay=0.5)
-
-
 async def login(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     doc = protocol.decode_json(await _body(request))
@@ -123,14 +131,13 @@ async def login(request: web.Request) -> web.Response:
 
 async def submit(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    _require_ready(orch)
     specs, batch = protocol.parse_submission(
         await _body(request), orch.settings.tasks, orch.settings.limits
     )
     before = len(orch.engine.table.tasks)
     tasks, effects = orch.engine.submit(specs, _user(request).name, orch.clock())
     created = len(orch.engine.table.tasks) - before
-    await orch.execute(effects)
+    await orch.commit(effects)
     for task in tasks[:1] if batch else tasks:
         log.info(
             "accepted task %s (%s)%s",
@@ -159,6 +166,7 @@ async def list_tasks(request: web.Request) -> web.Response:
             allowed = ", ".join(s.value for s in TaskState)
             raise ValidationError(f"state must be one of {allowed}", field="state") from None
     limit = int(_number(request, "limit", 100, 1, 10_000))
+    await orch.barrier()
     views = []
     for task in reversed(orch.engine.table.tasks.values()):
         if (user.admin or task.owner == user.name) and (state is None or task.state is state):
@@ -169,7 +177,9 @@ async def list_tasks(request: web.Request) -> web.Response:
 
 
 async def get_task(request: web.Request) -> web.Response:
-    return _json(_visible(request, request.match_info["id"]).view())
+    task = _visible(request, request.match_info["id"])
+    await request.app[ORCHESTRATOR].barrier()
+    return _json(task.view())
 
 
 async def get_result(request: web.Request) -> web.Response:
@@ -177,6 +187,7 @@ async def get_result(request: web.Request) -> web.Response:
     task = _visible(request, request.match_info["id"])
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
     await orch.wait_finished(task, wait)
+    await orch.barrier()
     return _json(task.view())
 
 
@@ -196,16 +207,16 @@ async def wait_tasks(request: web.Request) -> web.Response:
     deadline = orch.clock() + min(float(wait), orch.settings.limits.max_wait)
     for task in tasks:
         await orch.wait_finished(task, deadline - orch.clock())
+    await orch.barrier()
     return _json({"tasks": [t.view() for t in tasks]})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    _require_ready(orch)
     task = _visible(request, request.match_info["id"])
     if task.state.terminal:
         raise ValidationError(f"task {task.id} is already {task.state}", field="id")
-    await orch.execute(orch.engine.cancel(task, orch.clock()))
+    await orch.commit(orch.engine.cancel(task, orch.clock()))
     log.info(
         "cancelled task %s at the request of %s",
         task.id,
@@ -225,13 +236,21 @@ async def cluster(request: web.Request) -> web.Response:
     if not _user(request).admin:
         raise ForbiddenError("the cluster view is for admins")
     engine = orch.engine
+    in_lease = orch.standbys_in_lease()
     return _json(
         {
-            "node": orch.settings.node_id,
-            "role": "active",
-            "epoch": engine.epoch,
+            **orch.ha_view(),
+            "standbys": [
+                {
+                    "node": r.node,
+                    "url": r.url,
+                    "synced": r.node in in_lease,
+                    "lag": max(0, orch.lsn - r.acked),
+                }
+                for r in orch.hub.replicas.values()
+            ],
             "tasks": engine.counts(),
-            "queue": engine.queue.depth_by_type(),
+            "queue": engine.pending_by_type(),
             "workers": engine.worker_views(orch.clock()),
         }
     )
@@ -242,10 +261,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready means active: only the leader takes client work. An active without a synced
+    standby is ready but degraded (a crash now would need this node back to recover)."""
     orch = request.app[ORCHESTRATOR]
+    view = orch.ha_view()
     if not orch.ready:
-        return _json({"status": "starting"}, 503)
-    return _json({"status": "ready", "role": "active"})
+        return _json({"status": "not ready", **view}, 503)
+    synced = orch.standbys_in_lease()
+    return _json({"status": "ready", "degraded": not synced, "standbys": synced, **view})
+
+
+async def ha(request: web.Request) -> web.Response:
+    return _json(request.app[ORCHESTRATOR].ha_view())
+
+
+async def replication_socket(request: web.Request) -> web.StreamResponse:
+    controller = request.app[ORCHESTRATOR].controller
+    if controller is None:
+        raise TemporaryError("orchestrator is starting", delay=0.2)
+    return await controller.replication_socket(request)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -258,7 +292,7 @@ async def worker_socket(request: web.Request) -> web.StreamResponse:
 
 def create_app(orch: Orchestrator) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[errors_middleware, role_middleware, auth_middleware],
         client_max_size=orch.settings.limits.max_request_bytes,
     )
     app[ORCHESTRATOR] = orch
@@ -278,6 +312,8 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.get("/v1/workers", list_workers),
             web.get(protocol.WORKER_WS_PATH, worker_socket),
             web.get("/v1/cluster", cluster),
+            web.get(protocol.HA_PATH, ha),
+            web.get(protocol.REPLICATION_WS_PATH, replication_socket),
         ]
     )
     return app

@@ -90,16 +90,19 @@ class Engine:
         self,
         heartbeat: HeartbeatSettings,
         *,
-        epoch: int = 1,
         new_id: Callable[[], TaskId] = _new_task_id,
     ) -> None:
         self.heartbeat = heartbeat
-        self.epoch = epoch
         self.table = TaskTable()
         self.queue = PendingQueue()
         self.workers: dict[str, Worker] = {}
         self._new_id = new_id
         self._finished: list[Task] = []
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the current leader, as recorded in the journal."""
+        return self.table.epoch
 
     # -- state changes ---------------------------------------------------------------------
 
@@ -117,7 +120,8 @@ class Engine:
                 old.running = len(old.attempts)
         if task.state is TaskState.PENDING:
             avoid = task.attempts[-1].worker if task.attempts else None
-            self.queue.push(task.type, Entry(-task.priority, task.seq, task.id, avoid))
+            entry = Entry(-task.priority, task.seq, task.id, len(task.attempts), avoid)
+            self.queue.push(task.type, entry)
         elif task.state in _ACTIVE:
             attempt = task.attempts[-1]
             worker = self._worker(attempt.worker)
@@ -134,7 +138,9 @@ class Engine:
         """The worker entry, created disconnected if only recovered state knows it."""
         worker = self.workers.get(worker_id)
         if worker is None:
-            worker = Worker(id=worker_id, slots=0, types=frozenset(), eligible=False)
+            worker = Worker(
+                id=worker_id, slots=0, types=frozenset(), eligible=False, state="suspect"
+            )
             self.workers[worker_id] = worker
         return worker
 
@@ -144,6 +150,14 @@ class Engine:
         if self._finished:
             effects.finished.extend(self._finished)
             self._finished.clear()
+
+    def take_lead(self, epoch: int, node: str, now: float) -> Effects:
+        """This node now leads with ``epoch``: record it, and give every worker held in the
+        recovered or replicated state one heartbeat timeout to come back and report."""
+        effects = Effects()
+        self._record(effects, {"e": "epoch", "epoch": epoch, "node": node})
+        self.recovered(now)
+        return effects
 
     def recovered(self, now: float) -> None:
         """After replay: give workers that held attempts one heartbeat timeout to come back."""
@@ -227,6 +241,8 @@ class Engine:
         new_types = worker.types - self.table.known_types
         if new_types:
             self._record(effects, {"e": "types", "types": sorted(new_types)})
+        if self.table.worker_urls.get(wid) != worker.url:
+            self._record(effects, {"e": "worker", "id": wid, "url": worker.url})
         reported = {(t, n) for t, n in msg["running"]}
         lost = held - reported
         if lost:
@@ -369,6 +385,10 @@ class Engine:
         # slots, and nothing else would hand it the tasks queued meanwhile.
         return effects.extend(self.dispatch(now))
 
+    def _is_current(self, entry: Entry) -> bool:
+        task = self.table.tasks[entry.task_id]
+        return task.state is TaskState.PENDING and len(task.attempts) == entry.attempts
+
     def dispatch(self, now: float) -> Effects:
         """Assign queued tasks to free slots, least load first."""
         effects = Effects()
@@ -378,9 +398,7 @@ class Engine:
         if not candidates:
             return effects
         tasks = self.table.tasks
-        pairs = self.queue.drain(
-            candidates, lambda task_id: tasks[task_id].state is TaskState.PENDING
-        )
+        pairs = self.queue.drain(candidates, self._is_current)
         by_worker: dict[str, list[AssignItem]] = {}
         for entry, worker in pairs:
             task = tasks[entry.task_id]
@@ -403,6 +421,13 @@ class Engine:
 
     def worker_views(self, now: float) -> list[WorkerView]:
         return [w.view(now) for w in sorted(self.workers.values(), key=lambda w: w.id)]
+
+    def pending_by_type(self) -> dict[str, int]:
+        depth: dict[str, int] = {}
+        for task in self.table.tasks.values():
+            if task.state is TaskState.PENDING:
+                depth[task.type] = depth.get(task.type, 0) + 1
+        return depth
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(TaskState, 0)

@@ -1,9 +1,9 @@
-"""One worker's websocket as seen by the orchestrator: an ordered, non-blocking outbox.
+"""A peer's websocket as the orchestrator sees it: an ordered, non-blocking outbox.
 
-Commands must never wait on a socket or on the disk while holding up the worker's reader, so
-messages are queued here and written by the link's own task. A message gated on a journal
-future is queued only once that future resolves (journal futures resolve in order, so gated
-messages keep their order too).
+Commands must never wait on a socket or on the disk while holding up a reader, so messages
+are queued here and written by the link's own task. A message gated on a future (a journal
+commit) is queued only once that future succeeds; commits resolve in order, so gated
+messages keep their order too.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiohttp import web
 
@@ -19,21 +20,19 @@ from mutirao import protocol
 log = logging.getLogger(__name__)
 
 
-class WorkerLink:
-    def __init__(self, worker_id: str, session: int, ws: web.WebSocketResponse) -> None:
-        self.worker_id = worker_id
+class Link:
+    def __init__(self, name: str, session: int, ws: web.WebSocketResponse) -> None:
+        self.name = name
         self.session = session
         self.ws = ws
-        self._queue: asyncio.Queue[protocol.OrchestratorMessage] = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name=f"link-{worker_id}")
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name=f"link-{name}")
 
-    def send(self, message: protocol.OrchestratorMessage) -> None:
+    def send(self, message: Any) -> None:
         self._queue.put_nowait(message)
 
-    def send_when(
-        self, durable: asyncio.Future[None], message: protocol.OrchestratorMessage
-    ) -> None:
-        """Send ``message`` once ``durable`` succeeds; drop it if the journal failed."""
+    def send_when(self, durable: asyncio.Future[None], message: Any) -> None:
+        """Send ``message`` once ``durable`` succeeds; drop it if it failed."""
 
         def release(future: asyncio.Future[None]) -> None:
             if not future.cancelled() and future.exception() is None:
@@ -47,11 +46,11 @@ class WorkerLink:
             try:
                 await self.ws.send_bytes(protocol.encode(message))
             except ConnectionError as exc:
-                log.info("cannot write to worker %s: %s", self.worker_id, exc)
+                log.info("cannot write to %s: %s", self.name, exc)
                 return
 
-    async def close(self) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
-        await self.ws.close()
+        await self.ws.close(code=code, message=reason.encode()[:120])

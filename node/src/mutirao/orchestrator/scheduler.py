@@ -12,7 +12,7 @@ import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-IsPending = Callable[[str], bool]
+IsCurrent = Callable[["Entry"], bool]
 
 
 @dataclass(slots=True)
@@ -40,6 +40,8 @@ class Entry:
     priority: int  # negated, so the heap pops the highest priority first
     seq: int
     task_id: str = field(compare=False)
+    attempts: int = field(compare=False, default=0)
+    """How many attempts the task had when queued; a later attempt makes this entry stale."""
     avoid: str | None = field(compare=False, default=None)
     """Worker the previous attempt ran on; another one is preferred when there is a choice."""
 
@@ -75,38 +77,32 @@ class PendingQueue:
         return {t: len(h) for t, h in self._heaps.items() if h}
 
     def drain(
-        self, workers: Sequence[Slotted], is_pending: IsPending
+        self, workers: Sequence[Slotted], is_current: IsCurrent
     ) -> list[tuple[Entry, Slotted]]:
         """Assign as many queued tasks as free slots allow; returns (entry, worker) pairs.
 
-        ``is_pending`` lets the caller drop entries whose task was cancelled meanwhile.
+        ``is_current`` tells whether an entry still stands for a pending task: entries are
+        deleted lazily, so one left behind by a cancellation, or by an assignment the queue
+        did not make (an adopted or replayed one), is dropped when it reaches the top.
         Each choice updates the chosen worker's ``running`` so the next one sees its load.
-        A task queued twice (a stale entry survives an assignment the queue did not make,
-        e.g. a replayed or adopted one) is handed out once; its other entries are dropped.
         """
         assignments: list[tuple[Entry, Slotted]] = []
-        taken: set[str] = set()
-
-        def pending(task_id: str) -> bool:
-            return task_id not in taken and is_pending(task_id)
-
         while True:
-            choice = self._best_head(workers, pending)
+            choice = self._best_head(workers, is_current)
             if choice is None:
                 return assignments
             task_type, worker = choice
             entry = heapq.heappop(self._heaps[task_type])
             self._size -= 1
             worker.running += 1
-            taken.add(entry.task_id)
             assignments.append((entry, worker))
 
     def _best_head(
-        self, workers: Sequence[Slotted], is_pending: IsPending
+        self, workers: Sequence[Slotted], is_current: IsCurrent
     ) -> tuple[str, Slotted] | None:
         best: tuple[Entry, str, Slotted] | None = None
         for task_type, heap in self._heaps.items():
-            while heap and not is_pending(heap[0].task_id):
+            while heap and not is_current(heap[0]):
                 heapq.heappop(heap)
                 self._size -= 1
             if not heap or (best is not None and best[0] < heap[0]):

@@ -1,9 +1,12 @@
-"""The orchestrator process: the engine behind aiohttp, the journal and background loops.
+"""The orchestrator process: the engine behind aiohttp, its journal and its role.
 
 Commands run synchronously on the engine, then :meth:`Orchestrator.execute` journals their
-records, sends orders to workers, and once the records are durable acknowledges results and
-wakes result waiters. So no client or worker is told something is recorded before it would
-survive a crash, and no worker's reader ever waits for the disk.
+records, streams them to the standbys, sends orders to workers, and once the records are
+durable here *and* on every subscribed standby acknowledges results and wakes result
+waiters. So no client or worker is told something is recorded before it would survive the
+death of any single process, and no reader ever waits for the disk.
+
+Which role the process plays (active or standby) is decided by :mod:`mutirao.ha.controller`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -26,19 +30,36 @@ from mutirao.auth import (
     UserStore,
     read_or_create_secret,
 )
-from mutirao.errors import AuthError, MutiraoError, ProtocolError
+from mutirao.errors import AuthError, NotLeaderError, ProtocolError, TemporaryError
+from mutirao.ha.lease import LeaseBackend
+from mutirao.ha.replication import Hub
 from mutirao.orchestrator import journal as journal_mod
 from mutirao.orchestrator.engine import Effects, Engine
-from mutirao.orchestrator.links import WorkerLink
+from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.tasks import Task
 from mutirao.settings import Settings
+
+if TYPE_CHECKING:
+    from mutirao.ha.controller import Controller
 
 log = logging.getLogger(__name__)
 
 
+class Role(StrEnum):
+    STARTING = "starting"
+    STANDBY = "standby"
+    ACTIVE = "active"
+    STOPPING = "stopping"
+
+
 class Orchestrator:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: Settings, lease: LeaseBackend, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
+        self.node = settings.node_id
+        self.url = settings.advertised_url
+        self.lease = lease
         self.clock = clock
         self.engine = Engine(settings.heartbeat)
         data = settings.data_dir
@@ -46,96 +67,148 @@ class Orchestrator:
         self.signer = TokenSigner(read_or_create_secret(data / SECRET_FILE))
         self.join_token = settings.auth.join_token or read_or_create_secret(data / JOIN_TOKEN_FILE)
         self.journal: journal_mod.Journal | None = None
-        self.links: dict[str, WorkerLink] = {}
+        self.hub = Hub()
+        self.links: dict[str, Link] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.ready = False
+        self.role = Role.STARTING
+        self.leader_url: str | None = None
+        self.lsn = 0
+        """Log sequence number of the last journal batch this node holds."""
+        self.leader_lsn = 0
+        """As a standby: the leader's LSN at its last beat (for replication lag)."""
+        self.seen_epoch = 0
+        """The newest epoch anyone has shown us (a worker, a peer); takeovers exceed it."""
+        self.deposed = asyncio.Event()
+        self.deposed_reason = ""
+        self.controller: Controller | None = None
         self._sessions = itertools.count(1)
+
+    @property
+    def ready(self) -> bool:
+        return self.role is Role.ACTIVE
+
+    def require_active(self) -> None:
+        if self.role is Role.ACTIVE:
+            return
+        if self.role is Role.STANDBY:
+            leader = self.leader_url or "unknown yet"
+            raise NotLeaderError(
+                f"{self.node} is a standby; the active orchestrator is {leader}",
+                leader=self.leader_url,
+                delay=0.1,
+            )
+        raise TemporaryError(f"orchestrator {self.node} is {self.role}", delay=0.2)
+
+    def step_down(self, reason: str, newer_epoch: int = 0) -> None:
+        """Stop acting as the leader at once; the controller turns us into a standby."""
+        self.seen_epoch = max(self.seen_epoch, newer_epoch)
+        if self.role is Role.ACTIVE and not self.deposed.is_set():
+            log.warning("stepping down as the active orchestrator: %s", reason)
+            self.deposed_reason = reason
+            self.deposed.set()
+
+    def standbys_in_lease(self) -> list[str]:
+        """Standbys the lease records as holding every acknowledged record (may take over)."""
+        tenure = self.controller.tenure if self.controller is not None else None
+        if tenure is None:
+            return []
+        return [n for n in tenure.lease.synced if n != self.node]
+
+    def ha_view(self) -> protocol.HaView:
+        return {
+            "node": self.node,
+            "url": self.url,
+            "role": str(self.role),
+            "epoch": self.engine.epoch,
+            "leader": self.url if self.role is Role.ACTIVE else self.leader_url,
+            "lsn": self.lsn,
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: recover, serve, then flush and stop."""
+        """aiohttp cleanup context: recover, take a role, serve, then flush and stop."""
+        from mutirao.ha.controller import Controller
+
         recovered = await asyncio.to_thread(journal_mod.recover, self.settings.data_dir)
-        if recovered.snapshot is not None:
-            self.engine.table.restore(recovered.snapshot)
-            for task in self.engine.table.tasks.values():
-                self.engine.rebuild(task)
-        for record in recovered.records:
-            try:
-                self.engine.apply(record)
-            except (KeyError, ValueError, TypeError) as exc:
-                log.warning("skipping journal record that does not apply: %s", exc)
-        self.engine.recovered(self.clock())
+        self.engine = self.restore(recovered.snapshot, recovered.records)
         counts = self.engine.counts()
         log.info(
-            "recovered %d task(s) from %s (%d journal record(s), %d skipped): %s",
+            "recovered %d task(s) at epoch %d from %s (%d journal record(s), %d skipped): %s",
             len(self.engine.table.tasks),
+            self.engine.epoch,
             self.settings.data_dir,
             len(recovered.records),
             recovered.skipped,
-            ", ".join(f"{k}={v}" for k, v in counts.items() if v),
+            ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "empty",
         )
         journal = journal_mod.Journal(
             self.settings.data_dir, recovered.next_segment, fsync=self.settings.journal.fsync
         )
         async with journal:
             self.journal = journal
-            self.ready = True
-            async with asyncio.TaskGroup() as background:
-                loops = [
-                    background.create_task(self._tick_loop(), name="heartbeat-monitor"),
-                    background.create_task(self._checkpoint_loop(), name="checkpointer"),
-                ]
-                try:
-                    yield
-                finally:
-                    self.ready = False
-                    for loop in loops:
-                        loop.cancel()
-            for link in list(self.links.values()):
-                await link.close()
-            await self._checkpoint()
+            controller = self.controller = Controller(self)
+            roles = asyncio.create_task(controller.run(), name="roles")
+            try:
+                yield
+            finally:
+                self.role = Role.STOPPING
+                roles.cancel()
+                await asyncio.gather(roles, return_exceptions=True)
+                await controller.shutdown()
+                await self.checkpoint()
 
-    async def _tick_loop(self) -> None:
-        period = min(0.25, self.settings.heartbeat.interval / 2)
-        while True:
-            await asyncio.sleep(period)
-            effects = self.engine.tick(self.clock())
-            self.execute(effects)
-            for wid in effects.disconnect:
-                link = self.links.pop(wid, None)
-                if link is not None:
-                    await link.close()
+    def restore(self, snapshot: dict[str, Any] | None, records: Sequence[dict[str, Any]]) -> Engine:
+        """A fresh engine holding a snapshot plus later records (recovery or resync)."""
+        engine = Engine(self.settings.heartbeat)
+        if snapshot is not None:
+            engine.table.restore(snapshot)
+            for task in engine.table.tasks.values():
+                engine.rebuild(task)
+        for record in records:
+            try:
+                engine.apply(record)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("skipping journal record that does not apply: %s", exc)
+        return engine
 
-    async def _checkpoint_loop(self) -> None:
-        settings = self.settings.journal
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(1.0)
-            assert self.journal is not None
-            pending = self.journal.records_since_checkpoint
-            due = time.monotonic() - last >= settings.checkpoint_interval
-            if pending >= settings.checkpoint_min_records or (pending and due):
-                await self._checkpoint()
-                last = time.monotonic()
-
-    async def _checkpoint(self) -> None:
+    async def checkpoint(self) -> None:
         assert self.journal is not None
         await self.journal.checkpoint(self.engine.table.snapshot())
+
+    def install_auth(self, material: protocol.AuthMaterial) -> None:
+        """Take the leader's users, token secret and join token (a standby after a sync)."""
+        data = self.settings.data_dir
+        (data / USERS_FILE).write_text(material["users"])
+        (data / SECRET_FILE).write_text(material["token_secret"])
+        self.signer = TokenSigner(material["token_secret"])
+        self.join_token = material["join_token"]
+
+    def auth_material(self) -> protocol.AuthMaterial:
+        users = self.settings.data_dir / USERS_FILE
+        return {
+            "token_secret": (self.settings.data_dir / SECRET_FILE).read_text().strip(),
+            "join_token": self.join_token,
+            "users": users.read_text() if users.exists() else "{}",
+        }
 
     # -- effects ---------------------------------------------------------------------------
 
     def execute(self, effects: Effects) -> asyncio.Future[None]:
-        """Journal the records and send the messages; the future resolves once durable.
+        """Journal and replicate the records, send the messages; resolves once durable.
 
         Orders (assign, cancel, welcome) go out at once, even before their records are on
         disk: if this process dies first, the worker reports the attempt on re-registering
         and it is adopted or dropped, so nothing is lost or recorded twice. An ``ack`` makes
         a worker forget a result and a woken waiter shows a result to a client, so both wait
-        for the journal.
+        until the records are durable here and on every subscribed standby.
         """
         assert self.journal is not None
-        durable = self.journal.append(effects.records)
+        if effects.records:
+            self.lsn += 1
+            self.hub.publish(self.lsn, effects.records)
+        local = self.journal.append(effects.records)
+        durable: asyncio.Future[None] = asyncio.ensure_future(_both(local, self.hub.wait(self.lsn)))
         durable.add_done_callback(_retrieve)
         for wid, messages in effects.sends.items():
             link = self.links.get(wid)
@@ -150,6 +223,18 @@ class Orchestrator:
             finished = [task.id for task in effects.finished]
             durable.add_done_callback(lambda _: self._wake(finished))
         return durable
+
+    async def commit(self, effects: Effects) -> None:
+        """Execute and wait until durable; a step-down meanwhile is a retryable error."""
+        try:
+            await self.execute(effects)
+        except ConnectionError as exc:
+            raise TemporaryError(f"not recorded: {exc}; retry", delay=0.2) from None
+
+    async def barrier(self) -> None:
+        """Wait until every change made so far is durable, before showing state to a client:
+        the engine applies records before they reach the disk."""
+        await self.commit(Effects())
 
     def _wake(self, task_ids: Sequence[str]) -> None:
         for task_id in task_ids:
@@ -173,11 +258,42 @@ class Orchestrator:
                 if not waiters:
                     del self.waiters[task.id]
 
+    # -- the active's duties ---------------------------------------------------------------
+
+    async def tick_loop(self) -> None:
+        period = min(0.25, self.settings.heartbeat.interval / 2)
+        while True:
+            await asyncio.sleep(period)
+            effects = self.engine.tick(self.clock())
+            self.execute(effects)
+            for wid in effects.disconnect:
+                link = self.links.pop(wid, None)
+                if link is not None:
+                    await link.close()
+
+    async def checkpoint_loop(self) -> None:
+        settings = self.settings.journal
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            assert self.journal is not None
+            pending = self.journal.records_since_checkpoint
+            due = time.monotonic() - last >= settings.checkpoint_interval
+            if pending >= settings.checkpoint_min_records or (pending and due):
+                await self.checkpoint()
+                last = time.monotonic()
+
+    async def close_links(self, code: int = 1001, reason: str = "") -> None:
+        links, self.links = list(self.links.values()), {}
+        for link in links:
+            await link.close(code, reason)
+
     # -- the worker websocket --------------------------------------------------------------
 
     async def worker_socket(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get(protocol.JOIN_TOKEN_HEADER) != self.join_token:
             raise AuthError("missing or wrong worker join token", field=protocol.JOIN_TOKEN_HEADER)
+        self.require_active()
         ws = web.WebSocketResponse(max_msg_size=self.settings.limits.max_request_bytes)
         await ws.prepare(request)
         try:
@@ -191,13 +307,20 @@ class Orchestrator:
             log.warning("rejecting worker connection from %s: %s", request.remote, exc)
             await ws.close(code=4400, message=str(exc)[:100].encode())
             return ws
-        await self._serve_worker(ws, hello)
+        if hello["epoch"] > self.engine.epoch:
+            self.step_down(
+                f"worker {hello['worker_id']} has seen epoch {hello['epoch']}", hello["epoch"]
+            )
+            await ws.close(code=protocol.STALE_EPOCH_CLOSE, message=b"stale epoch")
+            return ws
+        if self.role is Role.ACTIVE:
+            await self._serve_worker(ws, hello)
         return ws
 
     async def _serve_worker(self, ws: web.WebSocketResponse, hello: protocol.HelloMsg) -> None:
         wid, session = hello["worker_id"], next(self._sessions)
         old = self.links.get(wid)
-        link = self.links[wid] = WorkerLink(wid, session, ws)
+        link = self.links[wid] = Link(f"worker {wid}", session, ws)
         if old is not None:
             log.warning("worker %s connected again; closing its previous connection", wid)
             await old.close()
@@ -221,32 +344,43 @@ class Orchestrator:
             reason = f"protocol error: {exc}"
             log.warning("worker %s sent a bad message: %s", wid, exc)
         finally:
+            if ws.close_code == protocol.STALE_EPOCH_CLOSE:
+                self.step_down(
+                    f"worker {wid} refused our epoch {self.engine.epoch}", self.engine.epoch + 1
+                )
             if self.links.get(wid) is link:
                 del self.links[wid]
             await link.close()
-            self.execute(self.engine.worker_lost(wid, session, reason, self.clock()))
+            if self.role is Role.ACTIVE:
+                self.execute(self.engine.worker_lost(wid, session, reason, self.clock()))
 
     def _on_worker_message(self, wid: str, session: int, data: Any) -> None:
         msg = protocol.decode_worker_message(data)
+        if self.role is not Role.ACTIVE:
+            return
         now = self.clock()
         if msg["op"] == "heartbeat":
             self.engine.heartbeat_from(wid, session, now)
         elif msg["op"] == "started":
             self.execute(self.engine.started(wid, session, msg["attempts"], now))
         elif msg["op"] == "results":
+            if msg["epoch"] > self.engine.epoch:
+                self.step_down(f"worker {wid} reports epoch {msg['epoch']}", msg["epoch"])
+                return
             self.execute(self.engine.results(wid, session, msg["items"], now))
         else:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
 
 
+async def _both(local: asyncio.Future[None], replicated: asyncio.Future[None]) -> None:
+    await local
+    await replicated
+
+
 def _retrieve(future: asyncio.Future[None]) -> None:
-    """Journal failures are logged by the journal; nobody else may be awaiting this one."""
+    """Failures are logged where they happen; nobody else may be awaiting this one."""
     if not future.cancelled():
         future.exception()
 
 
 ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
-
-
-def error_body(exc: MutiraoError) -> web.Response:
-    return web.json_response(exc.to_json(), status=exc.status)

@@ -13,6 +13,8 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
   started, ended); a failed or lost attempt requeues the task while attempts remain
 - ``cancel``: ``tasks`` cancelled at ``at``
 - ``types``: task types some worker has announced
+- ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
+- ``epoch``: ``node`` took the lead with ``epoch`` (fencing; every takeover adds one)
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class TaskTable:
         self.tasks: dict[str, Task] = {}
         self.keys: dict[tuple[str, str], TaskId] = {}
         self.known_types: set[str] = set()
+        self.worker_urls: dict[str, str] = {}
+        self.epoch = 0
         self._seq = 0
 
     def get(self, task_id: str) -> Task | None:
@@ -161,6 +165,12 @@ class TaskTable:
             return list(self._cancel(record["tasks"], record["at"]))
         if kind == "types":
             self.known_types.update(record["types"])
+            return []
+        if kind == "worker":
+            self.worker_urls[record["id"]] = record["url"]
+            return []
+        if kind == "epoch":
+            self.epoch = max(self.epoch, record["epoch"])
             return []
         raise ValueError(f"unknown journal record kind {kind!r}")
 
@@ -234,12 +244,16 @@ class TaskTable:
         return {
             "seq": self._seq,
             "known_types": sorted(self.known_types),
+            "worker_urls": self.worker_urls,
+            "epoch": self.epoch,
             "tasks": [_snapshot_task(t) for t in self.tasks.values()],
         }
 
     def restore(self, snapshot: Record) -> None:
         self._seq = snapshot["seq"]
         self.known_types = set(snapshot["known_types"])
+        self.worker_urls = dict(snapshot.get("worker_urls", {}))
+        self.epoch = snapshot.get("epoch", 0)
         for saved in snapshot["tasks"]:
             row = dict(saved)  # leave the caller's snapshot intact
             attempts = [Attempt(**a) for a in row.pop("attempts")]

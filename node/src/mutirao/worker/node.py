@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 from aiohttp import web
@@ -42,6 +42,9 @@ class WorkerNode:
         self.url = ""
         self.epoch = 0
         self.connected_to: str | None = None
+        self.preferred: str | None = None
+        """An orchestrator that called us over; tried before the configured URLs."""
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.outbox: dict[AttemptRef, ResultItem] = {}
         self._unsent: list[ResultItem] = []
         self._started: list[AttemptRef] = []
@@ -71,11 +74,18 @@ class WorkerNode:
                 await connector
             await self.runner.close()
 
+    def _next_url(self, urls: Iterator[str]) -> str:
+        if self.preferred is not None:
+            url, self.preferred = self.preferred, None
+            return url
+        return next(urls)
+
     async def _connect_loop(self) -> None:
         backoff = 0.05
         urls = itertools.cycle(self.settings.urls)
         async with aiohttp.ClientSession() as http:
-            for base in urls:
+            while True:
+                base = self._next_url(urls)
                 try:
                     async with http.ws_connect(
                         base.rstrip("/") + protocol.WORKER_WS_PATH,
@@ -84,13 +94,36 @@ class WorkerNode:
                         timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
                     ) as ws:
                         backoff = 0.05
+                        self._ws = ws
                         await self._session(base, ws)
+                except aiohttp.WSServerHandshakeError as exc:
+                    # 421: a standby; the next URL is worth trying at once.
+                    log.info("orchestrator %s refused: HTTP %d", base, exc.status)
+                    if exc.status == 421:
+                        backoff = 0.02
                 except (aiohttp.ClientError, OSError, ProtocolError, TimeoutError) as exc:
                     log.info("cannot reach orchestrator at %s: %s", base, exc or type(exc))
                 finally:
+                    self._ws = None
                     self.connected_to = None
-                await asyncio.sleep(backoff)
+                if self.preferred is None:
+                    await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.settings.worker.reconnect_max)
+
+    async def switch(self, url: str, epoch: int) -> bool:
+        """A new leader calls us over; False if its epoch is older than one we have seen."""
+        if epoch < self.epoch:
+            return False
+        if epoch > self.epoch:
+            log.warning("orchestrator %s leads now with epoch %d; switching to it", url, epoch)
+        self.epoch = epoch
+        if self.connected_to != url:
+            self.preferred = url
+            if self._ws is not None:
+                await self._ws.close(
+                    code=protocol.STALE_EPOCH_CLOSE, message=b"newer epoch elsewhere"
+                )
+        return True
 
     async def _session(self, base: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         hello: protocol.HelloMsg = {
@@ -99,7 +132,10 @@ class WorkerNode:
             "url": self.url,
             "slots": self.settings.worker.slots,
             "types": self.registry.names(),
-            "running": list(self.runner.running),
+            # Finished but unacknowledged attempts count as held too: the orchestrator then
+            # waits for their results instead of running them again.
+            "running": list(dict.fromkeys([*self.runner.running, *self.outbox])),
+            "epoch": self.epoch,
         }
         await ws.send_bytes(protocol.encode(hello))
         first = await ws.receive(timeout=10)
@@ -108,9 +144,13 @@ class WorkerNode:
         welcome = protocol.decode_orchestrator_message(first.data)
         if welcome["op"] != "welcome":
             raise ProtocolError("expected welcome")
-        self.epoch = max(self.epoch, welcome["epoch"])
+        if welcome["epoch"] < self.epoch:
+            await ws.close(code=protocol.STALE_EPOCH_CLOSE, message=b"stale epoch")
+            raise ProtocolError(f"{base} leads with stale epoch {welcome['epoch']}")
+        self.epoch = welcome["epoch"]
         for task_id, n in welcome["drop"]:
             self.runner.cancel((task_id, n))
+            self.outbox.pop((task_id, n), None)
         self.connected_to = base
         log.info("registered with orchestrator %s (epoch %d)", base, self.epoch)
         # Everything not yet acknowledged goes again; the orchestrator ignores duplicates.
@@ -124,25 +164,31 @@ class WorkerNode:
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
                     break
-                self._on_message(protocol.decode_orchestrator_message(msg.data))
+                if not self._on_message(protocol.decode_orchestrator_message(msg.data)):
+                    await ws.close(code=protocol.STALE_EPOCH_CLOSE, message=b"stale epoch")
+                    break
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         log.warning("lost the connection to orchestrator %s", base)
 
-    def _on_message(self, msg: protocol.OrchestratorMessage) -> None:
+    def _on_message(self, msg: protocol.OrchestratorMessage) -> bool:
+        """Handle one message; False refuses an order from an epoch older than one we saw."""
         if msg["op"] == "ack":
             for task_id, n in msg["attempts"]:
                 self.outbox.pop((task_id, n), None)
-            return
+            return True
         if msg["op"] == "welcome":
             raise ProtocolError("unexpected second welcome")
         if msg["epoch"] < self.epoch:
             log.warning(
-                "ignoring %s from stale epoch %d (current %d)", msg["op"], msg["epoch"], self.epoch
+                "refusing %s from stale epoch %d (newest seen %d)",
+                msg["op"],
+                msg["epoch"],
+                self.epoch,
             )
-            return
+            return False
         self.epoch = msg["epoch"]
         if msg["op"] == "assign":
             for item in msg["items"]:
@@ -153,6 +199,7 @@ class WorkerNode:
             for task_id, n in msg["attempts"]:
                 self.runner.cancel((task_id, n))
                 self.outbox.pop((task_id, n), None)
+        return True
 
     async def _heartbeat_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
@@ -193,6 +240,27 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
+async def switch(request: web.Request) -> web.Response:
+    """``POST /v1/orchestrator {url, epoch}``: a new leader calls this worker over."""
+    node = request.app[WORKER]
+    if request.headers.get(protocol.JOIN_TOKEN_HEADER) != node.join_token:
+        return web.json_response(
+            {"error": "unauthorized", "message": "wrong join token"}, status=401
+        )
+    try:
+        body = await request.json()
+        url, epoch = str(body["url"]), int(body["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return web.json_response(
+            {"error": "invalid", "field": "body", "message": "expected {url, epoch}"}, status=422
+        )
+    if not await node.switch(url, epoch):
+        return web.json_response(
+            {"error": "stale_epoch", "message": f"epoch {epoch} < {node.epoch}"}, status=409
+        )
+    return web.json_response({"status": "switching", "epoch": node.epoch})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -201,5 +269,11 @@ def create_app(node: WorkerNode) -> web.Application:
     app = web.Application()
     app[WORKER] = node
     app.cleanup_ctx.append(node.run)
-    app.add_routes([web.get("/healthz", healthz), web.get("/v1/status", status)])
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/v1/status", status),
+            web.post(protocol.WORKER_SWITCH_PATH, switch),
+        ]
+    )
     return app

@@ -1,0 +1,1 @@
+"""High availability: leases with epochs, replication to a hot standby, fencing."""

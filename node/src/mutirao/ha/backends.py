@@ -1,0 +1,23 @@
+"""Choose the lease backend named in the settings."""
+
+from __future__ import annotations
+
+from mutirao.errors import ValidationError
+from mutirao.ha.file_lease import FileLease
+from mutirao.ha.lease import LeaseBackend
+from mutirao.ha.peer_lease import PeerLease
+from mutirao.settings import Settings
+
+BACKENDS = ("file", "peer")
+
+
+def make_lease(settings: Settings) -> LeaseBackend:
+    ha = settings.ha
+    if ha.backend == "file":
+        return FileLease(ha.lease_dir, settings.node_id, ha.lease_duration)
+    if ha.backend == "peer":
+        return PeerLease(settings.node_id, ha.peers, ha.lease_duration)
+    raise ValidationError(
+        f"unknown lease backend {ha.backend!r}: use one of {', '.join(BACKENDS)}",
+        field="ha.backend",
+    )

@@ -1,0 +1,129 @@
+"""The standby's side of replication: follow the leader's journal, keep the state hot.
+
+The standby installs the leader's snapshot (and its users, token secret and join token),
+then applies every batch to its own engine and appends it to its own journal, acknowledging
+each LSN once it is on disk here. So at takeover it already has the whole state in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from mutirao import protocol
+from mutirao.errors import ProtocolError
+from mutirao.ha.lease import Lease
+
+if TYPE_CHECKING:
+    from mutirao.orchestrator.service import Orchestrator
+
+log = logging.getLogger(__name__)
+
+
+class _Acks:
+    """Sends the newest durable LSN to the leader, coalescing while a send is under way."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.lsn = -1
+        self._event = asyncio.Event()
+        self.task = asyncio.create_task(self._loop(), name="replica-acks")
+
+    def ack(self, lsn: int) -> None:
+        if lsn > self.lsn:
+            self.lsn = lsn
+            self._event.set()
+
+    def touch(self) -> None:
+        """Answer a beat, so the leader knows this standby is still there."""
+        self._event.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            if self.lsn >= 0:
+                await self.ws.send_bytes(protocol.encode({"op": "ack", "lsn": self.lsn}))
+
+
+class Standby:
+    def __init__(self, orch: Orchestrator) -> None:
+        self.orch = orch
+
+    async def follow(self, leader: str) -> None:
+        """Follow ``leader`` until cancelled, reconnecting as needed."""
+        orch = self.orch
+        pause = 0.05
+        failures = 0
+        async with aiohttp.ClientSession() as http:
+            while True:
+                try:
+                    async with http.ws_connect(
+                        leader.rstrip("/") + protocol.REPLICATION_WS_PATH,
+                        headers={protocol.JOIN_TOKEN_HEADER: orch.join_token},
+                        max_msg_size=0,
+                    ) as ws:
+                        pause, failures = 0.05, 0
+                        await self._session(ws, leader)
+                except (aiohttp.ClientError, OSError, ProtocolError, TimeoutError) as exc:
+                    failures += 1
+                    # Say it once, then only when debugging: a dead leader is retried often.
+                    level = logging.INFO if failures == 1 else logging.DEBUG
+                    log.log(level, "cannot follow %s: %s", leader, exc or type(exc).__name__)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    async def _session(self, ws: aiohttp.ClientWebSocketResponse, leader: str) -> None:
+        orch = self.orch
+        await ws.send_bytes(protocol.encode({"op": "follow", "node": orch.node, "url": orch.url}))
+        acks = _Acks(ws)
+        try:
+            async for msg in ws:
+                if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    break
+                await self._on_message(protocol.decode_leader_message(msg.data), acks)
+        finally:
+            acks.task.cancel()
+            await asyncio.gather(acks.task, return_exceptions=True)
+        log.warning("replication stream from %s closed (%s)", leader, ws.close_code)
+
+    async def _on_message(self, msg: protocol.LeaderMessage, acks: _Acks) -> None:
+        orch = self.orch
+        assert orch.journal is not None
+        if msg["op"] == "records":
+            for record in msg["records"]:
+                orch.engine.apply(record)
+            orch.lsn = msg["lsn"]
+            lsn = msg["lsn"]
+            orch.journal.append(msg["records"]).add_done_callback(
+                lambda f: acks.ack(lsn) if not f.exception() else None
+            )
+        elif msg["op"] == "snapshot":
+            orch.engine = orch.restore(msg["state"], [])
+            orch.lsn = msg["lsn"]
+            orch.install_auth(msg["auth"])
+            await orch.journal.checkpoint(msg["state"])
+            acks.ack(msg["lsn"])
+            log.info(
+                "synchronised with the leader at LSN %d, epoch %d: %d task(s)",
+                msg["lsn"],
+                msg["epoch"],
+                len(orch.engine.table.tasks),
+            )
+        else:
+            acks.touch()
+            orch.leader_lsn = msg["lsn"]
+            holder = (msg["node"], orch.node) if msg["synced"] else (msg["node"],)
+            orch.lease.observe(
+                Lease(
+                    msg["node"],
+                    msg["url"],
+                    msg["epoch"],
+                    orch.clock(),
+                    orch.settings.ha.lease_duration,
+                    holder,
+                )
+            )

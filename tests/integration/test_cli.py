@@ -1,0 +1,435 @@
+"""The real ``mutirao`` command, run as a subprocess: help everywhere, the user/login/submit
+workflow with saved credentials, clean one-line errors, and ``mutirao up`` stopping cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mutirao.client.http import Client
+from tests.integration.cluster import LocalCluster, eventually, free_port
+
+MUTIRAO = [sys.executable, "-m", "mutirao"]
+
+
+@dataclass(repr=False)
+class Run:
+    argv: list[str]
+    code: int
+    out: str
+    err: str
+
+    def __repr__(self) -> str:
+        return f"$ mutirao {' '.join(self.argv)}\nexit {self.code}\n{self.out}\n{self.err}"
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without any ``MUTIRAO_*`` leaking in, and a private config dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUTIRAO_")}
+    env["MUTIRAO_CONFIG_DIR"] = str(tmp_path / "config")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+async def mutirao(
+    *argv: str,
+    env: Mapping[str, str],
+    cwd: Path,
+    stdin: str | None = None,
+    timeout: float = 30.0,
+) -> Run:
+    """Run ``python -m mutirao ARGV`` to completion (at most ``timeout`` seconds)."""
+    proc = await asyncio.create_subprocess_exec(
+        *MUTIRAO,
+        *argv,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate(None if stdin is None else stdin.encode())
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        raise AssertionError(f"mutirao {' '.join(argv)} ran longer than {timeout}s") from None
+    assert proc.returncode is not None
+    return Run(list(argv), proc.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class Cli:
+    """``mutirao`` bound to one environment and working directory."""
+
+    env: dict[str, str]
+    cwd: Path
+
+    async def __call__(self, *argv: str, stdin: str | None = None) -> Run:
+        return await mutirao(*argv, env=self.env, cwd=self.cwd, stdin=stdin)
+
+
+def assert_clean_error(run: Run, *words: str) -> None:
+    """Failed with a one-line ``error: ...`` on stderr naming ``words``, and no traceback."""
+    assert run.code != 0, run
+    assert run.err.startswith("error:"), run
+    assert len(run.err.strip().splitlines()) == 1, run
+    assert "Traceback" not in run.err, run
+    assert "Traceback" not in run.out, run
+    for word in words:
+        assert word in run.err, f"{word!r} not in stderr:\n{run}"
+
+
+# -- help ------------------------------------------------------------------------------------
+
+_COMMANDS = [
+    [],
+    ["orchestrator"],
+    ["backup"],
+    ["worker"],
+    ["up"],
+    ["user"],
+    ["user", "add"],
+    ["login"],
+    ["submit"],
+    ["status"],
+    ["result"],
+    ["tasks"],
+    ["workers"],
+    ["cancel"],
+    ["cluster"],
+    ["client"],
+]
+
+
+async def test_help_for_every_command(tmp_path: Path) -> None:
+    cli = Cli(cli_env(tmp_path), tmp_path)
+    runs = await asyncio.gather(*(cli(*command, "--help") for command in _COMMANDS))
+    for command, run in zip(_COMMANDS, runs, strict=True):
+        assert run.code == 0, run
+        assert run.out.startswith("usage: mutirao " + " ".join(command)), run
+        assert run.err == "", run
+    top = runs[0].out
+    for command in _COMMANDS[1:]:
+        assert command[0] in top, f"{command[0]} missing from the top-level help"
+
+
+async def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
+    run = await Cli(cli_env(tmp_path), tmp_path)()
+    assert run.code == 2, run
+    assert "usage: mutirao" in run.err
+    assert "Traceback" not in run.err
+
+
+# -- the client workflow ---------------------------------------------------------------------
+
+
+async def _add_user_and_login(cli: Cli, cluster: LocalCluster) -> None:
+    data = str(cluster.data_dir)
+    added = await cli(
+        "user", "add", "carla", "--password-stdin", "--data-dir", data, stdin="carla-secret\n"
+    )
+    assert added.code == 0, added
+    assert "carla" in added.out
+    saved_path = Path(cli.env["MUTIRAO_CONFIG_DIR"]) / "credentials.json"
+
+    login = ("login", "--user", "carla", "--password-stdin", "--url", cluster.url)
+    wrong = await cli(*login, stdin="not-her-password\n")
+    assert_clean_error(wrong, "wrong user name or password", "401")
+    assert not saved_path.exists()
+
+    right = await cli(*login, stdin="carla-secret\n")
+    assert right.code == 0, right
+    saved = json.loads(saved_path.read_text())
+    assert saved == {"urls": [cluster.url], "token": saved["token"], "user": "carla"}
+    assert saved["token"]
+    assert stat.S_IMODE(saved_path.stat().st_mode) == 0o600
+
+
+async def test_user_login_submit_and_inspect(cluster: LocalCluster, tmp_path: Path) -> None:
+    await cluster.start("W1")
+    cli = Cli(cli_env(tmp_path), tmp_path)
+    await _add_user_and_login(cli, cluster)
+
+    # From here on: no --url and no --token, only what `login` saved.
+    one = await cli("submit", "echo", "--payload", '"x"', "--wait")
+    assert one.code == 0, one
+    assert one.out.strip() == '"x"', one
+
+    many = await cli("submit", "echo", "--payload", "[1, 2]", "--count", "50", "--wait")
+    assert many.code == 0, many
+    assert "50 succeeded" in many.out, many
+
+    submitted = await cli("submit", "sum", "--payload", "[1, 2, 3.5]")
+    assert submitted.code == 0, submitted
+    task_id = submitted.out.strip()
+    assert len(task_id) == 32, submitted
+
+    result = await cli("result", task_id, "--wait", "--timeout", "10", "--json")
+    assert result.code == 0, result
+    view = json.loads(result.out)
+    assert (view["id"], view["state"], view["result"]) == (task_id, "succeeded", 6.5)
+    assert view["owner"] == "carla"
+
+    status = await cli("status", task_id)
+    assert status.code == 0, status
+    for text in (task_id, "succeeded", "attempt 1 on W1: succeeded"):
+        assert text in status.out, status
+
+    tasks = await cli("tasks", "--limit", "5")
+    assert tasks.code == 0, tasks
+    assert tasks.out.startswith("ID"), tasks
+    assert task_id in tasks.out, tasks
+    assert len(tasks.out.strip().splitlines()) == 1 + 5
+    listed = await cli("tasks", "--json", "--limit", "1000")
+    assert len(json.loads(listed.out)) == 1 + 50 + 1
+
+    workers = await cli("workers")
+    assert workers.code == 0, workers
+    assert workers.out.startswith("WORKER"), workers
+    assert "W1" in workers.out, workers
+    assert "alive" in workers.out, workers
+
+    # carla is not an admin: the cluster view is refused with a clean error.
+    assert_clean_error(await cli("cluster"), "403")
+    admin = await cli("cluster", "--token", cluster.token())
+    assert admin.code == 0, admin
+    assert "W1" in admin.out, admin
+    assert "succeeded=52" in admin.out, admin
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+async def test_errors_are_one_clean_line(cluster: LocalCluster, tmp_path: Path) -> None:
+    # Nothing listens on this port. The client retries unreachable URLs for its whole budget
+    # (Client.retry_for, 10 s, not configurable from the CLI), so run it in the background.
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    unreachable = asyncio.ensure_future(
+        Cli(cli_env(tmp_path), tmp_path)("tasks", "--url", dead_url, "--token", "t")
+    )
+    try:
+        await cluster.start("W1")
+        cli = Cli(
+            cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token()), tmp_path
+        )
+
+        unknown = await cli("submit", "no-such-type")
+        assert unknown.code == 1, unknown
+        assert_clean_error(unknown, "no-such-type", "field type", "422")
+        assert_clean_error(await cli("submit", "echo", "--payload", "{oops"), "--payload")
+        assert_clean_error(await cli("submit", "echo", "--timeout", "-1"), "field timeout")
+        assert_clean_error(await cli("submit", "echo", "--count", "0"), "--count")
+        assert_clean_error(await cli("tasks", "--state", "bogus"), "field state")
+        missing = await cli("status", "0" * 32)
+        assert missing.code == 1, missing
+        assert_clean_error(missing, "404")
+
+        failed = await cli(
+            "submit", "fail", "--payload", '"on purpose"', "--max-attempts", "1", "--wait"
+        )
+        assert failed.code == 1, failed
+        assert failed.err.startswith("task "), failed
+        assert " failed: failed after 1 attempts" in failed.err, failed
+        assert "RuntimeError: on purpose" in failed.err, failed
+        assert "Traceback" not in failed.err, failed
+        failed_default = await cli("submit", "fail", "--wait")
+        assert failed_default.code == 1, failed_default
+
+        no_token = Cli({**cli.env, "MUTIRAO_TOKEN": ""}, tmp_path)
+        assert_clean_error(await no_token("tasks"), "mutirao login", "401")
+
+        worker = Cli(cli_env(tmp_path, MUTIRAO_URL=cluster.url), tmp_path)
+        assert_clean_error(
+            await worker("worker", "--log-dir", str(tmp_path / "logs")), "join token"
+        )
+
+        dead = await unreachable
+    finally:
+        if not unreachable.done():
+            unreachable.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await unreachable
+    assert dead.code == 1, dead
+    assert_clean_error(dead, "no orchestrator answered", dead_url)
+
+
+def assert_last_line_error(run: Run, *words: str) -> None:
+    """Like :func:`assert_clean_error`, for servers that may log a few lines first."""
+    assert run.code == 1, run
+    assert run.err.strip().splitlines()[-1].startswith("error:"), run
+    assert "Traceback" not in run.err, run
+    for word in words:
+        assert word in run.err, f"{word!r} not in stderr:\n{run}"
+
+
+async def test_server_and_user_errors_are_clean(tmp_path: Path) -> None:
+    cli = Cli(cli_env(tmp_path, MUTIRAO_LOG_DIR=str(tmp_path / "logs")), tmp_path)
+    (tmp_path / "a-file").write_text("not a directory")
+    under_file = str(tmp_path / "a-file" / "data")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        runs = await asyncio.gather(
+            cli("orchestrator", "--port", port, "--data-dir", str(tmp_path / "d1")),
+            cli("orchestrator", "--port", "0", "--data-dir", under_file),
+            cli("orchestrator", "--port", "0", "--log-level", "LOUD"),
+            cli("worker", "--port", port, "--join-token", "j", "--url", "http://127.0.0.1:9"),
+            cli("worker", "--join-token-file", str(tmp_path / "missing.token")),
+            cli(
+                "user",
+                "add",
+                "dora",
+                "--password-stdin",
+                "--data-dir",
+                under_file,
+                stdin="long-enough\n",
+            ),
+        )
+    busy_orchestrator, bad_dir, bad_level, busy_worker, no_token_file, user_bad_dir = runs
+    assert_last_line_error(busy_orchestrator, "address already in use")
+    assert_last_line_error(bad_dir, "Not a directory")
+    assert_clean_error(bad_level, "unknown log level 'LOUD'")
+    assert_last_line_error(busy_worker, "Address already in use")
+    assert_clean_error(no_token_file, "missing.token")
+    assert_clean_error(user_bad_dir, "Not a directory")
+
+    data = str(tmp_path / "d2")
+    short = await cli("user", "add", "dora", "--password-stdin", "--data-dir", data, stdin="x\n")
+    assert_clean_error(short, "at least 8 characters")
+    added = await cli(
+        "user", "add", "dora", "--password-stdin", "--data-dir", data, stdin="long-enough\n"
+    )
+    assert added.code == 0, added
+    again = await cli(
+        "user", "add", "dora", "--password-stdin", "--data-dir", data, stdin="long-enough\n"
+    )
+    assert_clean_error(again, "already exists")
+    bad_name = await cli(
+        "user", "add", "no spaces", "--password-stdin", "--data-dir", data, stdin="long-enough\n"
+    )
+    assert_clean_error(bad_name, "user name")
+
+
+# -- mutirao up ------------------------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _found(root: Path, pattern: str) -> list[Path]:
+    return sorted(root.rglob(pattern))
+
+
+def _two_free_ports() -> int:
+    """A free port P with P + 1 free too (``up`` puts the standby orchestrator there)."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def _listening(url: str) -> bool:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, int(port))) == 0
+
+
+@pytest.mark.skipif(
+    not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="reads /proc children"
+)
+async def test_up_runs_a_cluster_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _two_free_ports()
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    out_path, err_path = tmp_path / "up.out", tmp_path / "up.err"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        up = await asyncio.create_subprocess_exec(
+            *MUTIRAO,
+            "up",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+            "--log-dir",
+            str(logs),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env=cli_env(tmp_path),
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    try:
+
+        async def banner() -> bool:
+            assert up.returncode is None, err_path.read_text()
+            return (data / "cluster.json").exists() and "Mutirão is up" in out_path.read_text()
+
+        await eventually(banner, timeout=30, what="`mutirao up` banner", every=0.1)
+        info = json.loads((data / "cluster.json").read_text())
+        url = f"http://127.0.0.1:{port}"
+        assert info["urls"][0] == url, info
+        assert info["user"] == "dev"
+        assert f"user 'dev', password {info['password']!r}" in out_path.read_text()
+
+        async with Client(info["urls"], info["token"]) as client:
+            task = await client.submit("echo", "via up")
+            view = await client.wait(task["id"], timeout=10)
+            assert view["state"] == "succeeded"
+            assert view["result"] == "via up"
+            workers = await client.workers()
+        assert sorted(w["id"] for w in workers) == ["W1", "W2"]
+        worker_urls = [w["url"] for w in workers]
+        children = _children(up.pid)
+        assert len(children) == len(info["urls"]) + 2, children  # orchestrators + workers
+
+        up.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            code = await up.wait()
+        assert code == 0, err_path.read_text()[-3000:]
+        stderr = err_path.read_text()
+        assert f"stopping {len(children)} process(es)" in stderr, stderr[-3000:]
+        assert "Traceback" not in stderr, stderr[-3000:]
+        survivors = [pid for pid in children if _exists(pid)]
+        assert not survivors, f"children {survivors} outlived `mutirao up`"
+        for where in [*info["urls"], *worker_urls]:
+            assert not _listening(where), f"{where} still accepts connections"
+        # The active orchestrator stopped gracefully: its final checkpoint is on disk.
+        assert _found(data, "state_checkpoint.json")
+        assert _found(logs, "orchestrator-*.log")
+    finally:
+        # Whatever happened, nothing of this session may survive the test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(up.pid, signal.SIGKILL)
+        await up.wait()

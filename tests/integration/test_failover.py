@@ -1,0 +1,153 @@
+"""Automatic failover with real processes: an active orchestrator, a hot standby (``file``
+lease on a shared directory), workers and a client, with SIGKILLs in the middle of work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from mutirao.client.http import Client
+from mutirao.protocol import TaskView
+from tests.integration.cluster import LocalCluster, Proc, eventually
+
+
+def _proc(cluster: LocalCluster, name: str) -> Proc:
+    return [p for p in cluster.procs if p.name == name][-1]
+
+
+def _done_once(view: TaskView) -> bool:
+    outcomes = [a["outcome"] for a in view["attempts"]]
+    return view["state"] == "succeeded" and outcomes.count("succeeded") == 1
+
+
+async def _standby_synced(client: Client, node: str) -> None:
+    async def synced() -> bool:
+        info = await client.cluster()
+        return any(s["node"] == node and s["synced"] for s in info["standbys"])
+
+    await eventually(synced, timeout=20, what=f"standby {node} in sync")
+
+
+async def _leader(client: Client) -> dict[str, Any]:
+    return await client.cluster()
+
+
+async def _ha_cluster(cluster: LocalCluster, *workers: str) -> None:
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_backup()
+    async with cluster.client() as client:
+        await _standby_synced(client, "backup")
+    for wid in workers:
+        cluster.start_worker(wid)
+    await cluster.wait_workers(*workers)
+
+
+async def test_failover_under_a_stream_of_submissions_loses_nothing(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _ha_cluster(cluster, "W1", "W2")
+    primary = _proc(cluster, "orchestrator")
+    acked: dict[int, str] = {}
+    async with cluster.client(retry_for=30) as client:
+        others = await client.submit_batch([{"type": "sleep", "payload": 0.3}] * 16)
+
+        async def stream() -> float:
+            """Submit 500 tasks one by one; returns when the first one after the kill was
+            acknowledged. A submission cut off by the kill is retried by the client with
+            the same idempotency key, so it can never be created twice."""
+            first_after = 0.0
+            for i in range(500):
+                task = await client.submit("echo", {"i": i}, key=f"stream-{i}")
+                acked[i] = task["id"]
+                if killed.is_set() and not first_after:
+                    first_after = time.monotonic()
+            return first_after
+
+        killed = asyncio.Event()
+        submitter = asyncio.create_task(stream())
+        await eventually(
+            lambda: _async(len(acked) >= 150), timeout=30, what="150 acknowledged submissions"
+        )
+        primary.kill()
+        killed_at = time.monotonic()
+        killed.set()
+        first_after = await submitter
+        failover = first_after - killed_at
+        info = await _leader(client)
+        views = await client.wait_many(list(acked.values()), timeout=60)
+        background = await client.wait_many([t["id"] for t in others], timeout=60)
+        listed = await client.tasks(limit=10_000)
+    assert info["node"] == "backup"
+    assert info["epoch"] == 2
+    assert len(set(acked.values())) == 500, "a resubmission with the same key made a new task"
+    for i, view in enumerate(views):
+        assert _done_once(view), view
+        assert view["result"] == {"i": i}
+    assert all(_done_once(v) for v in background)
+    stream_keys = [t["key"] for t in listed if (t["key"] or "").startswith("stream-")]
+    assert sorted(stream_keys) == sorted(f"stream-{i}" for i in range(500))
+    with capsys.disabled():
+        print(
+            f"\n[failover] file lease: SIGKILL of the active -> next submission "
+            f"acknowledged by the standby in {failover * 1000:.0f} ms"
+        )
+    assert failover < 5
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_old_active_rejoins_as_standby_and_a_second_failover_returns_to_it(
+    cluster: LocalCluster,
+) -> None:
+    await _ha_cluster(cluster, "W1")
+    async with cluster.client(retry_for=30) as client:
+        first = await client.submit_batch([{"type": "sleep", "payload": 0.2}] * 8)
+        _proc(cluster, "orchestrator").kill()
+        second = await client.submit_batch([{"type": "echo", "payload": n} for n in range(8)])
+        assert (await _leader(client))["node"] == "backup"
+
+        cluster.start_orchestrator()  # the old active, on its old data dir
+        await _standby_synced(client, "orchestrator")
+        third = await client.submit_batch([{"type": "echo", "payload": n} for n in range(8)])
+        _proc(cluster, "backup").kill()
+        fourth = await client.submit_batch([{"type": "sleep", "payload": 0.1}] * 8)
+        info = await _leader(client)
+        ids = [t["id"] for batch in (first, second, third, fourth) for t in batch]
+        views = await client.wait_many(ids, timeout=60)
+    assert info["node"] == "orchestrator"
+    assert info["epoch"] == 3
+    assert all(_done_once(v) for v in views), [v for v in views if not _done_once(v)]
+
+
+async def test_active_runs_degraded_without_standby_and_the_standby_catches_up(
+    cluster: LocalCluster,
+) -> None:
+    await _ha_cluster(cluster, "W1")
+    async with cluster.client(retry_for=30) as client:
+        _proc(cluster, "backup").kill()
+
+        async def degraded() -> bool:
+            return not (await client.cluster())["standbys"]
+
+        await eventually(degraded, timeout=10, what="the active to notice the standby left")
+        import aiohttp
+
+        async with aiohttp.ClientSession() as http, http.get(cluster.url + "/readyz") as resp:
+            ready = await resp.json()
+        assert resp.status == 200
+        assert ready["degraded"] is True
+        during = await client.submit_batch([{"type": "echo", "payload": n} for n in range(20)])
+        cluster.start_backup()
+        await _standby_synced(client, "backup")
+        _proc(cluster, "orchestrator").kill()
+        views = await client.wait_many([t["id"] for t in during], timeout=30)
+        info = await _leader(client)
+    assert info["node"] == "backup", "the caught-up standby must take over"
+    assert [v["result"] for v in views] == list(range(20))
+    assert all(_done_once(v) for v in views)

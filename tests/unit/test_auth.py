@@ -1,0 +1,150 @@
+"""Users (scrypt-hashed passwords in a private file) and signed bearer tokens."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mutirao.auth import TokenSigner, User, UserStore, read_or_create_secret
+from mutirao.errors import AuthError, ConflictError, ValidationError
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> UserStore:
+    return UserStore(tmp_path / "data" / "users.json")
+
+
+def test_add_then_verify(store: UserStore) -> None:
+    assert store.add("alice", "correct horse") == User("alice", admin=False)
+    assert store.add("root.admin_1-x", "battery staple", admin=True) == User(
+        "root.admin_1-x", admin=True
+    )
+    assert store.verify("alice", "correct horse") == User("alice", admin=False)
+    assert store.verify("root.admin_1-x", "battery staple") == User("root.admin_1-x", admin=True)
+
+
+def test_the_users_file_is_private_and_holds_no_password(store: UserStore) -> None:
+    store.add("alice", "correct horse")
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    raw = store.path.read_bytes()
+    assert b"correct horse" not in raw
+    entry = orjson.loads(raw)["alice"]
+    assert set(entry) == {"salt", "hash", "admin"}
+
+
+def test_wrong_password_or_unknown_user_is_an_auth_error(store: UserStore) -> None:
+    store.add("alice", "correct horse")
+    with pytest.raises(AuthError, match="wrong user name or password") as info:
+        store.verify("alice", "correct horsE")
+    assert info.value.status == 401
+    with pytest.raises(AuthError, match="wrong user name or password"):
+        store.verify("mallory", "correct horse")
+
+
+def test_verify_with_no_users_file(store: UserStore) -> None:
+    with pytest.raises(AuthError):
+        store.verify("alice", "whatever1")
+
+
+def test_adding_an_existing_user_conflicts_unless_replacing(store: UserStore) -> None:
+    store.add("alice", "first password")
+    with pytest.raises(ConflictError) as info:
+        store.add("alice", "second password")
+    assert info.value.field == "name"
+    store.add("alice", "second password", admin=True, replace=True)
+    assert store.verify("alice", "second password") == User("alice", admin=True)
+    with pytest.raises(AuthError):
+        store.verify("alice", "first password")
+
+
+@pytest.mark.parametrize(
+    ("name", "password", "field"),
+    [
+        ("", "long enough", "name"),
+        ("bad name", "long enough", "name"),
+        ("semi;colon", "long enough", "name"),
+        ("alice", "short", "password"),
+    ],
+)
+def test_add_validates_name_and_password(
+    store: UserStore, name: str, password: str, field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        store.add(name, password)
+    assert info.value.field == field
+    assert not store.path.exists()
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def test_issue_then_verify() -> None:
+    signer = TokenSigner("s3cret")
+    token = signer.issue(User("alice", admin=True), NOW, ttl=60.0)
+    assert signer.verify(token, NOW) == User("alice", admin=True)
+    assert signer.verify(token, NOW + 60.0) == User("alice", admin=True)
+    # Another orchestrator sharing the secret accepts it.
+    assert TokenSigner("s3cret").verify(token, NOW + 1) == User("alice", admin=True)
+
+
+def test_an_expired_token_is_rejected() -> None:
+    signer = TokenSigner("s3cret")
+    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    with pytest.raises(AuthError, match="expired"):
+        signer.verify(token, NOW + 60.001)
+
+
+def test_a_token_signed_with_another_secret_is_rejected() -> None:
+    token = TokenSigner("other").issue(User("alice", admin=False), NOW, ttl=60.0)
+    with pytest.raises(AuthError, match="invalid token signature"):
+        TokenSigner("s3cret").verify(token, NOW)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_tampered_token_is_rejected() -> None:
+    signer = TokenSigner("s3cret")
+    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    body, signature = token.split(".")
+
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    with pytest.raises(AuthError, match="invalid token signature"):
+        signer.verify(f"{body}.{flipped}", NOW)
+
+    # Granting oneself admin (or more time) breaks the signature.
+    forged = _b64(orjson.dumps({"sub": "alice", "adm": True, "exp": NOW + 1e9}))
+    with pytest.raises(AuthError, match="invalid token signature"):
+        signer.verify(f"{forged}.{signature}", NOW)
+
+    with pytest.raises(AuthError, match="invalid token signature"):
+        signer.verify(f"{body}.", NOW)
+
+
+@pytest.mark.parametrize("token", ["", "no-dot-at-all", "a.b", "é.é", "abc.sig-é"])
+def test_malformed_tokens_are_auth_errors(token: str) -> None:
+    with pytest.raises(AuthError):
+        TokenSigner("s3cret").verify(token, NOW)
+
+
+def test_a_non_ascii_signature_is_an_auth_error_not_a_crash() -> None:
+    signer = TokenSigner("s3cret")
+    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    with pytest.raises(AuthError, match="invalid token signature"):
+        signer.verify(token[:-1] + "é", NOW)
+
+
+def test_read_or_create_secret(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "token.secret"
+    secret = read_or_create_secret(path)
+    assert len(secret) >= 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_or_create_secret(path) == secret
+    assert read_or_create_secret(tmp_path / "other.secret") != secret

@@ -1,0 +1,237 @@
+"""The journal: record encoding, recovery of torn/corrupt lines, group commit, checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from mutirao.orchestrator.journal import CHECKPOINT_NAME, Journal, encode_record, recover
+
+Records = list[dict[str, Any]]
+
+
+def segment(directory: Path, number: int) -> Path:
+    return directory / f"journal-{number:08d}.log"
+
+
+def records(count: int, start: int = 0) -> Records:
+    return [{"e": "submit", "i": i, "text": f"record {i} ✓"} for i in range(start, start + count)]
+
+
+def listing(directory: Path, pattern: str = "*") -> list[str]:
+    return sorted(p.name for p in directory.glob(pattern))
+
+
+def write_segment(directory: Path, number: int, data: bytes) -> None:
+    segment(directory, number).write_bytes(data)
+
+
+def test_encode_record_is_crc_space_json_newline() -> None:
+    record = {"e": "types", "types": ["echo"]}
+    line = encode_record(record)
+    body = orjson.dumps(record)
+    assert line == b"%08x " % zlib.crc32(body) + body + b"\n"
+
+
+def test_encode_then_recover_round_trip(tmp_path: Path) -> None:
+    first, second = records(3), records(2, start=3)
+    write_segment(tmp_path, 1, b"".join(encode_record(r) for r in first))
+    write_segment(tmp_path, 2, b"".join(encode_record(r) for r in second))
+    recovered = recover(tmp_path)
+    assert recovered.snapshot is None
+    assert recovered.records == first + second
+    assert recovered.skipped == 0
+    assert recovered.next_segment == 3
+
+
+def test_segments_are_replayed_in_numeric_order(tmp_path: Path) -> None:
+    write_segment(tmp_path, 10, encode_record({"i": 10}))
+    write_segment(tmp_path, 9, encode_record({"i": 9}))
+    write_segment(tmp_path, 100, encode_record({"i": 100}))
+    recovered = recover(tmp_path)
+    assert recovered.records == [{"i": 9}, {"i": 10}, {"i": 100}]
+    assert recovered.next_segment == 101
+
+
+def test_recover_of_an_empty_or_missing_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "does" / "not" / "exist"
+    recovered = recover(directory)
+    assert directory.is_dir()
+    assert (recovered.snapshot, recovered.records, recovered.skipped) == (None, [], 0)
+    assert recovered.next_segment == 1
+
+
+def test_a_torn_last_line_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = records(2)
+    torn = encode_record({"e": "finish", "items": ["x" * 50]})[:-20]  # crashed mid-write
+    write_segment(tmp_path, 1, b"".join(encode_record(r) for r in good) + torn)
+    with caplog.at_level(logging.WARNING, logger="mutirao.orchestrator.journal"):
+        recovered = recover(tmp_path)
+    assert recovered.records == good
+    assert recovered.skipped == 1
+    assert "torn or corrupt" in caplog.text
+    assert "journal-00000001.log:3" in caplog.text
+
+
+def test_a_complete_line_without_its_newline_is_still_torn(tmp_path: Path) -> None:
+    write_segment(tmp_path, 1, encode_record({"i": 1}) + encode_record({"i": 2})[:-1])
+    recovered = recover(tmp_path)
+    assert recovered.records == [{"i": 1}]
+    assert recovered.skipped == 1
+
+
+def test_a_line_with_a_bad_crc_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    one, two, three = (encode_record(r) for r in records(3))
+    flipped = two.replace(b"record 1", b"record 7")  # same length, same CRC field
+    assert flipped != two
+    garbage = b"not a journal line at all\n"
+    not_object = b"%08x [1]\n" % zlib.crc32(b"[1]")
+    write_segment(tmp_path, 1, one + flipped + three + garbage + not_object)
+    with caplog.at_level(logging.WARNING, logger="mutirao.orchestrator.journal"):
+        recovered = recover(tmp_path)
+    assert recovered.records == [records(3)[0], records(3)[2]]
+    assert recovered.skipped == 3
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage().rsplit(":", 1)[1] for r in warnings] == ["2", "4", "5"]
+
+
+async def test_appended_records_are_durable_after_close(tmp_path: Path) -> None:
+    async with Journal(tmp_path, 1) as journal:
+        await journal.append(records(3))
+        future = journal.append(records(2, start=3))
+        await future
+        assert journal.records_since_checkpoint == 5
+    recovered = recover(tmp_path)
+    assert recovered.records == records(5)
+    assert recovered.skipped == 0
+    assert recovered.next_segment == 2
+
+
+async def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -> None:
+    async with Journal(tmp_path, 1, fsync=False) as journal:
+        futures = [journal.append(records(1, start=i)) for i in range(200)]
+        await asyncio.gather(*futures)
+    assert recover(tmp_path).records == records(200)
+
+
+async def test_an_empty_append_is_a_barrier_for_earlier_records(tmp_path: Path) -> None:
+    async with Journal(tmp_path, 1, fsync=False) as journal:
+        idle = journal.append([])
+        assert idle.done()  # nothing in flight: resolves at once
+        done: list[str] = []
+        first = journal.append(records(3))
+        first.add_done_callback(lambda _: done.append("records"))
+        barrier = journal.append([])
+        assert not barrier.done()
+        barrier.add_done_callback(lambda _: done.append("barrier"))
+        await barrier
+        assert first.done()
+        assert done == ["records", "barrier"]
+        assert journal.records_since_checkpoint == 3
+    assert recover(tmp_path).records == records(3)
+
+
+async def test_records_queued_before_close_are_written(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, 1)
+    async with journal:
+        future = journal.append(records(4))
+    assert future.done()
+    assert future.exception() is None
+    assert recover(tmp_path).records == records(4)
+
+
+async def test_append_after_close_fails(tmp_path: Path) -> None:
+    async with Journal(tmp_path, 1) as journal:
+        pass
+    with pytest.raises(RuntimeError, match="journal is closed"):
+        await journal.append(records(1))
+
+
+async def test_a_new_journal_after_recovery_writes_a_new_segment(tmp_path: Path) -> None:
+    torn = encode_record({"i": 99})[:5]
+    write_segment(tmp_path, 1, encode_record({"i": 1}) + torn)
+    recovered = recover(tmp_path)
+    async with Journal(tmp_path, recovered.next_segment) as journal:
+        await journal.append([{"i": 2}])
+    # The torn tail stays where it was; the new record is not glued onto it.
+    assert segment(tmp_path, 2).exists()
+    again = recover(tmp_path)
+    assert again.records == [{"i": 1}, {"i": 2}]
+    assert again.skipped == 1
+
+
+async def test_checkpoint_compacts_the_journal(tmp_path: Path) -> None:
+    async with Journal(tmp_path, 1) as journal:
+        await journal.append(records(3))
+        await journal.checkpoint({"tasks": ["snapshot of the first three"]})
+        assert journal.segment == 2
+        assert journal.records_since_checkpoint == 0
+        await journal.append(records(2, start=3))
+
+    checkpoint = orjson.loads((tmp_path / CHECKPOINT_NAME).read_bytes())
+    assert checkpoint == {
+        "version": 1,
+        "segment": 2,
+        "state": {"tasks": ["snapshot of the first three"]},
+    }
+    assert not segment(tmp_path, 1).exists()
+    assert listing(tmp_path) == [
+        "journal-00000002.log",
+        CHECKPOINT_NAME,
+    ]
+
+    recovered = recover(tmp_path)
+    assert recovered.snapshot == {"tasks": ["snapshot of the first three"]}
+    assert recovered.records == records(2, start=3)
+    assert recovered.next_segment == 3
+
+
+async def test_a_second_checkpoint_deletes_the_segments_before_it(tmp_path: Path) -> None:
+    async with Journal(tmp_path, 1) as journal:
+        await journal.append(records(1))
+        await journal.checkpoint({"n": 1})
+        await journal.append(records(1, start=1))
+        await journal.checkpoint({"n": 2})
+        await journal.append(records(1, start=2))
+    assert listing(tmp_path, "journal-*.log") == ["journal-00000003.log"]
+    recovered = recover(tmp_path)
+    assert recovered.snapshot == {"n": 2}
+    assert recovered.records == records(1, start=2)
+
+
+async def test_records_appended_right_after_the_checkpoint_call_land_after_it(
+    tmp_path: Path,
+) -> None:
+    # checkpoint() rotates synchronously, so records appended while it is being written
+    # belong to the next segment and are replayed on top of the snapshot.
+    async with Journal(tmp_path, 1, fsync=False) as journal:
+        earlier = journal.append(records(2))
+        checkpoint = asyncio.create_task(journal.checkpoint({"upto": 2}))
+        await asyncio.sleep(0)  # let checkpoint() take its turn and rotate
+        assert journal.segment == 2
+        later = journal.append(records(2, start=2))
+        await asyncio.gather(earlier, checkpoint, later)
+    recovered = recover(tmp_path)
+    assert recovered.snapshot == {"upto": 2}
+    assert recovered.records == records(2, start=2)
+
+
+def test_a_checkpoint_without_later_segments_recovers_past_it(tmp_path: Path) -> None:
+    (tmp_path / CHECKPOINT_NAME).write_bytes(
+        orjson.dumps({"version": 1, "segment": 5, "state": {"n": 0}})
+    )
+    write_segment(tmp_path, 4, encode_record({"old": True}))  # compaction interrupted
+    recovered = recover(tmp_path)
+    assert recovered.snapshot == {"n": 0}
+    assert recovered.records == []
+    assert recovered.next_segment == 5
