@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo docs clean
+.PHONY: install lint test demo bench docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check node operator tests
-	$(BIN)/ruff format --check node operator tests
+	$(BIN)/ruff check node operator tests bench
+	$(BIN)/ruff format --check node operator tests bench
 	$(BIN)/mypy
 
 test: lint tools
@@ -25,6 +25,10 @@ test: lint tools
 
 demo: $(STAMP)
 	$(BIN)/python -m mutirao.demo
+
+# Full-size benchmarks on real local processes; writes docs/benchmarks/latest.json.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --size full
 
 # Renders every docs/**/*.puml to an .svg beside it. Installs plantuml and graphviz (Debian
 # packages) only when plantuml or dot is missing, so it works on a fresh machine.

@@ -1,9 +1,10 @@
 """``make demo`` / ``python -m mutirao.demo``: a local cluster doing the seed's scenarios.
 
-It starts ``mutirao up`` (orchestrator + 2 workers that accept crash drills) in a scratch
-directory, runs sample tasks, shows least-load balancing, crashes a worker mid-task and shows
-the task finishing elsewhere, fails a task on purpose, measures batched throughput, and stops
-the cluster with SIGTERM.
+It starts ``mutirao up`` (orchestrator, hot standby, 2 workers that accept crash drills) in
+a scratch directory, runs sample tasks, shows least-load balancing, crashes a worker
+mid-task and shows the task finishing elsewhere, fails a task on purpose, measures batched
+throughput, kills the active orchestrator and shows the standby taking over, and stops the
+cluster with SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +25,23 @@ from pathlib import Path
 from mutirao.client.commands import worker_table
 from mutirao.client.http import Client
 from mutirao.launcher import CLUSTER_FILE
+
+
+def _pid_listening(url: str) -> int:
+    """The process serving ``url`` on this machine, found through /proc (Linux)."""
+    port = int(url.rsplit(":", 1)[1])
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        is_orchestrator = b"orchestrator" in args or b"backup" in args
+        on_port = b"--port" in args and args[args.index(b"--port") + 1 :][:1] == [
+            str(port).encode()
+        ]
+        if is_orchestrator and on_port:
+            return int(cmdline.parent.name)
+    raise RuntimeError(f"no orchestrator process found for {url}")
 
 
 def _free_port() -> int:
@@ -88,6 +107,35 @@ async def scenarios(client: Client, throughput_tasks: int) -> None:
         f"  {done:,}/{throughput_tasks:,} succeeded in {elapsed:.2f}s = "
         f"{throughput_tasks / elapsed:,.0f} tasks/s (submit to last result)"
     )
+
+    _step("failover: SIGKILL the active orchestrator while tasks run")
+    info = await client.cluster()
+    running = await client.submit_batch([{"type": "sleep", "payload": 0.5}] * 8)
+    pid = _pid_listening(info["url"])
+    os.kill(pid, signal.SIGKILL)
+    killed = time.perf_counter()
+    task = await client.submit("echo", "accepted after failover")
+    print(
+        f"  killed {info['node']} (epoch {info['epoch']}, pid {pid}); the next submission "
+        f"was accepted {1000 * (time.perf_counter() - killed):.0f} ms later"
+    )
+    views = await client.wait_many([t["id"] for t in running] + [task["id"]], timeout=60)
+    after = await client.cluster()
+    print(
+        f"  {sum(v['state'] == 'succeeded' for v in views)}/{len(views)} tasks succeeded; "
+        f"{after['node']} now leads with epoch {after['epoch']}"
+    )
+
+    async def rejoined() -> list[dict[str, object]]:
+        for _ in range(100):
+            standbys: list[dict[str, object]] = (await client.cluster())["standbys"]
+            if any(s["synced"] for s in standbys):
+                return standbys
+            await asyncio.sleep(0.1)
+        return []
+
+    for standby in await rejoined():
+        print(f"  {standby['node']} was restarted by `mutirao up` and rejoined as the standby")
 
     _step("workers now (the crashed one was restarted by `mutirao up`)")
     print(worker_table(await client.workers()))

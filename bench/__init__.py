@@ -1,0 +1,1 @@
+"""Benchmarks: ``make bench`` runs them at full size, ``make test`` once at a tiny size."""
