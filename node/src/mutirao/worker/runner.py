@@ -83,7 +83,8 @@ class Runner:
         value: Any = None
         error: str | None = None
         try:
-            value = await asyncio.wait_for(self._call(item), item["timeout"])
+            async with asyncio.timeout(item["timeout"]):
+                value = await self._call(item)
             orjson.dumps(value)
         except TimeoutError:
             error = f"timed out after {item['timeout']}s"
