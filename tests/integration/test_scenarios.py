@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import signal
 import time
 from collections import Counter
@@ -216,3 +217,36 @@ async def test_cancel_running_and_pending(cluster: LocalCluster) -> None:
         final = await client.get(running["id"])
     assert final["state"] == "cancelled"
     assert final["attempts"][0]["outcome"] == "cancelled"
+
+
+async def test_restart_recovers_from_checkpoint_plus_journal_tail(cluster: LocalCluster) -> None:
+    cluster.start_orchestrator("--checkpoint-interval", "1")
+    await cluster.wait_ready()
+    cluster.start_worker("W1")
+    await cluster.wait_workers("W1")
+    checkpoint = cluster.data_dir / "state_checkpoint.json"
+    async with cluster.client() as client:
+        before = await client.submit_batch([{"type": "echo", "payload": n} for n in range(50)])
+        await client.wait_many([t["id"] for t in before], timeout=20)
+
+        async def checkpointed() -> bool:
+            return checkpoint.exists()
+
+        await eventually(checkpointed, timeout=10, what="a checkpoint")
+        after = await client.submit_batch([{"type": "echo", "payload": n} for n in range(50, 60)])
+        cluster.procs[0].kill()
+        segments = sorted(p.name for p in cluster.data_dir.glob("journal-*.log"))
+        cluster.start_orchestrator()
+        await cluster.wait_ready()
+        ids = [t["id"] for t in before + after]
+        views = await client.wait_many(ids, timeout=30)
+    assert len(segments) >= 1, "records after the checkpoint live in a later segment"
+    recoveries = re.findall(
+        r"recovered (\d+) task\(s\) at epoch \d+ from \S+ \((\d+) journal record",
+        cluster.procs[-1].output(),
+    )
+    tasks, replayed = map(int, recoveries[-1])
+    assert tasks == 60
+    assert replayed < 60, "most of the state came from the checkpoint, not the journal"
+    assert [v["result"] for v in views] == list(range(60))
+    assert all(_succeeded_once(v) for v in views)
