@@ -176,7 +176,7 @@ async def test_user_login_submit_and_inspect(cluster: LocalCluster, tmp_path: Pa
     submitted = await cli("submit", "sum", "--payload", "[1, 2, 3.5]")
     assert submitted.code == 0, submitted
     task_id = submitted.out.strip()
-    assert len(task_id) == 32, submitted
+    assert task_id.isalnum(), submitted  # the id alone on stdout, for scripts
 
     result = await cli("result", task_id, "--wait", "--timeout", "10", "--json")
     assert result.code == 0, result

@@ -75,7 +75,7 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
         p,
         "--lease",
         setting="ha.backend",
-        choices=["file", "peer"],
+        choices=["file", "peer", "kubernetes"],
         help="leader lease backend [file]",
     )
     _flag(
@@ -262,17 +262,17 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
 
 def client_settings(args: argparse.Namespace) -> tuple[list[str], str]:
     """URLs and token: flags, then environment, then what `mutirao login` saved."""
-    settings = from_env()
+    env = from_env()
+    defaults = Settings()
     saved = credentials.load()
-    import os
-
+    saved_urls = saved.get("urls")
     if args.url:
-        urls = [u.strip() for u in args.url.split(",") if u.strip()]
-    elif "MUTIRAO_URL" in os.environ or not saved.get("urls"):
-        urls = settings.urls
+        urls = _url_list(args.url)
+    elif env.urls == defaults.urls and isinstance(saved_urls, list) and saved_urls:
+        urls = [str(u) for u in saved_urls]
     else:
-        urls = [str(u) for u in saved["urls"]]  # type: ignore[attr-defined]
-    token = getattr(args, "token", None) or os.environ.get("MUTIRAO_TOKEN") or saved.get("token")
+        urls = env.urls
+    token = getattr(args, "token", None) or env.token or saved.get("token")
     return urls, str(token or "")
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -98,36 +99,42 @@ class Child:
             self.proc.send_signal(sig)
 
 
-def _wait_ready(url: str, timeout: float) -> None:
+def _poll(
+    request: urllib.request.Request, ok: Callable[[Any], bool], timeout: float, what: str
+) -> None:
+    """Poll ``request`` until ``ok(json body)``; exit with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"error: orchestrator at {url} not ready after {timeout:.0f}s")
-        time.sleep(0.05)
-
-
-def _wait_workers(url: str, token: str, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    request = urllib.request.Request(
-        url + "/v1/workers", headers={"Authorization": f"Bearer {token}"}
-    )
     while True:
         try:
             with urllib.request.urlopen(request, timeout=1) as resp:
-                alive = [w for w in json.load(resp)["workers"] if w["state"] == "alive"]
-                if len(alive) >= count:
+                if ok(json.load(resp)):
                     return
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"error: only some of {count} workers registered in {timeout:.0f}s")
+            raise SystemExit(f"error: {what} after {timeout:.0f}s")
         time.sleep(0.05)
+
+
+def _wait_ready(url: str, timeout: float) -> None:
+    _poll(
+        urllib.request.Request(url + "/readyz"),
+        lambda body: body["role"] == "active",
+        timeout,
+        f"orchestrator at {url} not ready",
+    )
+
+
+def _wait_workers(url: str, token: str, count: int, timeout: float) -> None:
+    request = urllib.request.Request(
+        url + "/v1/workers", headers={"Authorization": f"Bearer {token}"}
+    )
+    _poll(
+        request,
+        lambda body: sum(w["state"] == "alive" for w in body["workers"]) >= count,
+        timeout,
+        f"fewer than {count} workers registered",
+    )
 
 
 def _dev_credentials(data_dir: Path) -> tuple[str, str]:
