@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo bench docs clean
+.PHONY: install lint test demo bench bench-peers docs clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ demo: $(STAMP)
 # Full-size benchmarks on real local processes; writes docs/benchmarks/latest.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --size full
+
+# The same workloads on Dask and Ray (own virtualenv, pinned), in the same run, with ratios;
+# writes docs/benchmarks.md and docs/benchmarks/latest.{json,png}.
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed: requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet -r requirements-peers.txt
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+	$(BIN)/python -m bench.run --size full --peers $(PEERS_VENV)/bin/python
 
 # Renders every docs/**/*.puml to an .svg beside it. Installs plantuml and graphviz (Debian
 # packages) only when plantuml or dot is missing, so it works on a fresh machine.

@@ -24,9 +24,17 @@ from typing import Any
 
 from tests.integration.cluster import LocalCluster, eventually
 
+from bench import compare
+
 SIZES = {
-    "tiny": {"throughput": 500, "latency": 20, "failover": 100},
-    "full": {"throughput": 20_000, "latency": 500, "failover": 2_000},
+    "tiny": {"throughput": 500, "latency": 20, "failover": 100, "per_request": 200, "kill": 60},
+    "full": {
+        "throughput": 20_000,
+        "latency": 500,
+        "failover": 2_000,
+        "per_request": 5_000,
+        "kill": 2_000,
+    },
 }
 
 
@@ -39,6 +47,7 @@ class Result:
 
 
 async def _cluster(root: Path, *, standby: bool, slots: int) -> LocalCluster:
+    """An orchestrator (+ standby) and workers W1, W2, logging warnings only."""
     cluster = LocalCluster(root)
     cluster.env_extra["MUTIRAO_LOG_LEVEL"] = "WARNING"
     cluster.start_orchestrator()
@@ -108,6 +117,56 @@ async def latency(root: Path, n: int) -> Result:
     )
 
 
+async def per_request(root: Path, n: int, lanes: int = 64) -> Result:
+    """N tasks, one per HTTP request, from ``lanes`` concurrent submitters; then all results."""
+    cluster = await _cluster(root, standby=False, slots=256)
+    try:
+        async with cluster.client() as client:
+            ids: list[str] = []
+            pending = iter(range(n))
+
+            async def lane() -> None:
+                for _ in pending:
+                    ids.append((await client.submit("echo", None))["id"])
+
+            started = time.perf_counter()
+            await asyncio.gather(*(lane() for _ in range(lanes)))
+            for offset in range(0, n, 1000):
+                await client.wait_many(ids[offset : offset + 1000], timeout=300)
+            elapsed = time.perf_counter() - started
+    finally:
+        cluster.stop()
+    return Result(f"one task per request, {lanes} submitters", n / elapsed, "tasks/s",
+                  {"tasks": n, "lanes": lanes, "seconds": elapsed})  # fmt: skip
+
+
+async def worker_kill(root: Path, n: int) -> Result:
+    """N 10 ms tasks over 2 one-slot workers; SIGKILL one a third of the way in.
+    The figure is the extra time over the same batch without a kill."""
+    cluster = await _cluster(root, standby=False, slots=1)
+    try:
+        async with cluster.client() as client:
+            batch = [{"type": "sleep", "payload": 0.01}] * n
+            started = time.perf_counter()
+            ids = [t["id"] for t in await client.submit_batch(batch)]
+            await client.wait_many(ids, timeout=300)
+            baseline = time.perf_counter() - started
+            started = time.perf_counter()
+            ids = [t["id"] for t in await client.submit_batch(batch)]
+            await asyncio.sleep(baseline / 3)
+            next(p for p in cluster.procs if p.name == "worker-W1").kill()
+            views = await client.wait_many(ids, timeout=300)
+            with_kill = time.perf_counter() - started
+    finally:
+        cluster.stop()
+    once = [v for v in views if [a["outcome"] for a in v["attempts"]].count("succeeded") == 1]
+    assert len(once) == n, f"{n - len(once)} task(s) lost or recorded twice"
+    return Result(f"worker SIGKILL mid-run, {n:,} x 10 ms tasks: extra time",
+                  with_kill - baseline, "s",
+                  {"baseline_s": baseline, "with_kill_s": with_kill,
+                   "redistributed": sum(len(v["attempts"]) > 1 for v in views)})  # fmt: skip
+
+
 async def failover(root: Path, n: int) -> Result:
     """SIGKILL the active orchestrator (file lease) while N tasks stream in."""
     cluster = await _cluster(root, standby=True, slots=8)
@@ -152,7 +211,9 @@ async def main_async(size: str) -> list[Result]:
     workloads: list[Callable[[Path], Awaitable[Result]]] = [
         lambda root: throughput(root, n["throughput"], standby=False),
         lambda root: throughput(root, n["throughput"], standby=True),
+        lambda root: per_request(root, n["per_request"]),
         lambda root: latency(root, n["latency"]),
+        lambda root: worker_kill(root, n["kill"]),
         lambda root: failover(root, n["failover"]),
     ]
     results = []
@@ -174,30 +235,52 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/latest.json"))
+    parser.add_argument(
+        "--peers", metavar="PYTHON", help="also run Dask and Ray under this Python and compare"
+    )
     args = parser.parse_args()
     print(f"Mutirão benchmarks ({args.size})", flush=True)
     results = asyncio.run(main_async(args.size))
     print(_table(results))
+    doc = _document(args.size, results)
+    if args.peers:
+        doc["peers"] = compare.run_peers(args.peers, args.size)
+        doc["comparison"] = compare.comparison(doc["figures"], doc["peers"])
+        print(compare.markdown(doc))
     if args.size == "full":
-        _write(args.out, args.size, results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.peers:
+            compare.write(doc, args.peers, args.out)
+        else:
+            args.out.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"written to {args.out}")
     return 0
 
 
-def _write(out: Path, size: str, results: list[Result]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _document(size: str, results: list[Result]) -> dict[str, Any]:
+    by_name = {r.workload.split(",")[0]: r for r in results}
+    throughputs = [r for r in results if r.workload.startswith("throughput")]
+    figures = {
+        "throughput": throughputs[0].figure,
+        "throughput_standby": throughputs[1].figure,
+        "per_request": by_name["one task per request"].figure,
+        "latency_p50": by_name["latency"].detail["p50_ms"],
+        "latency_p99": by_name["latency"].detail["p99_ms"],
+        "kill_extra": by_name["worker SIGKILL mid-run"].figure,
+        "failover_ms": by_name["failover"].figure,
+    }
     machine = {
         "python": platform.python_version(),
         "cpus": _cpus(),
         "platform": platform.platform(),
     }
-    doc = {
+    return {
         "size": size,
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine,
+        "figures": figures,
         "results": [r.__dict__ for r in results],
     }
-    out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ async def test_every_benchmark_runs_at_tiny_size() -> None:
     assert [r.workload.split(",")[0] for r in results] == [
         "throughput",
         "throughput",
+        "one task per request",
         "latency",
+        "worker SIGKILL mid-run",
         "failover",
     ]
     assert all(r.figure > 0 for r in results)

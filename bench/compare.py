@@ -1,0 +1,110 @@
+"""Mutirão's figures next to Dask's and Ray's from the same run, as ratios.
+
+The peers run in their own virtualenv (``bench/peers.py`` under ``PYTHON``); the table goes
+to ``docs/benchmarks.md`` and a plot to ``docs/benchmarks/latest.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+PEER_SIZES = {
+    "tiny": ["--tasks", "500", "--latency", "20", "--kill", "60"],
+    "full": ["--tasks", "20000", "--latency", "500", "--kill", "2000"],
+}
+
+CLIENT_GO_FAILOVER_S = 15.0
+"""client-go's LeaderElector defaults: a 15 s lease, 10 s renew deadline, 2 s retry."""
+
+
+def run_peers(python: str, size: str) -> dict[str, dict[str, Any]]:
+    peers = {}
+    for system in ("dask", "ray"):
+        print(f"  running the same workloads on {system}...", flush=True)
+        done = subprocess.run(
+            [python, "bench/peers.py", system, *PEER_SIZES[size]],
+            capture_output=True, text=True, check=True, timeout=1800,
+        )  # fmt: skip
+        peers[system] = json.loads(done.stdout.strip().splitlines()[-1])
+    return peers
+
+
+def comparison(figures: dict[str, Any], peers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per workload: each system's figure, and Mutirão's ratio to Ray's."""
+
+    def row(workload: str, unit: str, ours: float, key: str, better: str) -> dict[str, Any]:
+        theirs = {s: _dig(peers[s], key) for s in peers}
+        ray = theirs.get("ray")
+        if ray:
+            ratio = ours / ray if better == "higher" else ray / ours if ours else None
+        else:
+            ratio = None
+        return {"workload": workload, "unit": unit, "mutirao": ours, **theirs,
+                "ratio_vs_ray": ratio, "better": better}  # fmt: skip
+
+    return [
+        row("throughput, batches", "tasks/s", figures["throughput"], "throughput_tasks_s",
+            "higher"),
+        row("throughput, batches, sync standby", "tasks/s", figures["throughput_standby"],
+            "throughput_tasks_s", "higher"),
+        row("one task per request", "tasks/s", figures["per_request"], "per_request_tasks_s",
+            "higher"),
+        row("latency p50", "ms", figures["latency_p50"], "latency.p50_ms", "lower"),
+        row("latency p99", "ms", figures["latency_p99"], "latency.p99_ms", "lower"),
+        row("worker SIGKILL: extra time", "s", figures["kill_extra"], "kill.extra_s", "lower"),
+    ]  # fmt: skip
+
+
+def _dig(doc: dict[str, Any], key: str) -> float | None:
+    value: Any = doc
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    machine = doc["machine"]
+    versions = ", ".join(f"{p['system']} {p['version']}" for p in doc["peers"].values())
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {doc['when']} on {machine['cpus']} CPUs ({machine['platform']}, Python "
+        f"{machine['python']}), every system in the same run: Mutirão, {versions}.",
+        "Reproduce with `make bench-peers` (it creates `.venv-peers` with the pinned peers);",
+        "`make bench` runs Mutirão's side alone. The machine is shared and noisy: only ratios",
+        "taken in one run mean much. Ratio: Mutirão's advantage over Ray (> 1 is better).",
+        "",
+        "| workload | unit | Mutirão | Dask | Ray | ratio vs Ray |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in doc["comparison"]:
+        cells = [_fmt(row.get(s)) for s in ("mutirao", "dask", "ray")]
+        ratio = row["ratio_vs_ray"]
+        lines.append(
+            f"| {row['workload']} | {row['unit']} | {' | '.join(cells)} | "
+            f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
+        )
+    failover = doc["figures"]["failover_ms"] / 1000
+    lines += [
+        f"| failover (SIGKILL of the active) | s | {failover:.2f} | no scheduler HA | "
+        f"restart and reload | client-go defaults: up to {CLIENT_GO_FAILOVER_S:.0f} s |",
+        "",
+        "![same-run comparison](benchmarks/latest.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+def write(doc: dict[str, Any], python: str, out: Path) -> None:
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    Path("docs/benchmarks.md").write_text(markdown(doc))
+    subprocess.run([python, "bench/plot.py", str(out), str(out.with_suffix(".png"))], check=True)
