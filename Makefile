@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo bench bench-peers docs clean
+.PHONY: install lint test demo bench bench-peers docs prometheus dashboards clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check node operator tests bench
 	$(BIN)/mypy
 
-test: lint tools
+test: lint tools prometheus
 	$(BIN)/pytest -q -n 2
 
 demo: $(STAMP)
@@ -40,6 +40,22 @@ $(PEERS_VENV)/.installed: requirements-peers.txt
 
 bench-peers: $(STAMP) $(PEERS_VENV)/.installed
 	$(BIN)/python -m bench.run --size full --peers $(PEERS_VENV)/bin/python
+
+# Prometheus and promtool (Debian's package), which tests/integration/test_prometheus.py
+# runs against a local cluster; installed only when missing, so a fresh machine works too.
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
+		echo "prometheus: installing Debian's prometheus package with apt-get"; \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus >/dev/null; \
+	fi
+	@prometheus --version 2>&1 | head -1
+
+# The Grafana dashboards as code: charts/mutirao/dashboards/ and manifests/grafana/.
+dashboards: $(STAMP)
+	$(BIN)/python scripts/gen-dashboards.py
 
 # Renders every docs/**/*.puml to an .svg beside it. Installs plantuml and graphviz (Debian
 # packages) only when plantuml or dot is missing, so it works on a fresh machine.
@@ -81,7 +97,7 @@ tools: $(STAMP)
 	$(BIN)/python scripts/install-tools.py --dest tools
 
 # Regenerates manifests/ from charts/mutirao (tests/k8s checks they stay in sync).
-manifests: tools
+manifests: tools dashboards
 	HELM=$(HELM) scripts/gen-manifests.sh manifests
 
 images:

@@ -4,6 +4,7 @@ lease on a shared directory), workers and a client, with SIGKILLs in the middle 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
 
@@ -150,4 +151,26 @@ async def test_active_runs_degraded_without_standby_and_the_standby_catches_up(
         info = await _leader(client)
     assert info["node"] == "backup", "the caught-up standby must take over"
     assert [v["result"] for v in views] == list(range(20))
+    assert all(_done_once(v) for v in views)
+
+
+async def test_sigterm_of_the_active_hands_the_lease_over_at_once(
+    cluster: LocalCluster,
+) -> None:
+    """A clean stop releases the lease: the standby takes over at its next poll instead of
+    waiting for the lease to expire, and nothing acknowledged is lost."""
+    await _ha_cluster(cluster, "W1")
+    primary = _proc(cluster, "orchestrator")
+    async with cluster.client(retry_for=30) as client:
+        before = await client.submit_batch([{"type": "sleep", "payload": 0.2}] * 6)
+        primary.signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        after = await client.submit("echo", "after a clean stop")
+        handover = time.monotonic() - stopped
+        views = await client.wait_many([t["id"] for t in before] + [after["id"]], timeout=30)
+        info = await _leader(client)
+    assert primary.popen is not None
+    assert primary.popen.wait(15) == 0
+    assert info["node"] == "backup"
+    assert handover < 3, f"handover took {handover:.1f}s"
     assert all(_done_once(v) for v in views)

@@ -193,3 +193,44 @@ def _token(data_dir: Path) -> str:
 
     secret = (data_dir / SECRET_FILE).read_text().strip()
     return TokenSigner(secret).issue(User("admin", True), time.time(), 3600)
+
+
+async def test_a_standby_that_never_synced_does_not_take_over_with_the_peer_lease(
+    cluster: LocalCluster,
+) -> None:
+    """A standby that never received the leader's state (here: a wrong join token) must not
+    take over when the leader dies: it would serve an empty state as if nothing had been
+    acknowledged. It waits for the leader to come back instead."""
+    cluster.env_extra.update(PEER_ENV)
+    cluster.env_extra["MUTIRAO_HA_PEERS"] = f"{cluster.url},{cluster.backup_url}"
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("W1")
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        task = await client.submit("echo", "kept")
+        await client.wait(task["id"], timeout=10)
+    cluster.env_extra["MUTIRAO_AUTH_JOIN_TOKEN"] = "not-the-cluster-token"
+    backup = cluster.start_backup()
+    await eventually(lambda: _standby_at(cluster.backup_url), timeout=10, what="backup up")
+    next(p for p in cluster.procs if p.name == "orchestrator").kill()
+    await asyncio.sleep(0)
+    deadline = time.monotonic() + LEASE + 1.5
+    while time.monotonic() < deadline:  # bounded: the claim is that nothing happens
+        view = await _ha(cluster.backup_url)
+        assert view is not None
+        assert view["role"] != "active", "an out-of-sync standby took over"
+        await asyncio.sleep(0.1)
+    assert backup.popen is not None
+    assert backup.popen.poll() is None
+    # The old leader comes back with everything it acknowledged.
+    cluster.env_extra["MUTIRAO_AUTH_JOIN_TOKEN"] = cluster.join_token
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    async with cluster.client() as client:
+        assert (await client.wait(task["id"], timeout=10))["result"] == "kept"
+
+
+async def _standby_at(url: str) -> bool:
+    view = await _ha(url)
+    return view is not None and view["role"] == "standby"

@@ -198,6 +198,7 @@ def test_default_install_objects(rendered: dict[str, str]) -> None:
             ("Secret", "mutirao-join-token"),
             ("PodDisruptionBudget", "mutirao-orchestrator"),
             ("PodDisruptionBudget", "mutirao-worker"),
+            ("ConfigMap", "mutirao-grafana-dashboards"),
         ]
     )
 
@@ -235,6 +236,9 @@ def test_orchestrator_statefulset(rendered: dict[str, str]) -> None:
     assert (env["MUTIRAO_HA_LEASE_DURATION"], env["MUTIRAO_HA_RENEW_INTERVAL"]) == ("10", "2")
     assert env["MUTIRAO_AUTH_JOIN_TOKEN"] == {
         "secretKeyRef": {"name": "mutirao-join-token", "key": "token"}
+    }
+    assert env["MUTIRAO_AUTH_TOKEN_SECRET"] == {
+        "secretKeyRef": {"name": "mutirao-join-token", "key": "token-secret"}
     }
     assert env["MUTIRAO_LOG_FORMAT"] == "json"
     assert env["MUTIRAO_HEARTBEAT_TIMEOUT"] == "3"
@@ -283,6 +287,8 @@ def test_leader_routing_names_agree(rendered: dict[str, str]) -> None:
     )
     assert selector == pod_labels
     assert operator["MUTIRAO_URL"] == "http://mutirao-orchestrator:7000"
+    # The operator mints API tokens with the key the orchestrators check them with.
+    assert operator["MUTIRAO_AUTH_TOKEN_SECRET"] == env_of(sts)["MUTIRAO_AUTH_TOKEN_SECRET"]
 
 
 def test_workers(rendered: dict[str, str]) -> None:
@@ -324,7 +330,9 @@ def test_kind_and_namespaced_operator(rendered: dict[str, str]) -> None:
     task_roles = [
         o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-tasks")
     ]
-    assert sorted(r["metadata"]["namespace"] for r in task_roles) == ["team-a", "team-b"]
+    # The release namespace too: the orchestrators' Lease is there (kopf watches it alike).
+    assert "--namespace=mutirao" in operator["args"]
+    assert sorted(r["metadata"]["namespace"] for r in task_roles) == ["mutirao", "team-a", "team-b"]
     cluster_role = find(objects, "ClusterRole", "mutirao-operator-mutirao")
     assert cluster_role["rules"] == [
         {
@@ -333,6 +341,31 @@ def test_kind_and_namespaced_operator(rendered: dict[str, str]) -> None:
             "verbs": ["list", "watch"],
         }
     ]
+
+
+def test_grafana_dashboards_configmap(helm_env: dict[str, str], rendered: dict[str, str]) -> None:
+    """The dashboards of manifests/grafana/, for the Grafana sidecar (label grafana_dashboard)."""
+    dashboards = find(documents(rendered["defaults"]), "ConfigMap", "mutirao-grafana-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = sorted((MANIFESTS / "grafana").glob("*.json"))
+    assert sorted(dashboards["data"]) == [p.name for p in shipped]
+    for path in shipped:
+        assert dashboards["data"][path.name] == path.read_text().rstrip("\n"), path.name
+
+    moved = documents(
+        helm_template(
+            helm_env,
+            ["--set=grafana.dashboards.namespace=monitoring",
+             "--set=grafana.dashboards.labels.grafana_dashboard=mutirao",
+             "--set=grafana.dashboards.annotations.grafana_folder=Mutirao"],
+        ).stdout
+    )  # fmt: skip
+    configmap = find(moved, "ConfigMap", "mutirao-grafana-dashboards")
+    assert configmap["metadata"]["namespace"] == "monitoring"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "mutirao"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "Mutirao"}
+    off = helm_template(helm_env, ["--set=grafana.dashboards.enabled=false"]).stdout
+    assert not [o for o in documents(off) if o["kind"] == "ConfigMap"]
 
 
 def test_service_monitor(rendered: dict[str, str]) -> None:
@@ -385,6 +418,8 @@ def test_rbac_is_least_privilege(rendered: dict[str, str]) -> None:
 def test_join_token_secret(helm_env: dict[str, str], rendered: dict[str, str]) -> None:
     secret = find(documents(rendered["defaults"]), "Secret", "mutirao-join-token")
     assert len(secret["data"]["token"]) == 64  # base64 of 48 random characters
+    assert len(secret["data"]["token-secret"]) == 64
+    assert secret["data"]["token-secret"] != secret["data"]["token"]
 
     given = helm_template(helm_env, ["--set=auth.joinToken.value=a-fixed-token-of-some-length"])
     secret = find(documents(given.stdout), "Secret", "mutirao-join-token")
@@ -651,3 +686,40 @@ def test_install_tools_is_idempotent(tmp_path: Path) -> None:
     proc = run([sys.executable, ROOT / "scripts" / "install-tools.py", "--dest", dest])
     assert "up to date" in proc.stdout
     assert not (dest / "cache").exists()
+
+
+def test_statuses_the_operator_writes_fit_the_crd(
+    crd: dict[str, Any], task_validator: jsonschema.Draft4Validator
+) -> None:
+    """What the operator writes (mutirao_operator.reconcile), for a task in every state, is
+    valid under the strict status schema: nothing the API server would reject or prune. And
+    every field of the CRD's spec reaches the submission."""
+    from mutirao.protocol import TaskState
+    from mutirao_operator.reconcile import status_from_view, submission
+
+    spec = {"type": "sum", "payload": [1, 2], "priority": -1, "maxAttempts": 2, "timeoutSeconds": 5}
+    [version] = crd["spec"]["versions"]
+    assert set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]) == set(
+        spec
+    )
+    assert set(submission(spec, "uid")) == {
+        "type", "payload", "key", "priority", "max_attempts", "timeout"
+    }  # fmt: skip
+    attempt = {
+        "attempt": 1, "worker": "mutirao-worker-abc", "assigned_at": 1.0e9, "started_at": 1.0e9,
+        "ended_at": None, "outcome": None, "error": None,
+    }  # fmt: skip
+    old: dict[str, Any] = {}
+    for state in TaskState:
+        terminal = state.terminal
+        view: Any = {
+            "id": "t-1", "type": "sum", "state": state.value, "owner": "mutirao-operator",
+            "priority": -1, "max_attempts": 2, "timeout": 5.0, "key": "uid", "payload": [1, 2],
+            "created_at": 1.0e9, "finished_at": 1.0e9 + 2 if terminal else None,
+            "attempts": [] if state is TaskState.PENDING else [attempt],
+            "result": {"sum": 3, "any": ["json", None]} if state is TaskState.SUCCEEDED else None,
+            "error": "ValueError: no" if state is TaskState.FAILED else None,
+        }  # fmt: skip
+        status = status_from_view(view, old, epoch=3, generation=1, now=1.0e9 + 3)
+        task_validator.validate({"metadata": {"name": "x"}, "spec": spec, "status": status})
+        old = status

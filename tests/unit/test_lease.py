@@ -478,12 +478,16 @@ async def test_peer_renew_fails_when_a_peer_leads_with_a_newer_epoch(
     peer.view = view("a", "active", 6)
     assert await b.renew(mine, 101.0, ["a"]) is None
     assert peer.asked == 1
-    # b remembers epoch 6 from then on: no takeover before that lease runs out, then a
-    # newer epoch still (the view from /v1/ha names no synced list: anyone may take it).
+    # b remembers that a leads with epoch 6. Polling tells who leads, not that b holds its
+    # records, so b may not take over even once that view runs out...
     peer.view = view("a", "standby", 6)
     assert await b.acquire("b", URL_B, 110.9, 5) is None
-    taken = await b.acquire("b", URL_B, 111.0, 5)
-    assert taken == Lease("b", URL_B, 7, 111.0, 10.0, ("b",))
+    assert await b.acquire("b", URL_B, 111.0, 5) is None
+    # ...until a's beats say b is in sync; then, once they stop, a newer epoch still.
+    b.observe(Lease("a", URL_A, 6, 111.0, 10.0, ("a", "b")))
+    assert await b.acquire("b", URL_B, 120.9, 5) is None
+    taken = await b.acquire("b", URL_B, 121.0, 5)
+    assert taken == Lease("b", URL_B, 7, 121.0, 10.0, ("b",))
 
 
 @pytest.mark.parametrize(("role", "epoch"), [("active", 5), ("active", 4), ("standby", 9)])

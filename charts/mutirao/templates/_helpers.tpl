@@ -118,6 +118,13 @@ prometheus.io/path: /metrics
 {{- end }}
 
 
+{{/* The namespaces a namespaced operator watches, comma-separated: operator.watchNamespaces
+plus the release's own, where the orchestrators' Lease is (kopf watches every resource in the
+same namespaces). */}}
+{{- define "mutirao.operator.namespaces" -}}
+{{- uniq (append .Values.operator.watchNamespaces .Release.Namespace) | join "," }}
+{{- end }}
+
 {{/* What the operator does to Tasks: watch them, keep finalizers and status, post Events. */}}
 {{- define "mutirao.operator.taskRules" -}}
 - apiGroups: ["mutirao.dev"]

@@ -48,8 +48,13 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def read_or_create_secret(path: Path, make: int = 32) -> str:
-    """A secret kept in a private file, created on first use."""
+def read_or_create_secret(path: Path, make: int = 32, *, given: str = "") -> str:
+    """A secret kept in a private file, created on first use; ``given`` (from the settings)
+    replaces whatever the file held."""
+    if given:
+        if not path.exists() or path.read_text().strip() != given:
+            _write_private(path, given.encode())
+        return given
     if path.exists():
         return path.read_text().strip()
     value = secrets.token_urlsafe(make)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from mutirao import logs
-from mutirao.client import commands, credentials
+from mutirao.auth import JOIN_TOKEN_FILE
+from mutirao.client import commands, credentials, top
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
 from mutirao.settings import Settings, SettingsError, from_env, validate
@@ -54,7 +55,7 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
         p,
         "--join-token",
         setting="auth.join_token",
-        help="cluster join token for workers and standbys [DATA_DIR/join.token]",
+        help="cluster join token for workers and standbys [generated into LEASE_DIR/join.token]",
     )
     _flag(
         p,
@@ -195,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url", help="orchestrator URL(s), comma-separated [MUTIRAO_URL]")
     _flag(p, "--join-token", setting="auth.join_token", help="join token [MUTIRAO_AUTH_JOIN_TOKEN]")
-    p.add_argument("--join-token-file", type=Path, help="read the join token from this file")
+    p.add_argument(
+        "--join-token-file",
+        type=Path,
+        help="read the join token from this file [LEASE_DIR/join.token if it exists]",
+    )
     _common_server(p)
     p.set_defaults(run=_run_worker)
 
@@ -222,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("workers", "list workers with load and heartbeat age", commands.workers),
         ("cancel", "cancel a task", commands.cancel),
         ("cluster", "leader, epoch, queue and workers (admins)", commands.cluster),
+        ("top", "live view: workers with load and heartbeat age, queue, tasks", top.top),
     ]
     for name, help_text, fn in client_commands:
         p = sub.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
@@ -258,6 +264,9 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "tasks":
         p.add_argument("--state", help="only tasks in this state")
         p.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+    elif name == "top":
+        p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes [1]")
+        p.add_argument("--once", action="store_true", help="print one screen and exit")
 
 
 def client_settings(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -382,8 +391,12 @@ def _run_worker(args: argparse.Namespace) -> int:
         directory=settings.log.dir,
     )
     token = settings.auth.join_token
+    shared = settings.ha.lease_dir / JOIN_TOKEN_FILE
     if args.join_token_file is not None:
         token = args.join_token_file.read_text().strip()
+    elif not token and shared.exists():
+        # Started beside the orchestrators (same working directory): use their token.
+        token = shared.read_text().strip()
     if not token:
         raise SystemExit(
             "error: a worker needs the join token: --join-token, "

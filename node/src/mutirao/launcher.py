@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,12 @@ def add_up_parser(sub: Any) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="number of workers [2]")
     p.add_argument("--slots", type=int, default=4, help="slots per worker [4]")
+    p.add_argument(
+        "--worker-port",
+        type=int,
+        help="status and /metrics port of worker W1; Wn gets one more each [PORT+100]; "
+        "0: any free port",
+    )
     p.add_argument("--port", type=int, default=7000, help="orchestrator port [7000]")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind [127.0.0.1]")
     p.add_argument(
@@ -161,6 +168,21 @@ def _orchestrator_argv(args: argparse.Namespace, command: str, port: int, data: 
     ]  # fmt: skip
 
 
+def _worker_port(host: str, first: int, i: int) -> int:
+    """Worker ``i``'s fixed port (so a static Prometheus config can scrape it, see
+    docs/prometheus.yml), or 0 (any free port) when it is taken or ``first`` is 0."""
+    if first == 0:
+        return 0
+    port = first + i - 1
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            print(f"mutirao up: port {port} is taken; worker W{i} uses a free one", file=sys.stderr)
+            return 0
+    return port
+
+
 def run_up(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.slots < 1:
         raise SystemExit("error: --workers must be >= 0 and --slots >= 1")
@@ -176,10 +198,13 @@ def run_up(args: argparse.Namespace) -> int:
         urls.append(f"http://{args.host}:{args.port + 1}")
         argv = _orchestrator_argv(args, "backup", args.port + 1, backup)
         children.append(Child("backup", [*argv, "--url", urls[0]]))
+    first_port = args.port + 100 if args.worker_port is None else args.worker_port
     for i in range(1, args.workers + 1):
         argv = [
             sys.executable, "-m", "mutirao", "worker",
             "--id", f"W{i}",
+            "--host", args.host,
+            "--port", str(_worker_port(args.host, first_port, i)),
             "--url", ",".join(urls),
             "--slots", str(args.slots),
             "--log-dir", str(args.log_dir),
@@ -252,6 +277,8 @@ Development login: user {user!r}, password {password!r}. In another terminal:
   mutirao login --user {user}              # or: export MUTIRAO_TOKEN={token}
   mutirao submit echo --payload '"hello"' --wait
   mutirao cluster                          # leader, epoch, standby lag, workers
+  mutirao top                              # live view: load, heartbeat age, queue
+  curl -s {urls[0]}/metrics | grep ^mutirao_   # Prometheus metrics, docs/metrics.md
 Press Ctrl-C to stop everything."""
 
 

@@ -170,5 +170,17 @@ OPENAPI: dict[str, Any] = {
         },
         "/healthz": {"get": {"security": [], "responses": _responses({})}},
         "/readyz": {"get": {"security": [], "responses": _responses({}, 503)}},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics, active or standby (docs/metrics.md)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
     },
 }

@@ -39,6 +39,9 @@ class AuthSettings:
     """Seconds a login token stays valid."""
     join_token: str = ""
     """Shared secret workers present to register; generated into the data dir if empty."""
+    token_secret: str = ""
+    """Key that signs login tokens; generated into the data dir if empty. Set it (from a
+    Kubernetes Secret, say) to share it with a client that mints its own tokens: the operator."""
 
 
 @dataclass
@@ -92,6 +95,10 @@ class HaSettings:
     """Seconds between two attempts of a standby to take the lease."""
     step_down_margin: float = 1.0
     """A leader that could not renew stops acting this long before its lease expires."""
+    namespace: str = "default"
+    """Namespace of the Lease (``kubernetes`` backend)."""
+    lease_name: str = "mutirao-leader"
+    """Name of the coordination.k8s.io Lease the orchestrators share (``kubernetes`` backend)."""
 
 
 @dataclass

@@ -67,7 +67,8 @@ class Client:
     def url(self) -> str:
         return self.urls[self._current]
 
-    def _follow(self, leader: str) -> None:
+    def follow(self, leader: str) -> None:
+        """Send the next requests to ``leader`` first (added to the known URLs if new)."""
         leader = leader.rstrip("/")
         if leader not in self.urls:
             self.urls.append(leader)
@@ -95,7 +96,7 @@ class Client:
                     leader = body.get("leader")
                     if resp.status == 421 and leader and leader.rstrip("/") != self.url:
                         # A standby names the leader: go there at once.
-                        self._follow(str(leader))
+                        self.follow(str(leader))
                         if time.monotonic() < deadline:
                             await asyncio.sleep(0.005)
                             continue

@@ -8,7 +8,7 @@ from mutirao.ha.lease import LeaseBackend
 from mutirao.ha.peer_lease import PeerLease
 from mutirao.settings import Settings
 
-BACKENDS = ("file", "peer")
+BACKENDS = ("file", "peer", "kubernetes")
 
 
 def make_lease(settings: Settings) -> LeaseBackend:
@@ -17,6 +17,15 @@ def make_lease(settings: Settings) -> LeaseBackend:
         return FileLease(ha.lease_dir, settings.node_id, ha.lease_duration)
     if ha.backend == "peer":
         return PeerLease(settings.node_id, ha.peers, ha.lease_duration)
+    if ha.backend == "kubernetes":
+        # Imported here: only this backend needs the kubernetes client.
+        from mutirao.ha.kubernetes_lease import KubernetesLease
+
+        # Every API call ends well before the holder must step down.
+        timeout = ha.step_down_margin / 2
+        return KubernetesLease(
+            ha.namespace, ha.lease_name, settings.node_id, ha.lease_duration, timeout=timeout
+        )
     raise ValidationError(
         f"unknown lease backend {ha.backend!r}: use one of {', '.join(BACKENDS)}",
         field="ha.backend",

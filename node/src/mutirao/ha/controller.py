@@ -33,19 +33,39 @@ class Controller:
         self.ha = orch.settings.ha
         self.tenure: Tenure | None = None
         self._renewing = asyncio.Lock()
+        self.last_seen_lease: Lease | None = None
+        """The lease as last read while standing by: whom a takeover replaces."""
 
     async def run(self) -> None:
+        orch = self.orch
+        if orch.engine.epoch:
+            # What the journal says about the last leader, for backends with no shared record:
+            # only that leader may lead again without first hearing from the others.
+            table = orch.engine.table
+            orch.lease.observe(
+                Lease(table.leader, "", table.epoch, 0.0, self.ha.lease_duration, (table.leader,))
+            )
         while True:
-            lease = await self._stand_by()
-            await self._lead(lease)
+            try:
+                lease = await self._stand_by()
+                await self._lead(lease)
+            except (OSError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+                # A bug or a broken disk must not leave the process serving with no role.
+                log.exception("role loop failed (%s); standing by again", exc)
+                orch.step_down(f"role loop failed: {exc}")
+                await asyncio.sleep(self.ha.retry_interval)
 
-    async def shutdown(self) -> None:
-        """Clean stop: hand the lease over at once instead of letting it expire."""
+    async def shutdown(self, held: Lease | None) -> None:
+        """Clean stop: close every link, then hand the lease over at once instead of letting
+        it expire, so the standby takes over at its next poll."""
         orch = self.orch
         await orch.close_links(1001, "orchestrator shutting down")
-        if self.tenure is not None:
-            with contextlib.suppress(OSError):
-                await orch.lease.release(self.tenure.lease)
+        for replica in list(orch.hub.replicas.values()):
+            await replica.link.close(1001, "orchestrator shutting down")
+        if held is not None:
+            with contextlib.suppress(OSError, aiohttp.ClientError):
+                await orch.lease.release(held)
+            log.warning("released the lease (epoch %d) for the standby to take over", held.epoch)
         await orch.lease.close()
 
     # -- standby ---------------------------------------------------------------------------
@@ -56,6 +76,7 @@ class Controller:
         standby = Standby(orch)
         following: str | None = None
         follower: asyncio.Task[None] | None = None
+        self.last_seen_lease = None
         try:
             while True:
                 now = orch.clock()
@@ -63,7 +84,7 @@ class Controller:
                 lease = await orch.lease.acquire(orch.node, orch.url, now, floor)
                 if lease is not None:
                     return lease
-                current = await orch.lease.read()
+                current = self.last_seen_lease = await orch.lease.read()
                 leader = None
                 if current is not None and current.holder != orch.node:
                     leader = current.url or None
@@ -92,8 +113,9 @@ class Controller:
         orch.role = Role.ACTIVE
         await orch.commit(orch.engine.take_lead(lease.epoch, orch.node, orch.clock()))
         log.warning(
-            "now the active orchestrator with epoch %d (%d task(s), %d worker(s) to call back)",
+            "now the active orchestrator with epoch %d: %s (%d task(s), %d worker(s) to call back)",
             lease.epoch,
+            takeover_reason(self.last_seen_lease, orch.node, orch.clock()),
             len(orch.engine.table.tasks),
             len(orch.engine.table.worker_urls),
         )
@@ -110,7 +132,8 @@ class Controller:
                 for duty in duties:
                     duty.cancel()
         finally:
-            orch.role = Role.STANDBY
+            if orch.role is Role.ACTIVE:
+                orch.role = Role.STANDBY
             self.tenure = None
             orch.hub.fail_all()
             await orch.close_links(protocol.STALE_EPOCH_CLOSE, "this orchestrator was deposed")
@@ -123,7 +146,8 @@ class Controller:
             orch.lease.observe(
                 Lease("", "", orch.seen_epoch, orch.clock(), self.ha.lease_duration, ("",))
             )
-        log.warning("no longer active (%s); following the new leader", orch.deposed_reason)
+        # Said once at WARNING, with the reason, by Orchestrator.step_down.
+        log.info("no longer active (%s); following the new leader", orch.deposed_reason)
 
     async def _renew_loop(self) -> None:
         orch = self.orch
@@ -149,13 +173,19 @@ class Controller:
         """
         orch = self.orch
         async with self._renewing:
-            if self.tenure is None:
+            tenure = self.tenure
+            if tenure is None:
                 return False
-            lease = await orch.lease.renew(self.tenure.lease, orch.clock(), orch.hub.synced())
+            lease = await orch.lease.renew(tenure.lease, orch.clock(), orch.hub.synced())
+            if self.tenure is not tenure or orch.role is not Role.ACTIVE:
+                return False  # stepped down or stopping meanwhile
             if lease is None:
                 orch.step_down("the lease was taken by another orchestrator")
                 return False
-            self.tenure.renewed(lease)
+            tenure.renewed(lease)
+            # Tell the standbys at once whether they now count as in sync (peer backend:
+            # that is what makes one eligible to take over).
+            orch.hub.beat(orch.engine.epoch, orch.lsn, orch.node, orch.url)
             return True
 
     def _lease_synced(self) -> tuple[str, ...]:
@@ -170,8 +200,19 @@ class Controller:
         while True:
             orch.hub.beat(orch.engine.epoch, orch.lsn, orch.node, orch.url)
             for replica in orch.hub.silent(orch.clock(), limit):
-                log.warning("standby %s silent for %.1fs: dropping it", replica.node, limit)
-                await replica.link.close(1001, "silent")
+                if orch.lease.shared_record:
+                    log.warning("standby %s silent for %.1fs: dropping it", replica.node, limit)
+                    await replica.link.close(1001, "silent")
+                elif not replica.stalled:
+                    # With no shared record a silent standby may be alive behind a cut link and
+                    # about to take over: keep acknowledgements waiting rather than lose them.
+                    replica.stalled = True
+                    log.error(
+                        "standby %s silent for %.1fs: holding acknowledgements until it "
+                        "answers or a newer leader shows up (peer lease)",
+                        replica.node,
+                        limit,
+                    )
             await asyncio.sleep(min(0.5, self.ha.renew_interval))
 
     async def _call_workers(self, epoch: int) -> None:
@@ -273,6 +314,24 @@ class Controller:
                 log.warning("cannot record that standby %s left: %s", replica.node, exc)
                 await asyncio.sleep(self.ha.retry_interval)
         orch.hub.forget(replica.node, replica)
+
+
+def takeover_reason(previous: Lease | None, node: str, now: float) -> str:
+    """Why this node could take the lease, from the lease it last saw while standing by."""
+    if previous is None or not previous.holder:
+        return "no other orchestrator held the lease"
+    if previous.holder == node:
+        return f"this node held the lease already (epoch {previous.epoch})"
+    if previous.expired(now):
+        silent = now - previous.renewed_at
+        return (
+            f"the lease of {previous.holder} (epoch {previous.epoch}) expired: not renewed "
+            f"for {silent:.1f}s"
+        )
+    return (
+        f"{previous.holder} (epoch {previous.epoch}) stopped holding the lease: it released "
+        "it or its process died"
+    )
 
 
 CONTROLLER = web.AppKey("controller", Controller)

@@ -69,7 +69,12 @@ class PeerLease:
         # A deposed node may still claim to lead for a moment: trust the newest epoch only.
         for view in sorted(actives, key=lambda v: -v["epoch"]):
             if view["epoch"] >= known:
-                self._view = Lease(view["node"], view["url"], view["epoch"], now, self.duration)
+                # Polling says who leads, not that this node holds its records: only beats
+                # (``observe``) can make it eligible to take over.
+                synced = (view["node"],)
+                self._view = Lease(
+                    view["node"], view["url"], view["epoch"], now, self.duration, synced
+                )
                 return self._view
         return self._view
 
@@ -96,7 +101,9 @@ class PeerLease:
                 log.warning(
                     "peer %s leads with epoch %d > %d", view["node"], view["epoch"], lease.epoch
                 )
-                self._view = Lease(view["node"], view["url"], view["epoch"], now, self.duration)
+                self._view = Lease(
+                    view["node"], view["url"], view["epoch"], now, self.duration, (view["node"],)
+                )
                 return None
         return renewed(lease, now, synced)
 

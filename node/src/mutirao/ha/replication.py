@@ -33,6 +33,8 @@ class Replica:
     leaving: bool = False
     last_heard: float = 0.0
     """When the standby last answered (it acknowledges every beat)."""
+    stalled: bool = False
+    """Reported as silent (peer lease: its waiters are held, not released)."""
 
     @property
     def synced(self) -> bool:
@@ -92,6 +94,7 @@ class Hub:
         replica = self.replicas.get(node)
         if replica is not None:
             replica.last_heard = now
+            replica.stalled = False
         if replica is not None and lsn > replica.acked:
             became_synced = not replica.synced
             replica.acked = lsn

@@ -69,6 +69,12 @@ class Standby:
                         pause, failures = 0.05, 0
                         await self._session(ws, leader)
                 except (aiohttp.ClientError, OSError, ProtocolError, TimeoutError) as exc:
+                    if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 401:
+                        log.error(
+                            "the leader %s refused our join token: every orchestrator of a "
+                            "cluster needs the same one (MUTIRAO_AUTH_JOIN_TOKEN)",
+                            leader,
+                        )
                     failures += 1
                     # Say it once, then only when debugging: a dead leader is retried often.
                     level = logging.INFO if failures == 1 else logging.DEBUG

@@ -29,7 +29,7 @@ from mutirao.protocol import TaskState
 
 log = logging.getLogger(__name__)
 
-_PUBLIC = frozenset({"/healthz", "/readyz", "/v1/login", "/v1/openapi.json", "/v1/ha"})
+_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/v1/login", "/v1/openapi.json", "/v1/ha"})
 # These check the join token themselves.
 _PEER_SOCKETS = frozenset({protocol.WORKER_WS_PATH, protocol.REPLICATION_WS_PATH})
 
@@ -271,6 +271,11 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"status": "ready", "degraded": not synced, "standbys": synced, **view})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics; public like the probes, and served by a standby too."""
+    return request.app[ORCHESTRATOR].metrics.respond(request)
+
+
 async def ha(request: web.Request) -> web.Response:
     return _json(request.app[ORCHESTRATOR].ha_view())
 
@@ -297,10 +302,12 @@ def create_app(orch: Orchestrator) -> web.Application:
     )
     app[ORCHESTRATOR] = orch
     app.cleanup_ctx.append(orch.run)
+    app.on_shutdown.append(orch.stop)
     app.add_routes(
         [
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
             web.get("/v1/openapi.json", openapi),
             web.post("/v1/login", login),
             web.post("/v1/tasks", submit),

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from mutirao.errors import NotFoundError, ValidationError
+from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
 from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
 from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable
 from mutirao.protocol import (
@@ -96,8 +97,11 @@ class Engine:
         heartbeat: HeartbeatSettings,
         *,
         new_id: Callable[[], TaskId] | None = None,
+        observer: EngineObserver = NULL_OBSERVER,
     ) -> None:
         self.heartbeat = heartbeat
+        self.observer = observer
+        """Told about every live decision (metrics); see :mod:`mutirao.orchestrator.events`."""
         self.table = TaskTable()
         self.queue = PendingQueue()
         self.workers: dict[str, Worker] = {}
@@ -111,10 +115,12 @@ class Engine:
 
     # -- state changes ---------------------------------------------------------------------
 
-    def apply(self, record: Record) -> None:
+    def apply(self, record: Record) -> list[Change]:
         """Apply a record live or during recovery, keeping queue and workers in step."""
-        for change in self.table.apply(record):
+        changes = self.table.apply(record)
+        for change in changes:
             self._track(change)
+        return changes
 
     def _track(self, change: Change) -> None:
         task = change.task
@@ -150,7 +156,9 @@ class Engine:
         return worker
 
     def _record(self, effects: Effects, record: Record) -> None:
-        self.apply(record)
+        changes = self.apply(record)
+        if changes:
+            self.observer.on_changes(record["e"], changes)
         effects.records.append(record)
         if self._finished:
             effects.finished.extend(self._finished)
@@ -162,6 +170,7 @@ class Engine:
         effects = Effects()
         self._record(effects, {"e": "epoch", "epoch": epoch, "node": node})
         self.recovered(now)
+        self.observer.on_takeover(epoch)
         return effects
 
     def recovered(self, now: float) -> None:
@@ -258,6 +267,7 @@ class Engine:
                 extra={"worker": wid},
             )
             self._lose(effects, lost, f"worker {wid} restarted and no longer runs it", now)
+            self.observer.on_redistributed(len(lost), "worker_restarted")
         drop = self._adopt(effects, wid, reported - held, now)
         effects.send(
             wid,
@@ -290,6 +300,7 @@ class Engine:
         worker = self.workers.get(wid)
         if worker is not None and worker.session == session and worker.connected:
             worker.last_seen = now
+            self.observer.on_heartbeat(wid)
             if worker.state != "alive":
                 worker.state, worker.eligible = "alive", True
 
@@ -346,13 +357,16 @@ class Engine:
         worker = self.workers.get(wid)
         if worker is None or worker.session != session or not worker.connected:
             return effects
-        self._declare_dead(effects, worker, reason, now)
+        self._declare_dead(effects, worker, reason, now, "disconnected")
         return effects.extend(self.dispatch(now))
 
-    def _declare_dead(self, effects: Effects, worker: Worker, reason: str, now: float) -> None:
+    def _declare_dead(
+        self, effects: Effects, worker: Worker, reason: str, now: float, cause: DeathCause
+    ) -> None:
         worker.connected = False
         worker.eligible = False
         worker.state = "dead"
+        self.observer.on_worker_dead(worker.id, cause)
         if worker.attempts:
             log.warning(
                 "worker %s is dead (%s); redistributing its %d task(s)",
@@ -361,6 +375,7 @@ class Engine:
                 len(worker.attempts),
                 extra={"worker": worker.id},
             )
+            self.observer.on_redistributed(len(worker.attempts), "worker_dead")
             self._lose(effects, set(worker.attempts), f"worker {worker.id} died: {reason}", now)
         else:
             log.warning("worker %s is dead (%s)", worker.id, reason, extra={"worker": worker.id})
@@ -382,7 +397,8 @@ class Engine:
             if age > self.heartbeat.timeout:
                 if worker.connected:
                     effects.disconnect.append(worker.id)
-                self._declare_dead(effects, worker, f"no heartbeat for {age:.1f}s", now)
+                reason = f"no heartbeat for {age:.1f}s"
+                self._declare_dead(effects, worker, reason, now, "heartbeat_timeout")
             elif age > suspect_after and worker.state == "alive":
                 worker.state, worker.eligible = "suspect", False
                 log.info("worker %s is suspect: silent for %.1fs", worker.id, age)
@@ -429,13 +445,9 @@ class Engine:
 
     def pending_by_type(self) -> dict[str, int]:
         depth: dict[str, int] = {}
-        for task in self.table.tasks.values():
-            if task.state is TaskState.PENDING:
-                depth[task.type] = depth.get(task.type, 0) + 1
+        for (task_type, _), n in self.table.pending.items():
+            depth[task_type] = depth.get(task_type, 0) + n
         return depth
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(TaskState, 0)
-        for task in self.table.tasks.values():
-            counts[task.state] += 1
-        return {str(k): v for k, v in counts.items()}
+        return {str(k): v for k, v in self.table.by_state.items()}

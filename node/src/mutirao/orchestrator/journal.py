@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,9 +112,18 @@ class _Group:
 class Journal:
     """The writer side; recovery is :func:`recover`."""
 
-    def __init__(self, directory: Path, segment: int, *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment: int,
+        *,
+        fsync: bool = True,
+        on_write: Callable[[float], None] | None = None,
+    ) -> None:
         self.directory = directory
         self.fsync = fsync
+        self.on_write = on_write
+        """Called (in the writer thread) with the seconds each group took to write and fsync."""
         self.segment = segment
         self.records_since_checkpoint = 0
         self._file = _segment_path(directory, segment).open("ab")
@@ -207,6 +216,8 @@ class Journal:
             if self.fsync:
                 _fsync_dir(self.directory)
         self.last_fsync_seconds = time.monotonic() - started
+        if group.data and self.on_write is not None:
+            self.on_write(self.last_fsync_seconds)
 
     async def checkpoint(self, snapshot: dict[str, Any]) -> None:
         """Persist ``snapshot`` (taken just before this call) and drop older segments.

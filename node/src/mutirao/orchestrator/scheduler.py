@@ -9,7 +9,7 @@ blocks tasks of other types behind it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 IsCurrent = Callable[["Entry"], bool]
@@ -72,6 +72,11 @@ class PendingQueue:
     def push(self, task_type: str, entry: Entry) -> None:
         heapq.heappush(self._heaps.setdefault(task_type, []), entry)
         self._size += 1
+
+    def entries(self) -> Iterator[Entry]:
+        """Every queued entry, stale ones included, in no particular order."""
+        for heap in self._heaps.values():
+            yield from heap
 
     def depth_by_type(self) -> dict[str, int]:
         return {t: len(h) for t, h in self._heaps.items() if h}

@@ -36,6 +36,7 @@ from mutirao.ha.replication import Hub
 from mutirao.orchestrator import journal as journal_mod
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.links import Link
+from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Task
 from mutirao.settings import Settings
 
@@ -61,11 +62,18 @@ class Orchestrator:
         self.url = settings.advertised_url
         self.lease = lease
         self.clock = clock
-        self.engine = Engine(settings.heartbeat)
+        self.metrics = OrchestratorMetrics(self)
+        self.engine = Engine(settings.heartbeat, observer=self.metrics)
         data = settings.data_dir
         self.users = UserStore(data / USERS_FILE)
-        self.signer = TokenSigner(read_or_create_secret(data / SECRET_FILE))
-        self.join_token = settings.auth.join_token or read_or_create_secret(data / JOIN_TOKEN_FILE)
+        secret = read_or_create_secret(data / SECRET_FILE, given=settings.auth.token_secret)
+        self.signer = TokenSigner(secret)
+        # With the file lease the orchestrators of one machine share the lease dir, so a
+        # generated join token kept there is the same for the active and its standby.
+        shared = settings.ha.lease_dir if settings.ha.backend == "file" else data
+        self.join_token = settings.auth.join_token or read_or_create_secret(
+            shared / JOIN_TOKEN_FILE
+        )
         self.journal: journal_mod.Journal | None = None
         self.hub = Hub()
         self.links: dict[str, Link] = {}
@@ -81,6 +89,7 @@ class Orchestrator:
         self.deposed = asyncio.Event()
         self.deposed_reason = ""
         self.controller: Controller | None = None
+        self._roles: asyncio.Task[None] | None = None
         self._sessions = itertools.count(1)
 
     @property
@@ -143,24 +152,36 @@ class Orchestrator:
             ", ".join(f"{k}={v}" for k, v in counts.items() if v) or "empty",
         )
         journal = journal_mod.Journal(
-            self.settings.data_dir, recovered.next_segment, fsync=self.settings.journal.fsync
+            self.settings.data_dir,
+            recovered.next_segment,
+            fsync=self.settings.journal.fsync,
+            on_write=self.metrics.journal_fsync.observe,
         )
         async with journal:
             self.journal = journal
             controller = self.controller = Controller(self)
-            roles = asyncio.create_task(controller.run(), name="roles")
+            self._roles = asyncio.create_task(controller.run(), name="roles")
             try:
                 yield
             finally:
-                self.role = Role.STOPPING
-                roles.cancel()
-                await asyncio.gather(roles, return_exceptions=True)
-                await controller.shutdown()
+                await self.stop()
                 await self.checkpoint()
+
+    async def stop(self, app: web.Application | None = None) -> None:
+        """Stop acting at once and hand the lease over (SIGTERM). Also an ``on_shutdown``
+        hook: aiohttp runs it before it waits for open connections to finish."""
+        if self.role is Role.STOPPING or self.controller is None:
+            return
+        held = self.controller.tenure.lease if self.controller.tenure is not None else None
+        self.role = Role.STOPPING
+        if self._roles is not None:
+            self._roles.cancel()
+            await asyncio.gather(self._roles, return_exceptions=True)
+        await self.controller.shutdown(held)
 
     def restore(self, snapshot: dict[str, Any] | None, records: Sequence[dict[str, Any]]) -> Engine:
         """A fresh engine holding a snapshot plus later records (recovery or resync)."""
-        engine = Engine(self.settings.heartbeat)
+        engine = Engine(self.settings.heartbeat, observer=self.metrics)
         if snapshot is not None:
             engine.table.restore(snapshot)
             for task in engine.table.tasks.values():

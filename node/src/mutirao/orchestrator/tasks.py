@@ -140,7 +140,30 @@ class TaskTable:
         self.known_types: set[str] = set()
         self.worker_urls: dict[str, str] = {}
         self.epoch = 0
+        self.leader = ""
+        """The node that took the lead with ``epoch``."""
         self._seq = 0
+        self.by_state: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
+        """How many tasks are in each state, kept in step by every change (read by metrics
+        and the cluster view without a pass over every task)."""
+        self.pending: dict[tuple[str, int], int] = {}
+        """Pending tasks by (type, priority), kept in step likewise."""
+
+    def _moved(self, task: Task, old: TaskState | None) -> None:
+        """Count ``task``, now in its new state, out of ``old`` (None: a new task)."""
+        if old is not None:
+            self.by_state[old] -= 1
+            if old is TaskState.PENDING:
+                key = (task.type, task.priority)
+                left = self.pending[key] - 1
+                if left:
+                    self.pending[key] = left
+                else:
+                    del self.pending[key]
+        self.by_state[task.state] += 1
+        if task.state is TaskState.PENDING:
+            key = (task.type, task.priority)
+            self.pending[key] = self.pending.get(key, 0) + 1
 
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
@@ -170,7 +193,8 @@ class TaskTable:
             self.worker_urls[record["id"]] = record["url"]
             return []
         if kind == "epoch":
-            self.epoch = max(self.epoch, record["epoch"])
+            if record["epoch"] >= self.epoch:
+                self.epoch, self.leader = record["epoch"], record["node"]
             return []
         raise ValueError(f"unknown journal record kind {kind!r}")
 
@@ -182,6 +206,7 @@ class TaskTable:
             self.tasks[task.id] = task
             if task.key is not None:
                 self.keys[(task.owner, task.key)] = task.id
+            self._moved(task, None)
             yield Change(task, TaskState.PENDING, None)
 
     def _assign(self, worker: str, items: list[list[Any]], at: float) -> Iterator[Change]:
@@ -191,6 +216,7 @@ class TaskTable:
                 continue
             task.attempts.append(Attempt(n=n, worker=worker, assigned_at=at))
             task.state = TaskState.ASSIGNED
+            self._moved(task, TaskState.PENDING)
             yield Change(task, TaskState.PENDING, None)
 
     def _start(self, items: list[list[Any]], at: float) -> None:
@@ -200,6 +226,7 @@ class TaskTable:
             if current is not None and current.n == n and task.state is TaskState.ASSIGNED:
                 current.started_at = at
                 task.state = TaskState.RUNNING
+                self._moved(task, TaskState.ASSIGNED)
 
     def _finish(self, items: list[Record]) -> Iterator[Change]:
         for item in items:
@@ -224,6 +251,7 @@ class TaskTable:
                 task.state = TaskState.FAILED
                 task.error = _final_error(task)
                 task.finished_at = item["e"]
+            self._moved(task, old_state)
             yield Change(task, old_state, current.worker)
 
     def _cancel(self, task_ids: list[str], at: float) -> Iterator[Change]:
@@ -237,6 +265,7 @@ class TaskTable:
                 current.ended_at = at
             task.state = TaskState.CANCELLED
             task.finished_at = at
+            self._moved(task, old_state)
             yield Change(task, old_state, None if current is None else current.worker)
 
     def snapshot(self) -> Record:
@@ -246,6 +275,7 @@ class TaskTable:
             "known_types": sorted(self.known_types),
             "worker_urls": self.worker_urls,
             "epoch": self.epoch,
+            "leader": self.leader,
             "tasks": [_snapshot_task(t) for t in self.tasks.values()],
         }
 
@@ -254,6 +284,7 @@ class TaskTable:
         self.known_types = set(snapshot["known_types"])
         self.worker_urls = dict(snapshot.get("worker_urls", {}))
         self.epoch = snapshot.get("epoch", 0)
+        self.leader = snapshot.get("leader", "")
         for saved in snapshot["tasks"]:
             row = dict(saved)  # leave the caller's snapshot intact
             attempts = [Attempt(**a) for a in row.pop("attempts")]
@@ -262,6 +293,7 @@ class TaskTable:
             task = Task(**row, attempts=attempts)
             task.state = TaskState(task.state)
             self.tasks[task.id] = task
+            self._moved(task, None)
             if task.key is not None:
                 self.keys[(task.owner, task.key)] = task.id
 

@@ -21,9 +21,11 @@ from aiohttp import web
 
 from mutirao import protocol
 from mutirao.errors import ProtocolError
+from mutirao.metrics import respond
 from mutirao.protocol import AttemptRef, ResultItem
 from mutirao.registry import Registry
 from mutirao.settings import Settings
+from mutirao.worker.metrics import WorkerMetrics
 from mutirao.worker.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class WorkerNode:
         self.url = ""
         self.epoch = 0
         self.connected_to: str | None = None
+        self._connecting_to: str | None = None
         self.preferred: str | None = None
         """An orchestrator that called us over; tried before the configured URLs."""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -49,11 +52,13 @@ class WorkerNode:
         self._unsent: list[ResultItem] = []
         self._started: list[AttemptRef] = []
         self._dirty = asyncio.Event()
+        self.metrics = WorkerMetrics(self)
         self.runner = Runner(
             registry,
             settings.worker.slots,
             allow_crash=settings.worker.allow_crash,
             on_result=self._on_result,
+            on_outcome=self.metrics.ran,
         )
 
     def _on_result(self, item: ResultItem) -> None:
@@ -86,6 +91,7 @@ class WorkerNode:
         async with aiohttp.ClientSession() as http:
             while True:
                 base = self._next_url(urls)
+                self._connecting_to = base
                 try:
                     async with http.ws_connect(
                         base.rstrip("/") + protocol.WORKER_WS_PATH,
@@ -117,7 +123,7 @@ class WorkerNode:
         if epoch > self.epoch:
             log.warning("orchestrator %s leads now with epoch %d; switching to it", url, epoch)
         self.epoch = epoch
-        if self.connected_to != url:
+        if url not in (self.connected_to, self._connecting_to):
             self.preferred = url
             if self._ws is not None:
                 await self._ws.close(
@@ -203,9 +209,14 @@ class WorkerNode:
 
     async def _heartbeat_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
-            await ws.send_bytes(
-                protocol.encode({"op": "heartbeat", "running": len(self.runner.running)})
-            )
+            try:
+                await ws.send_bytes(
+                    protocol.encode({"op": "heartbeat", "running": len(self.runner.running)})
+                )
+            except (ConnectionError, aiohttp.ClientError):
+                self.metrics.heartbeat_failures.inc()
+                raise
+            self.metrics.heartbeats_sent.inc()
             await asyncio.sleep(self.settings.heartbeat.interval)
 
     async def _flush_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -265,6 +276,10 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    return respond(request.app[WORKER].metrics.registry, request)
+
+
 def create_app(node: WorkerNode) -> web.Application:
     app = web.Application()
     app[WORKER] = node
@@ -272,6 +287,7 @@ def create_app(node: WorkerNode) -> web.Application:
     app.add_routes(
         [
             web.get("/healthz", healthz),
+            web.get("/metrics", metrics),
             web.get("/v1/status", status),
             web.post(protocol.WORKER_SWITCH_PATH, switch),
         ]

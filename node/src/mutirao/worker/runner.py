@@ -47,10 +47,14 @@ class Runner:
         *,
         allow_crash: bool,
         on_result: Callable[[ResultItem], None],
+        on_outcome: Callable[[str, str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.allow_crash = allow_crash
         self.on_result = on_result
+        self.on_outcome = on_outcome
+        """Told ``(task type, outcome)`` of every attempt: succeeded, failed, timed_out or
+        cancelled (metrics)."""
         self.running: dict[AttemptRef, asyncio.Task[None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="task")
 
@@ -82,17 +86,20 @@ class Runner:
         log.info("running %s", item["type"], extra=extra)
         value: Any = None
         error: str | None = None
+        outcome = "succeeded"
         try:
             async with asyncio.timeout(item["timeout"]):
                 value = await self._call(item)
             orjson.dumps(value)
         except TimeoutError:
-            error = f"timed out after {item['timeout']}s"
+            error, outcome = f"timed out after {item['timeout']}s", "timed_out"
         except asyncio.CancelledError:
+            self._outcome(item["type"], "cancelled")
             raise
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+            error, outcome = f"{type(exc).__name__}: {exc}", "failed"
         ended = time.time()
+        self._outcome(item["type"], outcome)
         if error is None:
             log.info("succeeded in %.3fs", ended - started, extra=extra)
         else:
@@ -108,6 +115,10 @@ class Runner:
                 "ended_at": ended,
             }
         )
+
+    def _outcome(self, task_type: str, outcome: str) -> None:
+        if self.on_outcome is not None:
+            self.on_outcome(task_type, outcome)
 
     async def _call(self, item: AssignItem) -> Any:
         handler = self.registry.get(item["type"])
