@@ -209,6 +209,13 @@ async def test_a_task_succeeds_with_its_result_in_status(
         assert (completed["status"], completed["reason"]) == ("True", "Succeeded")
         assert (await wait_phase(apiserver, "sum-1-to-5", "Succeeded"))["result"] == 15
 
+        # A spec the orchestrators refuse (the CRD's schema refuses this one already; the
+        # emulator does not apply it) fails the Task for good.
+        await create_task(apiserver, "no-type", {"type": ""})
+        rejected = await wait_phase(apiserver, "no-type", "Failed")
+        assert rejected["error"].startswith("rejected: type must be a non-empty string")
+        assert "taskId" not in rejected
+
         # The orchestrator holds one task, keyed by the Task's uid, owned by the operator.
         view = await orchestrator_view(cluster, done["taskId"])
         assert (view["key"], view["owner"], view["state"]) == (uid, "mutirao-operator", "succeeded")
@@ -347,10 +354,10 @@ async def start_kubernetes_ha(apiserver: ApiServer, cluster: LocalCluster, tmp_p
             "MUTIRAO_HA_BACKEND": "kubernetes",
             "MUTIRAO_HA_NAMESPACE": NAMESPACE,
             "MUTIRAO_HA_LEASE_NAME": "mutirao-leader",
-            "MUTIRAO_HA_LEASE_DURATION": "3",
+            "MUTIRAO_HA_LEASE_DURATION": "4",
             "MUTIRAO_HA_RENEW_INTERVAL": "0.5",
             "MUTIRAO_HA_RETRY_INTERVAL": "0.2",
-            "MUTIRAO_HA_STEP_DOWN_MARGIN": "1.5",
+            "MUTIRAO_HA_STEP_DOWN_MARGIN": "2",
         }
     )
     with_shared_secret(cluster)

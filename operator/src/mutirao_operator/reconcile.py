@@ -105,13 +105,17 @@ def _error(view: TaskView, phase: Phase) -> str | None:
 
 
 def conditions(
-    phase: Phase, task_id: str, old: list[dict[str, Any]], now: float
+    phase: Phase, task_id: str | None, old: list[dict[str, Any]], now: float
 ) -> list[dict[str, Any]]:
-    """Submitted, Running and Completed; a transition time changes only with the status."""
+    """Submitted, Running and Completed; a transition time changes only with the status.
+
+    ``task_id`` None: the orchestrators refused the Task."""
     running = phase is Phase.RUNNING
     done = phase in TERMINAL
     wanted = [
-        ("Submitted", "True", "Accepted", f"task {task_id} accepted by the orchestrators"),
+        ("Submitted", "True", "Accepted", f"task {task_id} accepted by the orchestrators")
+        if task_id
+        else ("Submitted", "False", "Rejected", "the orchestrators refused the Task"),
         (
             "Running",
             "True" if running else "False",

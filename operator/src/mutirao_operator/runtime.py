@@ -101,8 +101,6 @@ class Runtime:
             runtime = cls(settings, orchestrators, kube, metrics)
             runtime.metrics_port = bound_port(runner)
             metrics.follow(orchestrators.url)
-            with contextlib.suppress(ApiError, Unreachable, aiohttp.ClientError, TimeoutError):
-                await orchestrators.refresh_epoch()
             runtime._stack = stack.pop_all()
         log.info(
             "operator started: orchestrators %s, Lease %s/%s, metrics on port %d",
@@ -167,7 +165,7 @@ class Runtime:
             if view is None:
                 log.warning("task %s unknown to %s: submitting it again", task_id, self.orch.url)
                 return await self._submit(uid, spec, old, generation)
-            return self._progress(uid, old, view, generation)
+            return await self._progress(uid, old, view, generation)
 
     async def _submit(
         self, uid: str, spec: Mapping[str, Any], old: dict[str, Any], generation: int | None
@@ -178,11 +176,15 @@ class Runtime:
         except ApiError as exc:
             return self._rejected(uid, old, str(exc), generation)
         self._submitted[uid] = submitted_in
-        return self._progress(uid, old, view, generation)
+        return await self._progress(uid, old, view, generation)
 
-    def _progress(
+    async def _progress(
         self, uid: str, old: dict[str, Any], view: TaskView, generation: int | None
     ) -> Progress:
+        if self.orch.epoch == 0:
+            # No Lease seen (yet): ask the orchestrator that just answered for its epoch.
+            with contextlib.suppress(ApiError, Unreachable, aiohttp.ClientError, TimeoutError):
+                await self.orch.refresh_epoch()
         new = status_from_view(
             view, old, epoch=self.orch.epoch, generation=generation, now=self.clock()
         )
@@ -194,7 +196,9 @@ class Runtime:
         new: dict[str, Any] = {"phase": Phase.FAILED.value, "error": f"rejected: {error}"}
         if generation is not None:
             new["observedGeneration"] = generation
-        new["conditions"] = conditions(Phase.FAILED, "-", old.get("conditions") or [], self.clock())
+        new["conditions"] = conditions(
+            Phase.FAILED, None, old.get("conditions") or [], self.clock()
+        )
         progress = self._record(uid, old, new)
         progress.notices = [Notice("Warning", "Rejected", error)]
         return progress
