@@ -100,6 +100,17 @@ def test_an_expired_token_is_rejected() -> None:
         signer.verify(token, NOW + 60.001)
 
 
+def test_a_token_checked_before_is_still_rejected_once_expired() -> None:
+    # Verified tokens are remembered (a client sends one with every request), with their
+    # expiry: the remembered answer must not outlive the token.
+    signer = TokenSigner("s3cret")
+    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    assert signer.verify(token, NOW) == User("alice", admin=False)
+    assert signer.verify(token, NOW + 30.0) == User("alice", admin=False)
+    with pytest.raises(AuthError, match="expired"):
+        signer.verify(token, NOW + 60.001)
+
+
 def test_a_token_signed_with_another_secret_is_rejected() -> None:
     token = TokenSigner("other").issue(User("alice", admin=False), NOW, ttl=60.0)
     with pytest.raises(AuthError, match="invalid token signature"):

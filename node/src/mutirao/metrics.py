@@ -8,11 +8,14 @@ What each process exports lives beside it: :mod:`mutirao.orchestrator.metrics` a
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
 from collections.abc import Sequence
 
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
+    Histogram,
     Info,
     ProcessCollector,
     disable_created_metrics,
@@ -56,3 +59,21 @@ def respond(registry: CollectorRegistry, request: web.Request) -> web.Response:
 def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
     """An empty gauge family for a collector to fill at scrape time."""
     return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """``histogram.observe`` of each amount, for a whole batch at once: one increment per
+    bucket touched plus one of the sum, instead of a bucket scan and two locked increments
+    per amount (the engine reports up to 1,000 tasks per journal record). ``histogram`` is
+    a child (``.labels(...)``) or an unlabelled histogram; relies on prometheus_client's
+    internals (``_upper_bounds``, ``_buckets``, ``_sum``), pinned in requirements.txt and
+    tested in ``tests/unit/test_metrics.py``."""
+    if len(amounts) <= 1:
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    bounds = histogram._upper_bounds
+    histogram._sum.inc(sum(amounts))
+    # The last bound is +Inf, so every amount finds its bucket: the first bound >= it.
+    for bucket, n in Tally([bisect_left(bounds, amount) for amount in amounts]).items():
+        histogram._buckets[bucket].inc(n)

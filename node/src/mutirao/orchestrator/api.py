@@ -206,7 +206,8 @@ async def wait_tasks(request: web.Request) -> web.Response:
     tasks = [_visible(request, task_id) for task_id in ids]
     deadline = orch.clock() + min(float(wait), orch.settings.limits.max_wait)
     for task in tasks:
-        await orch.wait_finished(task, deadline - orch.clock())
+        if not task.state.terminal:
+            await orch.wait_finished(task, deadline - orch.clock())
     await orch.barrier()
     return _json({"tasks": [t.view() for t in tasks]})
 

@@ -118,8 +118,25 @@ class Engine:
     def apply(self, record: Record) -> list[Change]:
         """Apply a record live or during recovery, keeping queue and workers in step."""
         changes = self.table.apply(record)
-        for change in changes:
-            self._track(change)
+        if not changes:
+            return changes
+        # The two most frequent kinds, by batch: what _track does for each of their changes.
+        kind = record["e"]
+        if kind == "submit":
+            push = self.queue.push
+            for change in changes:
+                task = change.task
+                push(task.type, Entry(-task.priority, task.seq, task.id, 0, None))
+        elif kind == "assign":
+            worker = self._worker(record["w"])
+            held = worker.attempts
+            for change in changes:
+                task = change.task
+                held.add((task.id, task.attempts[-1].n))
+            worker.running = len(held)
+        else:
+            for change in changes:
+                self._track(change)
         return changes
 
     def _track(self, change: Change) -> None:
@@ -191,27 +208,41 @@ class Engine:
                     f"unknown task type {spec.type!r}: no worker runs it (known: {known})",
                     field=where,
                 )
-        tasks: list[Task] = []
+        # Rows only: the table creates each task once, when it applies the record.
+        ids: list[TaskId] = []
         rows: list[Record] = []
-        fresh: dict[str, Task] = {}
+        fresh: dict[str, TaskId] = {}
+        by_key = self.table.by_key
         for spec in specs:
-            existing = None
-            if spec.key is not None:
-                existing = self.table.by_key(owner, spec.key) or fresh.get(spec.key)
-            if existing is not None:
-                tasks.append(existing)
-                continue
-            task = Task.new(self._new_id(), spec, owner, now)
-            if spec.key is not None:
-                fresh[spec.key] = task
-            tasks.append(task)
-            rows.append(task.row())
+            key = spec.key
+            if key is not None:
+                existing = by_key(owner, key)
+                earlier = existing.id if existing is not None else fresh.get(key)
+                if earlier is not None:
+                    ids.append(earlier)
+                    continue
+            task_id = self._new_id()
+            if key is not None:
+                fresh[key] = task_id
+            ids.append(task_id)
+            rows.append(
+                {
+                    "id": task_id,
+                    "type": spec.type,
+                    "payload": spec.payload,
+                    "priority": spec.priority,
+                    "max_attempts": spec.max_attempts,
+                    "timeout": spec.timeout,
+                    "key": key,
+                    "owner": owner,
+                    "created_at": now,
+                }
+            )
         effects = Effects()
         if rows:
             self._record(effects, {"e": "submit", "tasks": rows})
-            # Hand back the table's own objects, which will see later state changes.
-            tasks = [self.table.tasks[t.id] for t in tasks]
-        return tasks, effects.extend(self.dispatch(now))
+        tasks = self.table.tasks
+        return [tasks[task_id] for task_id in ids], effects.extend(self.dispatch(now))
 
     def cancel(self, task: Task, now: float) -> Effects:
         effects = Effects()

@@ -20,6 +20,32 @@ from mutirao import protocol
 log = logging.getLogger(__name__)
 
 
+_MERGED = {"assign": "items", "ack": "attempts"}
+"""Worker orders whose lists can be joined: ``op`` -> the list field."""
+
+
+def coalesce(messages: list[Any]) -> list[Any]:
+    """Join runs of consecutive ``assign`` (same epoch) or ``ack`` messages into one each, in
+    order: under load a worker then gets one frame for many short orders, and answers with
+    fewer, larger batches. Other messages pass unchanged; the given ones are not modified."""
+    out: list[Any] = []
+    joined = False  # whether out[-1] is a copy made here (so it may be extended)
+    for message in messages:
+        op = message.get("op")
+        field = _MERGED.get(op) if isinstance(op, str) else None
+        if field is not None and out:
+            last = out[-1]
+            if last.get("op") == op and last.get("epoch") == message.get("epoch"):
+                if not joined:
+                    last = out[-1] = {**last, field: list(last[field])}
+                    joined = True
+                last[field].extend(message[field])
+                continue
+        out.append(message)
+        joined = False
+    return out
+
+
 class Link:
     def __init__(self, name: str, session: int, ws: web.WebSocketResponse) -> None:
         self.name = name
@@ -42,9 +68,15 @@ class Link:
 
     async def _write_loop(self) -> None:
         while True:
-            message = await self._queue.get()
+            batch = [await self._queue.get()]
+            # Let the commands already ready to run queue their messages too, so that
+            # under load they go out joined (one loop iteration later; nothing when idle).
+            await asyncio.sleep(0)
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await self.ws.send_bytes(protocol.encode(message))
+                for message in coalesce(batch):
+                    await self.ws.send_bytes(protocol.encode(message))
             except ConnectionError as exc:
                 log.info("cannot write to %s: %s", self.name, exc)
                 return

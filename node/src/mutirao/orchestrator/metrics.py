@@ -9,7 +9,6 @@ computed when Prometheus scrapes, by :class:`OrchestratorCollector`, so nothing 
 
 from __future__ import annotations
 
-from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING
@@ -18,9 +17,16 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 from prometheus_client.metrics_core import Metric
 
-from mutirao.metrics import DURATION_BUCKETS, FSYNC_BUCKETS, gauge, new_registry, respond
+from mutirao.metrics import (
+    DURATION_BUCKETS,
+    FSYNC_BUCKETS,
+    gauge,
+    new_registry,
+    observe_many,
+    respond,
+)
 from mutirao.orchestrator.events import DeathCause, RedistributionCause
-from mutirao.orchestrator.tasks import Change
+from mutirao.orchestrator.tasks import Change, tally
 from mutirao.protocol import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -36,6 +42,7 @@ REDISTRIBUTION_CAUSES: tuple[RedistributionCause, ...] = ("worker_dead", "worker
 RUN_OUTCOMES = ("succeeded", "failed")
 
 _TYPE_OF = attrgetter("task.type")
+_RAN = (Outcome.SUCCEEDED, Outcome.FAILED)
 
 
 class OrchestratorMetrics:
@@ -138,35 +145,43 @@ class OrchestratorMetrics:
     # -- EngineObserver --------------------------------------------------------------------
 
     def on_changes(self, kind: str, changes: Sequence[Change]) -> None:
+        # Grouped by task type (and outcome) first: one counter increment and one batch of
+        # histogram observations per group, not per task.
         if kind == "submit":
-            for task_type, n in Tally(map(_TYPE_OF, changes)).items():
+            for task_type, n in tally(map(_TYPE_OF, changes)).items():
                 self.submitted.labels(task_type).inc(n)
         elif kind == "assign":
+            waits: dict[str, list[float]] = {}
             for change in changes:
                 task = change.task
-                if len(task.attempts) == 1:
-                    wait = max(0.0, task.attempts[0].assigned_at - task.created_at)
-                    self.queue_wait.labels(task.type).observe(wait)
+                attempts = task.attempts
+                if len(attempts) == 1:
+                    wait = attempts[0].assigned_at - task.created_at
+                    waits.setdefault(task.type, []).append(wait if wait > 0.0 else 0.0)
+            for task_type, amounts in waits.items():
+                observe_many(self.queue_wait.labels(task_type), amounts)
         elif kind == "finish":
             self._finished(changes)
         elif kind == "cancel":
-            for task_type, n in Tally(map(_TYPE_OF, changes)).items():
+            for task_type, n in tally(map(_TYPE_OF, changes)).items():
                 self.cancelled.labels(task_type).inc(n)
 
     def _finished(self, changes: Sequence[Change]) -> None:
-        ends: Tally[tuple[TaskState, str]] = Tally()
+        ends: dict[tuple[TaskState, str], int] = {}
+        runs: dict[tuple[str, str], list[float]] = {}
         for change in changes:
             task = change.task
-            ends[task.state, task.type] += 1
+            end = (task.state, task.type)
+            ends[end] = ends.get(end, 0) + 1
             attempt = task.attempts[-1]
             outcome = attempt.outcome
-            if (
-                outcome in (Outcome.SUCCEEDED, Outcome.FAILED)
-                and attempt.started_at is not None
-                and attempt.ended_at is not None
-            ):
-                duration = max(0.0, attempt.ended_at - attempt.started_at)
-                self.run_duration.labels(task.type, str(outcome)).observe(duration)
+            started, ended = attempt.started_at, attempt.ended_at
+            if outcome in _RAN and started is not None and ended is not None:
+                duration = ended - started
+                key = (task.type, str(outcome))
+                runs.setdefault(key, []).append(duration if duration > 0.0 else 0.0)
+        for (task_type, outcome_name), amounts in runs.items():
+            observe_many(self.run_duration.labels(task_type, outcome_name), amounts)
         counters = {
             TaskState.SUCCEEDED: self.completed,
             TaskState.FAILED: self.failed,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 IsCurrent = Callable[["Entry"], bool]
 
@@ -35,14 +36,17 @@ class Slotted:
         return self.running / self.slots if self.slots else 1.0
 
 
-@dataclass(order=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """A queued task. A tuple, so the heap compares entries in C: ``(priority, seq)`` is
+    unique per task, so later fields only break ties between entries of one task, where
+    ``attempts`` differs (a stale entry) or the entries are equal (it does not matter)."""
+
     priority: int  # negated, so the heap pops the highest priority first
     seq: int
-    task_id: str = field(compare=False)
-    attempts: int = field(compare=False, default=0)
+    task_id: str
+    attempts: int = 0
     """How many attempts the task had when queued; a later attempt makes this entry stale."""
-    avoid: str | None = field(compare=False, default=None)
+    avoid: str | None = None
     """Worker the previous attempt ran on; another one is preferred when there is a choice."""
 
 
@@ -51,9 +55,11 @@ def pick_worker(workers: Iterable[Slotted], task_type: str, avoid: str | None) -
     best: Slotted | None = None
     best_key: tuple[bool, float, str] | None = None
     for worker in workers:
-        if worker.free <= 0 or task_type not in worker.types:
+        # ``free`` and ``load`` spelt out: this runs once per worker per dispatched task.
+        running, slots = worker.running, worker.slots
+        if not worker.eligible or running >= slots or task_type not in worker.types:
             continue
-        key = (worker.id == avoid, worker.load, worker.id)
+        key = (worker.id == avoid, running / slots, worker.id)
         if best_key is None or key < best_key:
             best, best_key = worker, key
     return best

@@ -229,7 +229,7 @@ class Orchestrator:
             self.lsn += 1
             self.hub.publish(self.lsn, effects.records)
         local = self.journal.append(effects.records)
-        durable: asyncio.Future[None] = asyncio.ensure_future(_both(local, self.hub.wait(self.lsn)))
+        durable = _both(local, self.hub.wait(self.lsn))
         durable.add_done_callback(_retrieve)
         for wid, messages in effects.sends.items():
             link = self.links.get(wid)
@@ -393,9 +393,38 @@ class Orchestrator:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
 
 
-async def _both(local: asyncio.Future[None], replicated: asyncio.Future[None]) -> None:
-    await local
-    await replicated
+def _both(local: asyncio.Future[None], replicated: asyncio.Future[None]) -> asyncio.Future[None]:
+    """Resolves once ``local`` and then ``replicated`` succeeded; fails with the first of
+    them (in that order) that failed. Callbacks, not a task: this runs once per command.
+    Without a standby ``replicated`` is already done, and ``local`` itself is the answer."""
+    if replicated.done() and not replicated.cancelled() and replicated.exception() is None:
+        return local
+    replicated.add_done_callback(_retrieve)
+    both: asyncio.Future[None] = local.get_loop().create_future()
+
+    def settle(source: asyncio.Future[None]) -> bool:
+        """Copy a failure of ``source`` to ``both``; True if it failed."""
+        if both.done():
+            return True
+        if source.cancelled():
+            both.cancel()
+            return True
+        error = source.exception()
+        if error is not None:
+            both.set_exception(error)
+            return True
+        return False
+
+    def on_replicated(_: asyncio.Future[None]) -> None:
+        if not settle(replicated):
+            both.set_result(None)
+
+    def on_local(_: asyncio.Future[None]) -> None:
+        if not settle(local):
+            replicated.add_done_callback(on_replicated)
+
+    local.add_done_callback(on_local)
+    return both
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

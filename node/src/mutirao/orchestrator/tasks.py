@@ -19,15 +19,29 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from mutirao.protocol import AttemptView, Outcome, TaskId, TaskSpec, TaskState, TaskView
 
 Record = dict[str, Any]
 
+K = TypeVar("K", bound=Hashable)
+
+
+def tally(keys: Iterable[K]) -> dict[K, int]:
+    """How many times each key occurs: ``collections.Counter(keys)`` without its fixed cost
+    (an ABC check per call), which dominates for the one-task records of single requests."""
+    counts: dict[K, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 _ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
+_OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
+"""Outcome by value: a dict lookup, cheaper than ``Outcome(value)`` per result."""
 
 
 @dataclass(slots=True)
@@ -176,14 +190,14 @@ class TaskTable:
         """Apply one record; returns the tasks whose state changed."""
         kind = record["e"]
         if kind == "submit":
-            return list(self._submit(record["tasks"]))
+            return self._submit(record["tasks"])
         if kind == "assign":
-            return list(self._assign(record["w"], record["items"], record["at"]))
+            return self._assign(record["w"], record["items"], record["at"])
         if kind == "start":
             self._start(record["items"], record["at"])
             return []
         if kind == "finish":
-            return list(self._finish(record["items"]))
+            return self._finish(record["items"])
         if kind == "cancel":
             return list(self._cancel(record["tasks"], record["at"]))
         if kind == "types":
@@ -198,61 +212,106 @@ class TaskTable:
             return []
         raise ValueError(f"unknown journal record kind {kind!r}")
 
-    def _submit(self, rows: list[Record]) -> Iterator[Change]:
+    def _submit(self, rows: list[Record]) -> list[Change]:
+        tasks, keys, changes = self.tasks, self.keys, []
+        pending = TaskState.PENDING
         for row in rows:
-            task = Task(**row)
             self._seq += 1
-            task.seq = self._seq
-            self.tasks[task.id] = task
+            task = Task(
+                row["id"],
+                row["type"],
+                row["payload"],
+                row["priority"],
+                row["max_attempts"],
+                row["timeout"],
+                row["key"],
+                row["owner"],
+                row["created_at"],
+                self._seq,
+            )
+            tasks[task.id] = task
             if task.key is not None:
-                self.keys[(task.owner, task.key)] = task.id
-            self._moved(task, None)
-            yield Change(task, TaskState.PENDING, None)
+                keys[(task.owner, task.key)] = task.id
+            changes.append(Change(task, pending, None))
+        # Counted per (type, priority), not per task: a batch usually has one or a few.
+        for group, n in tally([(c.task.type, c.task.priority) for c in changes]).items():
+            self.pending[group] = self.pending.get(group, 0) + n
+        self.by_state[pending] += len(changes)
+        return changes
 
-    def _assign(self, worker: str, items: list[list[Any]], at: float) -> Iterator[Change]:
+    def _assign(self, worker: str, items: list[list[Any]], at: float) -> list[Change]:
+        tasks, changes = self.tasks, []
+        pending, assigned = TaskState.PENDING, TaskState.ASSIGNED
         for task_id, n in items:
-            task = self.tasks[task_id]
-            if task.state is not TaskState.PENDING or n != len(task.attempts) + 1:
+            task = tasks[task_id]
+            attempts = task.attempts
+            if task.state is not pending or n != len(attempts) + 1:
                 continue
-            task.attempts.append(Attempt(n=n, worker=worker, assigned_at=at))
-            task.state = TaskState.ASSIGNED
-            self._moved(task, TaskState.PENDING)
-            yield Change(task, TaskState.PENDING, None)
+            attempts.append(Attempt(n, worker, at))
+            task.state = assigned
+            changes.append(Change(task, pending, None))
+        if changes:
+            self._left_pending(changes)
+            self.by_state[assigned] += len(changes)
+        return changes
+
+    def _left_pending(self, changes: list[Change]) -> None:
+        """Count tasks that were all pending out of it (their new state is counted by the
+        caller), once per (type, priority) rather than once per task."""
+        self.by_state[TaskState.PENDING] -= len(changes)
+        for group, n in tally([(c.task.type, c.task.priority) for c in changes]).items():
+            left = self.pending[group] - n
+            if left:
+                self.pending[group] = left
+            else:
+                del self.pending[group]
 
     def _start(self, items: list[list[Any]], at: float) -> None:
+        tasks, started = self.tasks, 0
+        assigned, running = TaskState.ASSIGNED, TaskState.RUNNING
         for task_id, n in items:
-            task = self.tasks[task_id]
-            current = task.current
-            if current is not None and current.n == n and task.state is TaskState.ASSIGNED:
-                current.started_at = at
-                task.state = TaskState.RUNNING
-                self._moved(task, TaskState.ASSIGNED)
+            task = tasks[task_id]
+            if task.state is assigned:
+                current = task.attempts[-1]
+                if current.n == n:
+                    current.started_at = at
+                    task.state = running
+                    started += 1
+        self.by_state[assigned] -= started
+        self.by_state[running] += started
 
-    def _finish(self, items: list[Record]) -> Iterator[Change]:
+    def _finish(self, items: list[Record]) -> list[Change]:
+        tasks, changes = self.tasks, []
+        active, succeeded = _ACTIVE, Outcome.SUCCEEDED
         for item in items:
-            task = self.tasks[item["t"]]
-            current = task.current
-            if current is None or current.n != item["n"]:
-                continue
+            task = tasks[item["t"]]
             old_state = task.state
-            outcome = Outcome(item["o"])
+            if old_state not in active:
+                continue
+            current = task.attempts[-1]
+            if current.n != item["n"]:
+                continue
+            outcome = _OUTCOMES[item["o"]]
+            ended = item["e"]
             current.outcome = outcome
             current.error = item.get("err")
-            current.ended_at = item["e"]
-            if item.get("s") is not None:
-                current.started_at = item["s"]
-            if outcome is Outcome.SUCCEEDED:
+            current.ended_at = ended
+            started = item.get("s")
+            if started is not None:
+                current.started_at = started
+            if outcome is succeeded:
                 task.state = TaskState.SUCCEEDED
                 task.result = item.get("v")
-                task.finished_at = item["e"]
+                task.finished_at = ended
             elif len(task.attempts) < task.max_attempts:
                 task.state = TaskState.PENDING
             else:
                 task.state = TaskState.FAILED
                 task.error = _final_error(task)
-                task.finished_at = item["e"]
+                task.finished_at = ended
             self._moved(task, old_state)
-            yield Change(task, old_state, current.worker)
+            changes.append(Change(task, old_state, current.worker))
+        return changes
 
     def _cancel(self, task_ids: list[str], at: float) -> Iterator[Change]:
         for task_id in task_ids:

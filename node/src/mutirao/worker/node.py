@@ -222,10 +222,17 @@ class WorkerNode:
     async def _flush_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             await self._dirty.wait()
+            # Let attempts that are ready to finish do so first: one message for all of them.
+            await asyncio.sleep(0)
             self._dirty.clear()
             if self._started:
-                started, self._started = self._started, []
-                await ws.send_bytes(protocol.encode({"op": "started", "attempts": started}))
+                # An attempt that already has a result needs no ``started``: the result
+                # carries its start time (fewer messages and records for short tasks).
+                outbox = self.outbox
+                started = [ref for ref in self._started if ref not in outbox]
+                self._started = []
+                if started:
+                    await ws.send_bytes(protocol.encode({"op": "started", "attempts": started}))
             if self._unsent:
                 items, self._unsent = self._unsent, []
                 await ws.send_bytes(

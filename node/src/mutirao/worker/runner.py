@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -57,6 +58,14 @@ class Runner:
         cancelled (metrics)."""
         self.running: dict[AttemptRef, asyncio.Task[None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="task")
+        # Attempt timeouts: one timer for the earliest deadline of every running attempt, not
+        # an ``asyncio.timeout`` (an object and a timer handle) per attempt; most attempts end
+        # long before theirs.
+        self._deadlines: dict[AttemptRef, float] = {}
+        self._expired: set[AttemptRef] = set()
+        """Attempts cancelled because their deadline passed (reported as timed out)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def start(self, item: AssignItem) -> None:
         ref = (item["task"], item["attempt"])
@@ -64,7 +73,38 @@ class Runner:
             return
         task = asyncio.create_task(self._run(item), name=f"attempt {ref[0]}.{ref[1]}")
         self.running[ref] = task
-        task.add_done_callback(lambda _: self.running.pop(ref, None))
+        task.add_done_callback(lambda _: self._forget(ref))
+
+    def _forget(self, ref: AttemptRef) -> None:
+        self.running.pop(ref, None)
+        self._deadlines.pop(ref, None)
+        self._expired.discard(ref)
+
+    def _deadline(self, ref: AttemptRef, timeout: float) -> None:
+        """Time the attempt out ``timeout`` seconds from now."""
+        loop = asyncio.get_running_loop()
+        deadline = self._deadlines[ref] = loop.time() + timeout
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """Cancel every attempt past its deadline; wait for the next earliest one."""
+        self._timer, self._timer_at = None, math.inf
+        now = asyncio.get_running_loop().time()
+        late = [ref for ref, deadline in self._deadlines.items() if deadline <= now]
+        for ref in late:
+            del self._deadlines[ref]
+            task = self.running.get(ref)
+            if task is not None and not task.done():
+                self._expired.add(ref)
+                task.cancel()
+        if self._deadlines:
+            deadline = min(self._deadlines.values())
+            self._timer_at = deadline
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def cancel(self, ref: AttemptRef) -> None:
         task = self.running.get(ref)
@@ -73,6 +113,9 @@ class Runner:
             task.cancel()
 
     async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
         tasks = list(self.running.values())
         for task in tasks:
             task.cancel()
@@ -87,9 +130,14 @@ class Runner:
         value: Any = None
         error: str | None = None
         outcome = "succeeded"
+        ref = (task_id, attempt)
+        self._deadline(ref, item["timeout"])  # no await before the try: a timeout lands in it
         try:
-            async with asyncio.timeout(item["timeout"]):
+            try:
                 value = await self._call(item)
+            finally:
+                if self._timed_out(ref):
+                    raise TimeoutError
             orjson.dumps(value)
         except TimeoutError:
             error, outcome = f"timed out after {item['timeout']}s", "timed_out"
@@ -115,6 +163,16 @@ class Runner:
                 "ended_at": ended,
             }
         )
+
+    def _timed_out(self, ref: AttemptRef) -> bool:
+        """Whether the attempt's deadline cancelled it, and nothing else did (as with
+        ``asyncio.timeout``: a cancellation from elsewhere as well stays a cancellation)."""
+        self._deadlines.pop(ref, None)
+        if ref not in self._expired:
+            return False
+        self._expired.discard(ref)
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     def _outcome(self, task_type: str, outcome: str) -> None:
         if self.on_outcome is not None:

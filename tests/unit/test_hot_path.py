@@ -1,0 +1,138 @@
+"""Pieces of the hot path that replace per-task work with per-batch work: each must give
+the same answer as the straightforward version it replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+
+from mutirao.metrics import DURATION_BUCKETS, observe_many
+from mutirao.orchestrator.links import coalesce
+from mutirao.orchestrator.service import _both
+
+
+def test_observe_many_matches_observing_each_amount() -> None:
+    registry = CollectorRegistry()
+    one = Histogram("one", "each", ["t"], buckets=DURATION_BUCKETS, registry=registry)
+    many = Histogram("many", "batch", ["t"], buckets=DURATION_BUCKETS, registry=registry)
+    rng = random.Random(7)
+    amounts = [rng.choice(DURATION_BUCKETS) for _ in range(50)]  # bucket bounds exactly
+    amounts += [rng.uniform(0, 5000) for _ in range(500)] + [0.0, float("inf")]
+    for amount in amounts:
+        one.labels("x").observe(amount)
+    observe_many(many.labels("x"), amounts[:300])
+    observe_many(many.labels("x"), amounts[300:])
+    observe_many(many.labels("x"), [])
+    for bound in [*map(str, DURATION_BUCKETS), "+Inf"]:
+        labels = {"t": "x", "le": bound}
+        assert registry.get_sample_value("many_bucket", labels) == registry.get_sample_value(
+            "one_bucket", labels
+        )
+    assert registry.get_sample_value("many_count", {"t": "x"}) == len(amounts)
+    assert registry.get_sample_value("many_sum", {"t": "x"}) == pytest.approx(
+        registry.get_sample_value("one_sum", {"t": "x"})
+    )
+
+
+def test_coalesce_joins_runs_of_assigns_and_acks_in_order() -> None:
+    a1 = {"op": "assign", "epoch": 1, "items": [{"task": "a"}]}
+    a2 = {"op": "assign", "epoch": 1, "items": [{"task": "b"}]}
+    a3 = {"op": "assign", "epoch": 2, "items": [{"task": "c"}]}
+    k1 = {"op": "ack", "attempts": [("a", 1)]}
+    k2 = {"op": "ack", "attempts": [("b", 1)]}
+    cancel = {"op": "cancel", "epoch": 2, "attempts": [("c", 1)]}
+    out = coalesce([a1, a2, a3, k1, k2, cancel, k1])
+    assert out == [
+        {"op": "assign", "epoch": 1, "items": [{"task": "a"}, {"task": "b"}]},
+        a3,
+        {"op": "ack", "attempts": [("a", 1), ("b", 1)]},
+        cancel,
+        k1,
+    ]
+    # The messages given are left as they were.
+    assert a1["items"] == [{"task": "a"}]
+    assert k1["attempts"] == [("a", 1)]
+    assert coalesce([]) == []
+
+
+async def test_both_is_the_local_future_when_replication_is_done() -> None:
+    loop = asyncio.get_running_loop()
+    local: asyncio.Future[None] = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
+    done.set_result(None)
+    assert _both(local, done) is local
+
+
+async def test_both_waits_for_local_then_replicated() -> None:
+    loop = asyncio.get_running_loop()
+    local: asyncio.Future[None] = loop.create_future()
+    replicated: asyncio.Future[None] = loop.create_future()
+    both = _both(local, replicated)
+    replicated.set_result(None)
+    await asyncio.sleep(0)
+    assert not both.done()
+    local.set_result(None)
+    await asyncio.wait_for(both, 1)
+
+
+async def test_both_fails_with_local_first_then_replicated() -> None:
+    loop = asyncio.get_running_loop()
+    local: asyncio.Future[None] = loop.create_future()
+    replicated: asyncio.Future[None] = loop.create_future()
+    both = _both(local, replicated)
+    local.set_exception(OSError("disk"))
+    with pytest.raises(OSError, match="disk"):
+        await asyncio.wait_for(both, 1)
+    replicated.set_exception(ConnectionError("stepped down"))  # retrieved, not logged
+
+    local = loop.create_future()
+    replicated = loop.create_future()
+    both = _both(local, replicated)
+    replicated.set_exception(ConnectionError("stepped down"))
+    await asyncio.sleep(0)
+    assert not both.done()  # the local write still decides first
+    local.set_result(None)
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(both, 1)
+
+
+async def test_attempt_deadlines_time_out_only_late_attempts() -> None:
+    """One timer serves every attempt's deadline: a short one times out while a longer one,
+    started before it, still runs; a cancel stays a cancel; the timer follows the earliest."""
+    from mutirao.protocol import ResultItem
+    from mutirao.registry import Registry
+    from mutirao.worker.runner import Runner
+
+    registry = Registry()
+
+    async def nap(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    registry.register("nap", nap)
+    results: dict[str, ResultItem] = {}
+    runner = Runner(
+        registry, 4, allow_crash=False, on_result=lambda r: results.update({r["task"]: r})
+    )
+    item = {"attempt": 1, "type": "nap"}
+    runner.start({**item, "task": "long", "payload": 0.3, "timeout": 5.0})  # type: ignore[typeddict-item]
+    runner.start({**item, "task": "late", "payload": 5, "timeout": 0.05})  # type: ignore[typeddict-item]
+    runner.start({**item, "task": "quick", "payload": 0.0, "timeout": 0.02})  # type: ignore[typeddict-item]
+    runner.start({**item, "task": "gone", "payload": 5, "timeout": 0.1})  # type: ignore[typeddict-item]
+    await asyncio.sleep(0.01)
+    runner.cancel(("gone", 1))
+    for _ in range(100):
+        if len(results) == 3 and not runner.running:
+            break
+        await asyncio.sleep(0.02)
+    assert results["quick"]["ok"]
+    assert results["long"]["ok"]
+    assert results["long"]["value"] == 0.3
+    assert not results["late"]["ok"]
+    assert results["late"]["error"] == "timed out after 0.05s"
+    assert "gone" not in results  # cancelled: no result
+    assert runner.running == {}
+    await runner.close()
