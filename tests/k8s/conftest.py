@@ -4,14 +4,13 @@ and a real local cluster of orchestrator and worker processes."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
 
-from tests.integration.cluster import LocalCluster
 from tests.k8s.apiserver import ApiServer
 
 NAMESPACE = "mutirao-test"
@@ -100,22 +99,3 @@ current-context: kmock
 """
     )
     return path
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
-    """A local cluster whose processes are SIGKILLed after the test; logs shown on failure."""
-    local = LocalCluster(tmp_path)
-    yield local
-    local.stop()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(local.dump_logs())
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
-    report = yield
-    if report.when == "call":
-        item.rep_call = report  # type: ignore[attr-defined]
-    return report
