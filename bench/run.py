@@ -101,8 +101,8 @@ async def latency(root: Path, n: int) -> Result:
         async with cluster.client() as client:
             for _ in range(n):
                 started = time.perf_counter()
-                task = await client.submit("echo", None)
-                await client.wait(task["id"], timeout=30)
+                task = await client.submit("echo", None, wait=30)
+                assert task["state"] == "succeeded"
                 samples.append(time.perf_counter() - started)
     finally:
         cluster.stop()

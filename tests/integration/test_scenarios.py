@@ -34,6 +34,10 @@ async def test_basic_execution(cluster: LocalCluster) -> None:
             assert view["state"] == "succeeded", view
             assert view["result"] == cases[kind][1]
             assert [a["worker"] for a in view["attempts"]] == ["W1"]
+        # Submit and wait in one request: the answer is the finished task.
+        done = await client.submit("sum", [2, 3], wait=10)
+        assert done["state"] == "succeeded"
+        assert done["result"] == 5
 
 
 async def test_least_load_follows_slots_not_round_robin(cluster: LocalCluster) -> None:

@@ -103,7 +103,8 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     if args.count == 1:
         if args.key:
             spec["key"] = args.key
-        task = await client.submit(spec.pop("type"), spec.pop("payload"), **spec)
+        wait = 30.0 if args.wait else 0.0  # one round trip for the common short task
+        task = await client.submit(spec.pop("type"), spec.pop("payload"), wait=wait, **spec)
         ids = [task["id"]]
     else:
         ids = await _submit_many(client, spec, args)

@@ -117,13 +117,18 @@ class Client:
         self.token = reply["token"]
         return self.token
 
-    async def submit(self, task_type: str, payload: Any = None, **options: Any) -> TaskView:
+    async def submit(
+        self, task_type: str, payload: Any = None, *, wait: float = 0.0, **options: Any
+    ) -> TaskView:
         """Submit one task; an idempotency key is added if none is given, so the retry after
-        a lost reply returns the task already created instead of a duplicate."""
+        a lost reply returns the task already created instead of a duplicate. With ``wait``
+        the answer comes once the task finished (or ``wait`` seconds passed)."""
         spec = {"type": task_type, "payload": payload}
         spec.update({k: v for k, v in options.items() if v is not None})
         spec.setdefault("key", uuid.uuid4().hex)
-        result: TaskView = await self.request("POST", "/v1/tasks", spec)
+        result: TaskView = await self.request(
+            "POST", "/v1/tasks", spec, wait=min(wait, 30.0) if wait else None
+        )
         return result
 
     async def submit_batch(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -151,6 +151,12 @@ async def submit(request: web.Request) -> web.Response:
             {"tasks": [{"id": t.id, "state": t.state, "key": t.key} for t in tasks]},
             201 if created else 200,
         )
+    # ``?wait=S`` answers once the task finished (or S passed): submit and result in one
+    # round trip. The submission is acknowledged (durable) either way.
+    wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
+    if wait:
+        await orch.wait_finished(tasks[0], wait)
+        await orch.barrier()
     return _json(tasks[0].view(), 201 if created else 200)
 
 
