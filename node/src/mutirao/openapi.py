@@ -99,6 +99,14 @@ OPENAPI: dict[str, Any] = {
         "/v1/tasks": {
             "post": {
                 "summary": 'Submit one task, or a batch as {"tasks": [...]}',
+                "parameters": [
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": "single task: answer once it finished (seconds)",
+                        "schema": {"type": "number", "minimum": 0},
+                    }
+                ],
                 "requestBody": {
                     "content": {
                         "application/json": {
