@@ -97,22 +97,11 @@ def register(
             await slot.runtime.close()
             slot.runtime = None
 
+    # A new Task, and an unfinished one found when the operator (re)starts, are both
+    # submitted the same way: the uid as idempotency key makes the second one harmless.
     @kopf.on.create(*task, registry=registry, id="submit")
-    async def created(
-        *,
-        body: kopf.Body,
-        spec: kopf.Spec,
-        status: kopf.Status,
-        uid: str,
-        meta: kopf.Meta,
-        patch: kopf.Patch,
-        **_: Any,
-    ) -> None:
-        progress = slot.get().submit(uid, spec, status, meta.get("generation"))
-        _apply(body, patch, await _guard(progress))
-
     @kopf.on.resume(*task, registry=registry, id="resume", when=_unfinished)
-    async def resumed(
+    async def submitted(
         *,
         body: kopf.Body,
         spec: kopf.Spec,
