@@ -213,7 +213,7 @@ async def test_a_task_succeeds_with_its_result_in_status(
         # emulator does not apply it) fails the Task for good.
         await create_task(apiserver, "no-type", {"type": ""})
         rejected = await wait_phase(apiserver, "no-type", "Failed")
-        assert rejected["error"].startswith("rejected: type must be a non-empty string")
+        assert rejected["error"].startswith("rejected: type: expected `str` of length >= 1")
         assert "taskId" not in rejected
 
         # The orchestrator holds one task, keyed by the Task's uid, owned by the operator.

@@ -140,6 +140,30 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses({"schema": {"type": "object"}}, 401, 422),
             },
         },
+        "/v1/tasks/wait": {
+            "post": {
+                "summary": "Wait up to `wait` seconds for every task in `ids` to finish",
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["ids"],
+                                "properties": {
+                                    "ids": {"type": "array", "items": {"type": "string"}},
+                                    "wait": {"type": "number", "minimum": 0},
+                                    "view": {
+                                        "enum": ["full", "brief"],
+                                        "description": "brief: id, state, result, error only",
+                                    },
+                                },
+                            }
+                        }
+                    }
+                },
+                "responses": _responses({"schema": {"type": "object"}}, 400, 401, 404, 413, 422),
+            }
+        },
         "/v1/tasks/{id}": {
             "get": {
                 "summary": "One task with its attempts",

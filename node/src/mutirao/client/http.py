@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from mutirao.protocol import TaskView, WorkerView
+from mutirao.protocol import TaskBrief, TaskView, WorkerView
 
 
 class ApiError(Exception):
@@ -132,8 +132,13 @@ class Client:
         return result
 
     async def submit_batch(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Submit many tasks in one request (keys added as in :meth:`submit`)."""
-        specs = [spec if "key" in spec else {**spec, "key": uuid.uuid4().hex} for spec in specs]
+        """Submit many tasks in one request (keys added as in :meth:`submit`: one random
+        prefix per batch and the position, so a batch costs one uuid, not one per task)."""
+        prefix = uuid.uuid4().hex
+        specs = [
+            spec if "key" in spec else {**spec, "key": f"{prefix}-{i}"}
+            for i, spec in enumerate(specs)
+        ]
         reply = await self.request("POST", "/v1/tasks", {"tasks": specs})
         tasks: list[dict[str, Any]] = reply["tasks"]
         return tasks
@@ -157,13 +162,24 @@ class Client:
 
     async def wait_many(self, ids: list[str], timeout: float = 60.0) -> list[TaskView]:
         """Wait until all ``ids`` finish (or ``timeout`` passes); their views, in order."""
+        views: list[TaskView] = await self._wait_many(ids, timeout, "full")
+        return views
+
+    async def results(self, ids: list[str], timeout: float = 60.0) -> list[TaskBrief]:
+        """Like :meth:`wait_many`, but only id, state, result and error of each task: the
+        cheap way to collect the results of a large batch."""
+        briefs: list[TaskBrief] = await self._wait_many(ids, timeout, "brief")
+        return briefs
+
+    async def _wait_many(self, ids: list[str], timeout: float, view: str) -> Any:
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
+            wait = max(0.0, min(remaining, 30.0))
             reply = await self.request(
-                "POST", "/v1/tasks/wait", {"ids": ids, "wait": max(0.0, min(remaining, 30.0))}
+                "POST", "/v1/tasks/wait", {"ids": ids, "wait": wait, "view": view}
             )
-            views: list[TaskView] = reply["tasks"]
+            views = reply["tasks"]
             done = all(v["state"] in ("succeeded", "failed", "cancelled") for v in views)
             if done or remaining <= 0:
                 return views

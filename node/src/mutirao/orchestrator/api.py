@@ -131,9 +131,7 @@ async def login(request: web.Request) -> web.Response:
 
 async def submit(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    specs, batch = protocol.parse_submission(
-        await _body(request), orch.settings.tasks, orch.settings.limits
-    )
+    specs, batch = orch.submissions.parse(await _body(request))
     before = len(orch.engine.table.tasks)
     tasks, effects = orch.engine.submit(specs, _user(request).name, orch.clock())
     created = len(orch.engine.table.tasks) - before
@@ -155,7 +153,7 @@ async def submit(request: web.Request) -> web.Response:
     # round trip. The submission is acknowledged (durable) either way.
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
     if wait:
-        await orch.wait_finished(tasks[0], wait)
+        await orch.wait_finished(tasks[:1], wait)
         await orch.barrier()
     return _json(tasks[0].view(), 201 if created else 200)
 
@@ -192,13 +190,14 @@ async def get_result(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     task = _visible(request, request.match_info["id"])
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
-    await orch.wait_finished(task, wait)
+    await orch.wait_finished([task], wait)
     await orch.barrier()
     return _json(task.view())
 
 
 async def wait_tasks(request: web.Request) -> web.Response:
-    """Wait up to ``wait`` seconds until every task in ``ids`` has finished."""
+    """Wait up to ``wait`` seconds until every task in ``ids`` has finished; ``view``
+    ``brief`` answers only id, state, result and error (what a waiting client needs)."""
     orch = request.app[ORCHESTRATOR]
     doc = protocol.decode_json(await _body(request))
     ids = doc.get("ids") if isinstance(doc, dict) else None
@@ -209,12 +208,14 @@ async def wait_tasks(request: web.Request) -> web.Response:
     wait = doc.get("wait", 0)
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait < math.inf:
         raise ValidationError("wait must be a non-negative number of seconds", field="wait")
+    view = doc.get("view", "full")
+    if view not in ("full", "brief"):
+        raise ValidationError("view must be full or brief", field="view")
     tasks = [_visible(request, task_id) for task_id in ids]
-    deadline = orch.clock() + min(float(wait), orch.settings.limits.max_wait)
-    for task in tasks:
-        if not task.state.terminal:
-            await orch.wait_finished(task, deadline - orch.clock())
+    await orch.wait_finished(tasks, min(float(wait), orch.settings.limits.max_wait))
     await orch.barrier()
+    if view == "brief":
+        return _json({"tasks": [t.brief() for t in tasks]})
     return _json({"tasks": [t.view() for t in tasks]})
 
 

@@ -16,6 +16,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,7 @@ class Orchestrator:
         self.clock = clock
         self.metrics = OrchestratorMetrics(self)
         self.engine = Engine(settings.heartbeat, observer=self.metrics)
+        self.submissions = protocol.SubmissionParser(settings.tasks, settings.limits)
         data = settings.data_dir
         self.users = UserStore(data / USERS_FILE)
         secret = read_or_create_secret(data / SECRET_FILE, given=settings.auth.token_secret)
@@ -77,7 +79,7 @@ class Orchestrator:
         self.journal: journal_mod.Journal | None = None
         self.hub = Hub()
         self.links: dict[str, Link] = {}
-        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.waiters: dict[str, list[_Countdown]] = {}
         self.role = Role.STARTING
         self.leader_url: str | None = None
         self.lsn = 0
@@ -258,26 +260,37 @@ class Orchestrator:
         await self.commit(Effects())
 
     def _wake(self, task_ids: Sequence[str]) -> None:
+        waiters = self.waiters
         for task_id in task_ids:
-            for waiter in self.waiters.pop(task_id, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            for countdown in waiters.pop(task_id, ()):
+                countdown.left -= 1
+                if not countdown.left and not countdown.future.done():
+                    countdown.future.set_result(None)
 
-    async def wait_finished(self, task: Task, timeout: float) -> None:
-        if task.state.terminal or timeout <= 0:
+    async def wait_finished(self, tasks: Sequence[Task], timeout: float) -> None:
+        """Wait until every one of ``tasks`` has durably finished, or ``timeout`` passed.
+
+        One future and one timer per call, however many tasks: a client waiting for a batch
+        of 1,000 costs what one waiting for a single task does."""
+        unfinished = [task.id for task in tasks if not task.state.terminal]
+        if not unfinished or timeout <= 0:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.waiters.setdefault(task.id, []).append(waiter)
+        countdown = _Countdown(len(unfinished), asyncio.get_running_loop().create_future())
+        waiters = self.waiters
+        for task_id in unfinished:
+            waiters.setdefault(task_id, []).append(countdown)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            await asyncio.wait_for(countdown.future, timeout)
         except TimeoutError:
             pass
         finally:
-            waiters = self.waiters.get(task.id)
-            if waiters is not None and waiter in waiters:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self.waiters[task.id]
+            if countdown.left:
+                for task_id in unfinished:
+                    held = waiters.get(task_id)
+                    if held is not None and countdown in held:
+                        held.remove(countdown)
+                        if not held:
+                            del waiters[task_id]
 
     # -- the active's duties ---------------------------------------------------------------
 
@@ -391,6 +404,14 @@ class Orchestrator:
             self.execute(self.engine.results(wid, session, msg["items"], now))
         else:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
+
+
+@dataclass(slots=True, eq=False)
+class _Countdown:
+    """A client waiting for ``left`` more tasks to finish."""
+
+    left: int
+    future: asyncio.Future[None]
 
 
 def _both(local: asyncio.Future[None], replicated: asyncio.Future[None]) -> asyncio.Future[None]:

@@ -23,7 +23,14 @@ from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from mutirao.protocol import AttemptView, Outcome, TaskId, TaskSpec, TaskState, TaskView
+from mutirao.protocol import (
+    AttemptView,
+    Outcome,
+    TaskBrief,
+    TaskId,
+    TaskState,
+    TaskView,
+)
 
 Record = dict[str, Any]
 
@@ -121,19 +128,8 @@ class Task:
             "error": self.error,
         }
 
-    @classmethod
-    def new(cls, task_id: TaskId, spec: TaskSpec, owner: str, now: float) -> Task:
-        return cls(
-            id=task_id,
-            type=spec.type,
-            payload=spec.payload,
-            priority=spec.priority,
-            max_attempts=spec.max_attempts,
-            timeout=spec.timeout,
-            key=spec.key,
-            owner=owner,
-            created_at=now,
-        )
+    def brief(self) -> TaskBrief:
+        return {"id": self.id, "state": self.state, "result": self.result, "error": self.error}
 
 
 @dataclass(slots=True)
