@@ -10,6 +10,9 @@ import signal
 import time
 from collections import Counter
 
+import pytest
+
+from mutirao.client.http import ApiError, Client
 from mutirao.protocol import TaskView
 from tests.integration.cluster import HEARTBEAT_TIMEOUT, LocalCluster, eventually
 
@@ -254,3 +257,51 @@ async def test_restart_recovers_from_checkpoint_plus_journal_tail(cluster: Local
     assert replayed < 60, "most of the state came from the checkpoint, not the journal"
     assert [v["result"] for v in views] == list(range(60))
     assert all(_succeeded_once(v) for v in views)
+
+
+async def test_finished_tasks_are_forgotten_after_the_retention_period(
+    cluster: LocalCluster,
+) -> None:
+    """``--retention 1``: a finished task and its result leave memory about a second after it
+    finished (the API then answers 404 saying why), also across a restart (the expiry is
+    journaled), while a task still waiting for a worker stays."""
+    cluster.start_orchestrator("--retention", "1", "--checkpoint-interval", "1")
+    await cluster.wait_ready()
+    cluster.start_worker("W1")
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        done = await client.submit_batch([{"type": "echo", "payload": n} for n in range(20)])
+        views = await client.wait_many([t["id"] for t in done], timeout=10)
+        assert [v["result"] for v in views] == list(range(20))
+        cluster.procs[-1].kill()  # the only worker: the next task waits
+        await eventually(
+            lambda: _dead(client, "W1"), timeout=HEARTBEAT_TIMEOUT + 5, what="W1 declared dead"
+        )
+        waiting = await client.submit("echo", "later")
+
+        async def forgotten() -> bool:
+            try:
+                await client.get(done[0]["id"])
+            except ApiError as exc:
+                return exc.status == 404 and "forgotten after 1 s" in str(exc)
+            return False
+
+        await eventually(forgotten, timeout=10, what="the finished task to expire")
+        counts = (await client.cluster())["tasks"]
+        assert (counts["succeeded"], counts["pending"]) == (0, 1), counts
+
+        # Restarted with the default retention (a day): they stay forgotten, as journaled.
+        cluster.procs[0].kill()
+        cluster.start_orchestrator()
+        await cluster.wait_ready()
+        assert (await client.get(waiting["id"]))["state"] == "pending"
+        for task in done:
+            with pytest.raises(ApiError) as info:
+                await client.get(task["id"])
+            assert info.value.status == 404
+        counts = (await client.cluster())["tasks"]
+    assert (counts["succeeded"], counts["pending"]) == (0, 1), counts
+
+
+async def _dead(client: Client, wid: str) -> bool:
+    return any(w["id"] == wid and w["state"] == "dead" for w in await client.workers())

@@ -603,3 +603,72 @@ def test_after_recovery_silent_workers_are_given_one_timeout_then_declared_dead(
     assert effects.disconnect == []  # w1 never reconnected: nothing to close
     assert assigned(effects) == {"w2": [(task.id, 2)]}
     assert fresh.table.tasks[task.id].attempts[0].outcome is Outcome.LOST
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+def test_finished_tasks_expire_after_the_retention_period(h: Harness) -> None:
+    h.engine.retention = 10.0
+    h.hello("w1", 0.0, slots=4)
+    done, _ = h.submit_one(1.0, key="k-done")
+    failed, _ = h.submit_one(1.0, max_attempts=1)
+    running, _ = h.submit_one(1.0)
+    cancelled, _ = h.submit_one(1.0)
+    h.result("w1", done, 1, 2.0, value="kept for a while")
+    h.result("w1", failed, 1, 3.0, ok=False)
+    h.cancel(cancelled, 4.0)
+    h.heartbeat("w1", 11.5)
+    assert not [r for r in h.tick(11.9).records if r["e"] == "expire"], "not yet 10 s old"
+
+    h.heartbeat("w1", 13.5)
+    (record,) = [r for r in h.tick(13.5).records if r["e"] == "expire"]
+    assert record["tasks"] == [done.id, failed.id], "oldest first; the cancelled one is younger"
+    table = h.engine.table
+    assert table.get(done.id) is None
+    assert table.get(failed.id) is None
+    assert table.get(running.id) is running, "an unfinished task never expires"
+    assert h.engine.counts()["succeeded"] == 0
+    assert h.engine.counts()["failed"] == 0
+    with pytest.raises(NotFoundError):
+        h.engine.get(done.id)
+    # The key went with the task: the same key now makes a new task.
+    again, _ = h.submit_one(14.0, key="k-done")
+    assert again.id != done.id
+
+    h.heartbeat("w1", 15.0)
+    (record,) = [r for r in h.tick(15.0).records if r["e"] == "expire"]
+    assert record["tasks"] == [cancelled.id]
+    assert list(table.finished) == [], "expired entries leave the finished queue"
+
+    # Replay forgets the same tasks and keys (the journal holds the expire records).
+    fresh = replay(h.records)
+    assert {t: task.view() for t, task in fresh.table.tasks.items()} == h.views()
+    assert fresh.table.keys == table.keys
+    assert fresh.counts() == h.engine.counts()
+
+
+def test_expiry_goes_in_bounded_steps_and_survives_a_checkpoint(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mutirao.orchestrator.engine.EXPIRE_BATCH", 3)
+    h.engine.retention = 0.0
+    h.hello("w1", 0.0, slots=8)
+    tasks, _ = h.submit(*[TaskSpec("echo") for _ in range(7)], now=1.0)
+    for i, task in enumerate(tasks):
+        h.result("w1", task, 1, 2.0 + i)
+    # A checkpoint now: the restored table expires them in the same order.
+    snapshot = orjson.loads(orjson.dumps(h.engine.table.snapshot()))
+    restored = Engine(HEARTBEAT, retention=0.0)
+    restored.table.restore(snapshot)
+    assert [t.id for t in restored.table.finished] == [t.id for t in tasks]
+
+    expired: list[str] = []
+    for now in (20.0, 20.5, 21.0, 21.5):
+        h.heartbeat("w1", now)
+        expired += [i for r in h.tick(now).records if r["e"] == "expire" for i in r["tasks"]]
+    assert expired == [t.id for t in tasks], "three per tick, oldest first, each once"
+    restored_expired = [
+        i for r in restored.tick(20.0).records if r["e"] == "expire" for i in r["tasks"]
+    ]
+    assert restored_expired == [t.id for t in tasks[:3]]

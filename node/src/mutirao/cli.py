@@ -60,6 +60,13 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
     )
     _flag(
         p,
+        "--retention",
+        setting="tasks.retention",
+        type=float,
+        help="seconds a finished task and its result are kept [86400]",
+    )
+    _flag(
+        p,
         "--checkpoint-interval",
         setting="journal.checkpoint_interval",
         type=float,

@@ -8,6 +8,7 @@ import time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class TaskDefaults:
     """Seconds an attempt may run before the worker abandons it as failed."""
     priority: int = 0
     """Higher runs first; FIFO within one priority."""
+    retention: float = 24 * 3600.0
+    """Seconds a finished task, its result included, stays in the orchestrator's memory and
+    checkpoints; then it is forgotten (and its idempotency key with it), as Celery's
+    ``result_expires``. 0 forgets finished tasks as soon as possible."""
 
 
 @dataclass
@@ -158,6 +163,8 @@ def validate(settings: Settings) -> Settings:
             f"({ha.renew_interval} + {ha.step_down_margin} >= {ha.lease_duration}): the "
             "leader would step down before it ever renews"
         )
+    if not 0 <= settings.tasks.retention < math.inf:
+        raise SettingsError(f"tasks.retention must be >= 0 s, not {settings.tasks.retention}")
     if hb.interval >= hb.timeout:
         raise SettingsError(
             f"heartbeat.interval ({hb.interval}) must be below heartbeat.timeout ({hb.timeout})"

@@ -97,7 +97,10 @@ def _visible(request: web.Request, task_id: str) -> Task:
     task = orch.engine.table.get(task_id)
     user = _user(request)
     if task is None or (task.owner != user.name and not user.admin):
-        raise NotFoundError(f"no task {task_id!r}", field="id")
+        kept = orch.settings.tasks.retention
+        raise NotFoundError(
+            f"no task {task_id!r} (finished tasks are forgotten after {kept:g} s)", field="id"
+        )
     return task
 
 

@@ -64,7 +64,7 @@ class Orchestrator:
         self.lease = lease
         self.clock = clock
         self.metrics = OrchestratorMetrics(self)
-        self.engine = Engine(settings.heartbeat, observer=self.metrics)
+        self.engine = self._new_engine()
         self.submissions = protocol.SubmissionParser(settings.tasks, settings.limits)
         data = settings.data_dir
         self.users = UserStore(data / USERS_FILE)
@@ -181,9 +181,13 @@ class Orchestrator:
             await asyncio.gather(self._roles, return_exceptions=True)
         await self.controller.shutdown(held)
 
+    def _new_engine(self) -> Engine:
+        settings = self.settings
+        return Engine(settings.heartbeat, observer=self.metrics, retention=settings.tasks.retention)
+
     def restore(self, snapshot: dict[str, Any] | None, records: Sequence[dict[str, Any]]) -> Engine:
         """A fresh engine holding a snapshot plus later records (recovery or resync)."""
-        engine = Engine(self.settings.heartbeat, observer=self.metrics)
+        engine = self._new_engine()
         if snapshot is not None:
             engine.table.restore(snapshot)
             for task in engine.table.tasks.values():

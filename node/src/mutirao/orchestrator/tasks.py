@@ -15,10 +15,12 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 - ``types``: task types some worker has announced
 - ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
 - ``epoch``: ``node`` took the lead with ``epoch`` (fencing; every takeover adds one)
+- ``expire``: finished ``tasks`` past the retention period are forgotten
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -158,6 +160,9 @@ class TaskTable:
         and the cluster view without a pass over every task)."""
         self.pending: dict[tuple[str, int], int] = {}
         """Pending tasks by (type, priority), kept in step likewise."""
+        self.finished: deque[Task] = deque()
+        """Finished tasks in the order they finished, oldest first (expiry takes them from
+        the left); an entry whose task was expired already is skipped and dropped."""
 
     def _moved(self, task: Task, old: TaskState | None) -> None:
         """Count ``task``, now in its new state, out of ``old`` (None: a new task)."""
@@ -201,6 +206,9 @@ class TaskTable:
             return []
         if kind == "worker":
             self.worker_urls[record["id"]] = record["url"]
+            return []
+        if kind == "expire":
+            self._expire(record["tasks"])
             return []
         if kind == "epoch":
             if record["epoch"] >= self.epoch:
@@ -277,7 +285,7 @@ class TaskTable:
         self.by_state[running] += started
 
     def _finish(self, items: list[Record]) -> list[Change]:
-        tasks, changes = self.tasks, []
+        tasks, changes, finished = self.tasks, [], self.finished
         active, succeeded = _ACTIVE, Outcome.SUCCEEDED
         for item in items:
             task = tasks[item["t"]]
@@ -299,12 +307,14 @@ class TaskTable:
                 task.state = TaskState.SUCCEEDED
                 task.result = item.get("v")
                 task.finished_at = ended
+                finished.append(task)
             elif len(task.attempts) < task.max_attempts:
                 task.state = TaskState.PENDING
             else:
                 task.state = TaskState.FAILED
                 task.error = _final_error(task)
                 task.finished_at = ended
+                finished.append(task)
             self._moved(task, old_state)
             changes.append(Change(task, old_state, current.worker))
         return changes
@@ -320,8 +330,34 @@ class TaskTable:
                 current.ended_at = at
             task.state = TaskState.CANCELLED
             task.finished_at = at
+            self.finished.append(task)
             self._moved(task, old_state)
             yield Change(task, old_state, None if current is None else current.worker)
+
+    def _expire(self, task_ids: list[str]) -> None:
+        tasks, keys = self.tasks, self.keys
+        for task_id in task_ids:
+            task = tasks.pop(task_id, None)
+            if task is None:
+                continue
+            if task.key is not None and keys.get((task.owner, task.key)) == task_id:
+                del keys[(task.owner, task.key)]
+            self.by_state[task.state] -= 1
+        finished = self.finished
+        while finished and tasks.get(finished[0].id) is not finished[0]:
+            finished.popleft()
+
+    def expirable(self, finished_before: float, limit: int) -> list[TaskId]:
+        """Up to ``limit`` finished tasks that finished before ``finished_before``, oldest
+        first: what an ``expire`` record may forget now."""
+        ids: list[TaskId] = []
+        tasks = self.tasks
+        for task in self.finished:
+            if len(ids) >= limit or task.finished_at is None or task.finished_at > finished_before:
+                break
+            if tasks.get(task.id) is task:
+                ids.append(task.id)
+        return ids
 
     def snapshot(self) -> Record:
         """Everything needed to rebuild the table, for a checkpoint."""
@@ -351,6 +387,8 @@ class TaskTable:
             self._moved(task, None)
             if task.key is not None:
                 self.keys[(task.owner, task.key)] = task.id
+        done = [t for t in self.tasks.values() if t.state.terminal]
+        self.finished.extend(sorted(done, key=lambda t: t.finished_at or 0.0))
 
 
 def _snapshot_task(task: Task) -> Record:
