@@ -135,10 +135,8 @@ async def login(request: web.Request) -> web.Response:
 async def submit(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     specs, batch = orch.submissions.parse(await _body(request))
-    before = len(orch.engine.table.tasks)
-    tasks, effects = orch.engine.submit(specs, _user(request).name, orch.clock())
-    created = len(orch.engine.table.tasks) - before
-    await orch.commit(effects)
+    wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
+    tasks, created = await orch.submit(specs, _user(request).name)
     for task in tasks[:1] if batch else tasks:
         log.info(
             "accepted task %s (%s)%s",
@@ -154,7 +152,6 @@ async def submit(request: web.Request) -> web.Response:
         )
     # ``?wait=S`` answers once the task finished (or S passed): submit and result in one
     # round trip. The submission is acknowledged (durable) either way.
-    wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
     if wait:
         await orch.wait_finished(tasks[:1], wait)
         await orch.barrier()

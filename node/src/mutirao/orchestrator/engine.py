@@ -205,16 +205,20 @@ class Engine:
 
     # -- client commands -------------------------------------------------------------------
 
-    def submit(self, specs: list[TaskSpec], owner: str, now: float) -> tuple[list[Task], Effects]:
-        """Create tasks (all or none); a known idempotency key returns the existing task."""
+    def check_types(self, specs: list[TaskSpec], *, batch: bool) -> None:
+        """Refuse a submission naming a task type no worker ever announced."""
+        known_types = self.table.known_types
         for i, spec in enumerate(specs):
-            if spec.type not in self.table.known_types:
-                where = f"tasks[{i}].type" if len(specs) > 1 else "type"
-                known = ", ".join(sorted(self.table.known_types)) or "none yet"
+            if spec.type not in known_types:
+                known = ", ".join(sorted(known_types)) or "none yet"
                 raise ValidationError(
                     f"unknown task type {spec.type!r}: no worker runs it (known: {known})",
-                    field=where,
+                    field=f"tasks[{i}].type" if batch else "type",
                 )
+
+    def submit(self, specs: list[TaskSpec], owner: str, now: float) -> tuple[list[Task], Effects]:
+        """Create tasks (all or none); a known idempotency key returns the existing task."""
+        self.check_types(specs, batch=len(specs) > 1)
         # Rows only: the table creates each task once, when it applies the record.
         ids: list[TaskId] = []
         rows: list[Record] = []

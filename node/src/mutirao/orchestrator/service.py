@@ -12,10 +12,11 @@ Which role the process plays (active or standby) is decided by :mod:`mutirao.ha.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,11 @@ from mutirao.ha.lease import LeaseBackend
 from mutirao.ha.replication import Hub
 from mutirao.orchestrator import journal as journal_mod
 from mutirao.orchestrator.engine import Effects, Engine
+from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Task
+from mutirao.protocol import TaskSpec
 from mutirao.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ class Orchestrator:
         self.metrics = OrchestratorMetrics(self)
         self.engine = self._new_engine()
         self.submissions = protocol.SubmissionParser(settings.tasks, settings.limits)
+        self.intake = Intake(lambda: self.engine, self.execute, clock, self.require_active)
         data = settings.data_dir
         self.users = UserStore(data / USERS_FILE)
         secret = read_or_create_secret(data / SECRET_FILE, given=settings.auth.token_secret)
@@ -253,10 +257,14 @@ class Orchestrator:
 
     async def commit(self, effects: Effects) -> None:
         """Execute and wait until durable; a step-down meanwhile is a retryable error."""
-        try:
+        with _retryable():
             await self.execute(effects)
-        except ConnectionError as exc:
-            raise TemporaryError(f"not recorded: {exc}; retry", delay=0.2) from None
+
+    async def submit(self, specs: list[TaskSpec], owner: str) -> tuple[list[Task], bool]:
+        """Durably create tasks (see :mod:`mutirao.orchestrator.intake`); returns them and
+        whether any is new (else every spec named a known idempotency key)."""
+        with _retryable():
+            return await self.intake.submit(specs, owner)
 
     async def barrier(self) -> None:
         """Wait until every change made so far is durable, before showing state to a client:
@@ -408,6 +416,16 @@ class Orchestrator:
             self.execute(self.engine.results(wid, session, msg["items"], now))
         else:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
+
+
+@contextlib.contextmanager
+def _retryable() -> Iterator[None]:
+    """A record that could not be made durable (the journal failed, or this node stepped
+    down meanwhile) is a retryable error for the client."""
+    try:
+        yield
+    except ConnectionError as exc:
+        raise TemporaryError(f"not recorded: {exc}; retry", delay=0.2) from None
 
 
 @dataclass(slots=True, eq=False)

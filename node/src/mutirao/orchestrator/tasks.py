@@ -164,6 +164,11 @@ class TaskTable:
         """Finished tasks in the order they finished, oldest first (expiry takes them from
         the left); an entry whose task was expired already is skipped and dropped."""
 
+    @property
+    def seq(self) -> int:
+        """Submission sequence number of the newest task (tasks are numbered from 1)."""
+        return self._seq
+
     def _moved(self, task: Task, old: TaskState | None) -> None:
         """Count ``task``, now in its new state, out of ``old`` (None: a new task)."""
         if old is not None:
