@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,29 @@ async def test_concurrent_appends_are_group_committed_in_order(tmp_path: Path) -
         futures = [journal.append(records(1, start=i)) for i in range(200)]
         await asyncio.gather(*futures)
     assert recover(tmp_path).records == records(200)
+
+
+@pytest.mark.parametrize(
+    ("inline_below", "on_loop"), [(1.0, [False, True, True]), (0.0, [False] * 3)]
+)
+async def test_a_fast_disk_is_written_on_the_loop_a_slow_one_in_a_thread(
+    tmp_path: Path, inline_below: float, on_loop: list[bool]
+) -> None:
+    """The first group goes to a thread (nothing measured yet); later ones stay on the loop
+    while the last one took less than ``inline_below`` seconds."""
+    loop_thread = threading.get_ident()
+    where: list[bool] = []
+    journal = Journal(
+        tmp_path,
+        1,
+        inline_below=inline_below,
+        on_write=lambda _: where.append(threading.get_ident() == loop_thread),
+    )
+    async with journal:
+        for i in range(3):
+            await journal.append(records(1, start=i))
+    assert where == on_loop
+    assert recover(tmp_path).records == records(3)
 
 
 async def test_an_empty_append_is_a_barrier_for_earlier_records(tmp_path: Path) -> None:

@@ -235,21 +235,26 @@ class Orchestrator:
         until the records are durable here and on every subscribed standby.
         """
         assert self.journal is not None
-        if effects.records:
-            self.lsn += 1
-            self.hub.publish(self.lsn, effects.records)
-        local = self.journal.append(effects.records)
-        durable = _both(local, self.hub.wait(self.lsn))
-        durable.add_done_callback(_retrieve)
+        # Orders are queued before the records: their links then write them out before the
+        # journal writer runs, which may block the loop for an fsync (see Journal).
+        acks: list[tuple[Link, protocol.AckMsg]] = []
         for wid, messages in effects.sends.items():
             link = self.links.get(wid)
             if link is None:
                 continue
             for message in messages:
                 if message["op"] == "ack":
-                    link.send_when(durable, message)
+                    acks.append((link, message))
                 else:
                     link.send(message)
+        if effects.records:
+            self.lsn += 1
+            self.hub.publish(self.lsn, effects.records)
+        local = self.journal.append(effects.records)
+        durable = _both(local, self.hub.wait(self.lsn))
+        durable.add_done_callback(_retrieve)
+        for link, ack in acks:
+            link.send_when(durable, ack)
         if effects.finished:
             finished = [task.id for task in effects.finished]
             durable.add_done_callback(lambda _: self._wake(finished))
