@@ -127,7 +127,7 @@ class Engine:
         changes = self.table.apply(record)
         if not changes:
             return changes
-        # The two most frequent kinds, by batch: what _track does for each of their changes.
+        # The most frequent kinds, by batch: what _track does for each of their changes.
         kind = record["e"]
         if kind == "submit":
             push = self.queue.push
@@ -141,10 +141,35 @@ class Engine:
                 task = change.task
                 held.add((task.id, task.attempts[-1].n))
             worker.running = len(held)
+        elif kind == "finish":
+            self._finished_attempts(changes)
         else:
             for change in changes:
                 self._track(change)
         return changes
+
+    def _finished_attempts(self, changes: list[Change]) -> None:
+        """Attempts ended: free their workers' slots (counted once per worker, not per
+        task), queue the tasks to retry, note the finished ones."""
+        workers = self.workers
+        touched: dict[str, Worker] = {}
+        push, finished = self.queue.push, self._finished
+        pending = TaskState.PENDING
+        for change in changes:
+            task = change.task
+            attempts = task.attempts
+            last = attempts[-1]
+            holder = workers.get(last.worker)
+            if holder is not None:
+                holder.attempts.discard((task.id, last.n))
+                touched[holder.id] = holder
+            if task.state is pending:
+                entry = Entry(-task.priority, task.seq, task.id, len(attempts), last.worker)
+                push(task.type, entry)
+            else:
+                finished.append(task)
+        for holder in touched.values():
+            holder.running = len(holder.attempts)
 
     def _track(self, change: Change) -> None:
         task = change.task

@@ -53,15 +53,17 @@ class Entry(NamedTuple):
 def pick_worker(workers: Iterable[Slotted], task_type: str, avoid: str | None) -> Slotted | None:
     """The least-loaded eligible worker with a free slot for ``task_type``, or None."""
     best: Slotted | None = None
-    best_key: tuple[bool, float, str] | None = None
+    best_load = 0.0
     for worker in workers:
-        # ``free`` and ``load`` spelt out: this runs once per worker per dispatched task.
+        # ``free`` and ``load`` spelt out, and no key tuple: this runs once per worker per
+        # dispatched task.
         running, slots = worker.running, worker.slots
         if not worker.eligible or running >= slots or task_type not in worker.types:
             continue
-        key = (worker.id == avoid, running / slots, worker.id)
-        if best_key is None or key < best_key:
-            best, best_key = worker, key
+        # The worker to avoid ranks after every other one (a load can never reach 1 + x).
+        load = running / slots + (1.0 if worker.id == avoid else 0.0)
+        if best is None or load < best_load or (load == best_load and worker.id < best.id):
+            best, best_load = worker, load
     return best
 
 
@@ -98,6 +100,12 @@ class PendingQueue:
         Each choice updates the chosen worker's ``running`` so the next one sees its load.
         """
         assignments: list[tuple[Entry, Slotted]] = []
+        heaps = [(task_type, heap) for task_type, heap in self._heaps.items() if heap]
+        if len(heaps) == 1:
+            # One task type queued (the usual case): no choice between heads to make.
+            task_type, heap = heaps[0]
+            self._drain_one(task_type, heap, workers, is_current, assignments)
+            return assignments
         while True:
             choice = self._best_head(workers, is_current)
             if choice is None:
@@ -107,6 +115,26 @@ class PendingQueue:
             self._size -= 1
             worker.running += 1
             assignments.append((entry, worker))
+
+    def _drain_one(
+        self,
+        task_type: str,
+        heap: list[Entry],
+        workers: Sequence[Slotted],
+        is_current: IsCurrent,
+        assignments: list[tuple[Entry, Slotted]],
+    ) -> None:
+        pop = heapq.heappop
+        while heap:
+            entry = heap[0]
+            if is_current(entry):
+                worker = pick_worker(workers, task_type, entry.avoid)
+                if worker is None:
+                    return
+                worker.running += 1
+                assignments.append((entry, worker))
+            pop(heap)
+            self._size -= 1
 
     def _best_head(
         self, workers: Sequence[Slotted], is_current: IsCurrent

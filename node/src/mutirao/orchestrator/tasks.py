@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
+import msgspec
 
 from mutirao.protocol import (
     AttemptView,
@@ -53,8 +54,7 @@ _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
 """Outcome by value: a dict lookup, cheaper than ``Outcome(value)`` per result."""
 
 
-@dataclass(slots=True)
-class Attempt:
+class Attempt(msgspec.Struct, gc=False):
     n: int
     worker: str
     assigned_at: float
@@ -75,8 +75,15 @@ class Attempt:
         }
 
 
-@dataclass(slots=True)
-class Task:
+class Task(msgspec.Struct, gc=False):
+    """One task with its attempts.
+
+    Tasks, attempts and changes are msgspec Structs rather than dataclasses: created 2-3x
+    faster (one of each per task and attempt on the hot path), a little smaller, and with
+    ``gc=False`` invisible to the cyclic garbage collector, which otherwise walks every task
+    the table holds (they never form cycles: a task holds its attempts, nothing holds back).
+    """
+
     id: TaskId
     type: str
     payload: Any
@@ -88,7 +95,7 @@ class Task:
     created_at: float
     seq: int = 0
     state: TaskState = TaskState.PENDING
-    attempts: list[Attempt] = field(default_factory=list)
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
     result: Any = None
     error: str | None = None
     finished_at: float | None = None
@@ -134,8 +141,7 @@ class Task:
         return {"id": self.id, "state": self.state, "result": self.result, "error": self.error}
 
 
-@dataclass(slots=True)
-class Change:
+class Change(msgspec.Struct, gc=False):
     """A task whose state a record changed, with what it was before."""
 
     task: Task
@@ -292,6 +298,9 @@ class TaskTable:
     def _finish(self, items: list[Record]) -> list[Change]:
         tasks, changes, finished = self.tasks, [], self.finished
         active, succeeded = _ACTIVE, Outcome.SUCCEEDED
+        moved: dict[tuple[TaskState, TaskState], int] = {}
+        """Tasks by (old state, new state), counted once per batch rather than per task."""
+        requeued: list[Task] = []
         for item in items:
             task = tasks[item["t"]]
             old_state = task.state
@@ -315,13 +324,22 @@ class TaskTable:
                 finished.append(task)
             elif len(task.attempts) < task.max_attempts:
                 task.state = TaskState.PENDING
+                requeued.append(task)
             else:
                 task.state = TaskState.FAILED
                 task.error = _final_error(task)
                 task.finished_at = ended
                 finished.append(task)
-            self._moved(task, old_state)
+            transition = (old_state, task.state)
+            moved[transition] = moved.get(transition, 0) + 1
             changes.append(Change(task, old_state, current.worker))
+        by_state = self.by_state
+        for (old_state, new_state), n in moved.items():
+            by_state[old_state] -= n
+            by_state[new_state] += n
+        if requeued:
+            for group, n in tally([(t.type, t.priority) for t in requeued]).items():
+                self.pending[group] = self.pending.get(group, 0) + n
         return changes
 
     def _cancel(self, task_ids: list[str], at: float) -> Iterator[Change]:
