@@ -136,3 +136,35 @@ async def test_attempt_deadlines_time_out_only_late_attempts() -> None:
     assert "gone" not in results  # cancelled: no result
     assert runner.running == {}
     await runner.close()
+
+
+async def test_attempts_forget_themselves_however_they_end() -> None:
+    """Without a done callback per attempt, every way out still leaves ``running`` empty:
+    done, failed, cancelled while running, and cancelled before its first step."""
+    from mutirao.registry import Registry
+    from mutirao.worker.runner import Runner
+
+    registry = Registry()
+
+    async def nap(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    async def boom(_: object) -> None:
+        raise ValueError("no")
+
+    registry.register("nap", nap)
+    registry.register("boom", boom)
+    runner = Runner(registry, 4, allow_crash=False, on_result=lambda _: None)
+    item = {"attempt": 1, "timeout": 5.0}
+    runner.start({**item, "task": "done", "type": "nap", "payload": 0})  # type: ignore[typeddict-item]
+    runner.start({**item, "task": "failed", "type": "boom", "payload": 0})  # type: ignore[typeddict-item]
+    runner.start({**item, "task": "unstarted", "type": "nap", "payload": 5})  # type: ignore[typeddict-item]
+    runner.cancel(("unstarted", 1))  # before the loop ever ran it
+    runner.start({**item, "task": "running", "type": "nap", "payload": 5})  # type: ignore[typeddict-item]
+    await asyncio.sleep(0.01)
+    runner.cancel(("running", 1))
+    async with asyncio.timeout(5):
+        while runner.running:  # noqa: ASYNC110 (the runner signals nothing else)
+            await asyncio.sleep(0.01)
+    await runner.close()

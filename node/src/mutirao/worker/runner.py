@@ -71,9 +71,9 @@ class Runner:
         ref = (item["task"], item["attempt"])
         if ref in self.running:
             return
-        task = asyncio.create_task(self._run(item), name=f"attempt {ref[0]}.{ref[1]}")
-        self.running[ref] = task
-        task.add_done_callback(lambda _: self._forget(ref))
+        # No task name and no done callback: each costs a little per attempt, and for a
+        # no-op task that adds up (an attempt forgets itself as it ends; see :meth:`_run`).
+        self.running[ref] = asyncio.create_task(self._run(item))
 
     def _forget(self, ref: AttemptRef) -> None:
         self.running.pop(ref, None)
@@ -111,6 +111,9 @@ class Runner:
         if task is not None:
             log.info("cancelling attempt", extra={"task": ref[0], "attempt": ref[1]})
             task.cancel()
+            # An attempt cancelled before its first step never runs the ``finally`` of
+            # :meth:`_run`; this one forgets itself once done either way.
+            task.add_done_callback(lambda _: self._forget(ref))
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -120,9 +123,16 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.running.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self, item: AssignItem) -> None:
+        try:
+            await self._attempt(item)
+        finally:
+            self._forget((item["task"], item["attempt"]))
+
+    async def _attempt(self, item: AssignItem) -> None:
         task_id, attempt = item["task"], item["attempt"]
         extra = {"task": task_id, "attempt": attempt}
         started = time.time()
