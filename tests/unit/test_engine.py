@@ -672,3 +672,25 @@ def test_expiry_goes_in_bounded_steps_and_survives_a_checkpoint(
         i for r in restored.tick(20.0).records if r["e"] == "expire" for i in r["tasks"]
     ]
     assert restored_expired == [t.id for t in tasks[:3]]
+
+
+def test_a_standby_queue_does_not_grow_with_every_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower applies submissions and assignments but never dispatches: stale queue
+    entries are compacted away, and what is left is exactly the pending tasks, in order."""
+    monkeypatch.setattr("mutirao.orchestrator.engine._COMPACT_SLACK", 8)
+    h = Harness()
+    h.hello("w1", 0.0, slots=1000)
+    for i in range(40):
+        _, effects = h.submit(*[TaskSpec("echo") for _ in range(5)], now=1.0 + i)
+        for task_id, n in assigned(effects)["w1"]:
+            h.result("w1", task_id, n, 1.5 + i)
+    h.lost("w1", 50.0)
+    waiting, _ = h.submit(*[TaskSpec("echo") for _ in range(3)], now=51.0)
+    follower = Engine(HEARTBEAT)
+    most = 0
+    for record in h.records:
+        follower.apply(orjson.loads(orjson.dumps(record)))
+        most = max(most, len(follower.queue))
+    assert most <= 8 + 2 * 5, f"{most} entries for at most 5 pending tasks"
+    queued = sorted(e for e in follower.queue.entries() if follower._is_current(e))
+    assert [e.task_id for e in queued] == [t.id for t in waiting]

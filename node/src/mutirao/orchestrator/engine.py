@@ -36,6 +36,8 @@ from mutirao.settings import HeartbeatSettings
 log = logging.getLogger(__name__)
 
 _ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
+_COMPACT_SLACK = 10_000
+"""Stale queue entries tolerated beyond twice the pending tasks before compacting."""
 EXPIRE_BATCH = 20_000
 """Most finished tasks one tick forgets: a backlog of expired tasks is worked off over a few
 ticks instead of stalling the loop (~1 ms per 1,000)."""
@@ -146,6 +148,10 @@ class Engine:
         else:
             for change in changes:
                 self._track(change)
+        # Amortised O(1) per entry: compacting costs the queue's size, and happens only once
+        # it holds twice as many entries as there are pending tasks.
+        if len(self.queue) > 2 * self.table.by_state[TaskState.PENDING] + _COMPACT_SLACK:
+            self.queue.compact(self._is_current)
         return changes
 
     def _finished_attempts(self, changes: list[Change]) -> None:

@@ -86,6 +86,18 @@ class PendingQueue:
         for heap in self._heaps.values():
             yield from heap
 
+    def compact(self, is_current: IsCurrent) -> None:
+        """Drop every stale entry at once. A standby applies submissions (which queue) and
+        assignments (which leave entries behind) but never dispatches, which is where stale
+        entries are otherwise dropped; without this its queue would grow with every task."""
+        size = 0
+        for task_type, heap in self._heaps.items():
+            live = [entry for entry in heap if is_current(entry)]
+            heapq.heapify(live)
+            self._heaps[task_type] = live
+            size += len(live)
+        self._size = size
+
     def depth_by_type(self) -> dict[str, int]:
         return {t: len(h) for t, h in self._heaps.items() if h}
 
