@@ -190,6 +190,10 @@ class Journal:
         loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
+            # One more loop iteration before blocking on an inline fsync: the links then
+            # write the orders queued along with these records first (a worker starts on
+            # them meanwhile), and records from that iteration join this group.
+            await asyncio.sleep(0)
             self._wakeup.clear()
             while self._queue:
                 group = self._queue.pop(0)
