@@ -1,7 +1,8 @@
 """Mutirão's figures next to Dask's and Ray's from the same run, as ratios.
 
 The peers run in their own virtualenv (``bench/peers.py`` under ``PYTHON``); the table goes
-to ``docs/benchmarks.md`` and a plot to ``docs/benchmarks/latest.png``.
+to ``docs/benchmarks.md`` and a plot to ``docs/benchmarks/latest.png``. The page also shows
+the scale workloads (:mod:`bench.scale`, Mutirão alone) and their plot, ``scale.png``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ PEER_SIZES = {
     "tiny": ["--tasks", "500", "--latency", "20", "--kill", "60"],
     "full": ["--tasks", "20000", "--latency", "500", "--kill", "2000"],
 }
+
+MARKDOWN = Path("docs/benchmarks.md")
 
 CLIENT_GO_FAILOVER_S = 15.0
 """client-go's LeaderElector defaults: a 15 s lease, 10 s renew deadline, 2 s retry."""
@@ -77,6 +80,12 @@ def markdown(doc: dict[str, Any]) -> str:
         "`make bench` runs Mutirão's side alone. The machine is shared and noisy: only ratios",
         "taken in one run mean much. Ratio: Mutirão's advantage over Ray (> 1 is better).",
         "",
+        "`python -m bench.run --size full --only NAME[,NAME]` runs some workloads alone (names",
+        "in `--help`; `scale` selects every scale workload, `throughput` both throughput ones)",
+        "and replaces their results in `docs/benchmarks/latest.json` and on this page, keeping",
+        "the others. Plots: `.venv-peers/bin/python bench/plot.py docs/benchmarks/latest.json",
+        "docs/benchmarks/latest.png` (it also writes `scale.png` beside it).",
+        "",
         "| workload | unit | Mutirão | Dask | Ray | ratio vs Ray |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -94,8 +103,40 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         "![same-run comparison](benchmarks/latest.png)",
         "",
+        *_scale(doc),
     ]
     return "\n".join(lines)
+
+
+def _scale(doc: dict[str, Any]) -> list[str]:
+    """The scale workloads' section: one row per result, with each result's own note."""
+    rows = [r for r in doc["results"] if str(r.get("name", "")).startswith("scale-")]
+    if not rows:
+        return []
+    when = max(doc.get("rerun", {}).get(r["name"], doc["when"]) for r in rows)
+    lines = [
+        "## Scale",
+        "",
+        f"Mutirão alone, measured {when} on the same {doc['machine']['cpus']}-CPU machine",
+        "(shared and noisy; `python -m bench.run --size full --only scale` runs these alone):",
+        "real orchestrator and worker processes on loopback, journal fsynced. More workers",
+        "than CPUs add processes that compete with the orchestrator for the CPUs, not",
+        "capacity. Memory is the orchestrator's RSS; pending tasks are queued on an",
+        "orchestrator whose only worker was killed after announcing `echo`. Retention:",
+        "`MUTIRAO_TASKS_RETENTION=1`, two rounds (CPython keeps freed memory for reuse, so",
+        "the sign of a bound is a flat second round). Restart: SIGKILL, then a new process on",
+        "the same data dir; building the checkpoint of a million tasks holds the orchestrator",
+        "for seconds, longer than the default 5 s lease allows, so that workload runs with a",
+        "30 s lease (it does not change the restart).",
+        "",
+        "| workload | figure | notes |",
+        "| --- | --- | --- |",
+    ]
+    for r in rows:
+        label = r["workload"].removeprefix("scale: ")
+        note = r["detail"].get("note", "")
+        lines.append(f"| {label} | {_fmt(r['figure'])} {r['unit']} | {note} |")
+    return [*lines, "", "![scale](benchmarks/scale.png)", ""]
 
 
 def _fmt(value: float | None) -> str:
@@ -106,5 +147,5 @@ def _fmt(value: float | None) -> str:
 
 def write(doc: dict[str, Any], python: str, out: Path) -> None:
     out.write_text(json.dumps(doc, indent=2) + "\n")
-    Path("docs/benchmarks.md").write_text(markdown(doc))
+    MARKDOWN.write_text(markdown(doc))
     subprocess.run([python, "bench/plot.py", str(out), str(out.with_suffix(".png"))], check=True)

@@ -1,27 +1,73 @@
-"""Plot docs/benchmarks/latest.json as a PNG (run by the peers' Python, which has matplotlib)."""
+"""Plot docs/benchmarks/latest.json as PNGs (run by the peers' Python, which has matplotlib).
+
+``latest.png``: the same-run comparison with Dask and Ray. ``scale.png`` beside it: the
+scale workloads (bench/scale.py), when the document has them.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+COLOURS = ["#2a9d8f", "#e9c46a", "#e76f51"]
+
 
 def main(source: Path, target: Path) -> None:
     doc = json.loads(source.read_text())
+    if "comparison" in doc:
+        comparison(doc, target)
+    if any(str(k).startswith("scale_") for k in doc["figures"]):
+        scale(doc, target.with_name("scale.png"))
+
+
+def comparison(doc: dict[str, Any], target: Path) -> None:
     rows = doc["comparison"]
     fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.6))
     for ax, row in zip(axes, rows, strict=True):
         systems = [s for s in ("mutirao", "dask", "ray") if row.get(s) is not None]
-        ax.bar(systems, [row[s] for s in systems], color=["#2a9d8f", "#e9c46a", "#e76f51"])
+        ax.bar(systems, [row[s] for s in systems], color=COLOURS)
         ax.set_title(row["workload"], fontsize=9)
         ax.set_ylabel(row["unit"])
     fig.suptitle(f"Mutirão vs Dask vs Ray, same run ({doc['when']}, {doc['machine']['cpus']} CPUs)")
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
+
+
+def _series(figures: dict[str, float], prefix: str) -> tuple[list[str], list[float]]:
+    """Figures named ``<prefix><n>``, in the order of n, as (labels, values)."""
+    found = sorted((int(k.removeprefix(prefix)), v) for k, v in figures.items()
+                   if k.startswith(prefix) and k.removeprefix(prefix).isdigit())  # fmt: skip
+    return [f"{n:,}" for n, _ in found], [v for _, v in found]
+
+
+def scale(doc: dict[str, Any], target: Path) -> None:
+    """One panel per scale question: workers, slots, memory per pending task, restart."""
+    figures = doc["figures"]
+    panels = [
+        ("throughput by workers (256 slots)", "workers", "tasks/s", "scale_workers_"),
+        ("throughput by slots (2 workers)", "slots per worker", "tasks/s", "scale_slots_"),
+        ("orchestrator RSS per pending task", "pending tasks", "bytes", "scale_pending_"),
+    ]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(16, 3.6))
+    for ax, (title, xlabel, unit, prefix) in zip(axes, panels, strict=False):
+        labels, values = _series(figures, prefix)
+        ax.bar(labels, values, color=COLOURS[0])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(unit)
+    for r in doc["results"]:
+        if r.get("key") == "scale_recovery_s":
+            axes[-1].bar([f"{r['detail']['tasks']:,} tasks"], [r["figure"]], color=COLOURS[2])
+    axes[-1].set_title("restart after SIGKILL -> ready (checkpoint + journal)", fontsize=9)
+    axes[-1].set_ylabel("s")
+    fig.suptitle(f"Mutirão at scale ({doc['machine']['cpus']} CPUs, real processes)")
     fig.tight_layout()
     fig.savefig(target, dpi=110)
 

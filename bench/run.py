@@ -4,7 +4,9 @@ Each workload starts a fresh local cluster (orchestrator, optional hot standby, 
 loopback with the journal fsynced, measures, and tears it down. Results print as a table and
 are written to ``docs/benchmarks/latest.json``. ``--size tiny`` runs everything once, small,
 so the suite cannot rot (the test suite does that); figures only mean something at
-``--size full`` on a quiet machine.
+``--size full`` on a quiet machine. ``--only NAME[,NAME]`` runs some workloads (``--help``
+lists the names) and, at full size, folds their results into the existing
+``latest.json``. The scale workloads live in :mod:`bench.scale`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +27,34 @@ from typing import Any
 from tests.integration.cluster import LocalCluster, eventually
 
 from bench import compare
+from mutirao.client.http import Client
 
 SIZES = {
-    "tiny": {"throughput": 500, "latency": 20, "failover": 100, "per_request": 200, "kill": 60},
+    "tiny": {
+        "throughput": 500,
+        "latency": 20,
+        "failover": 100,
+        "per_request": 200,
+        "kill": 60,
+        "scale_workers": 500,
+        "scale_slots": 200,
+        "pending_first": 2_000,
+        "pending": 5_000,
+        "retention": 2_000,
+        "recovery": 5_000,
+    },
     "full": {
         "throughput": 20_000,
         "latency": 500,
         "failover": 2_000,
         "per_request": 5_000,
         "kill": 2_000,
+        "scale_workers": 20_000,
+        "scale_slots": 5_000,  # 20,000 would take ~15 s with 1-slot workers
+        "pending_first": 100_000,
+        "pending": 1_000_000,
+        "retention": 100_000,
+        "recovery": 1_000_000,
     },
 }
 
@@ -44,12 +65,34 @@ class Result:
     figure: float
     unit: str
     detail: dict[str, Any] = field(default_factory=dict)
+    key: str = ""
+    """Name of the figure in ``latest.json``'s figures, for workloads reporting several."""
+    name: str = ""
+    """The workload (``--only`` name) that measured it; set by :func:`main_async`."""
 
 
-async def _cluster(root: Path, *, standby: bool, slots: int) -> LocalCluster:
-    """An orchestrator (+ standby) and workers W1, W2, logging warnings only."""
+async def _cluster(
+    root: Path,
+    *,
+    standby: bool,
+    slots: int,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+) -> LocalCluster:
+    """An orchestrator (+ standby) and workers W1..W<workers>, logging warnings only;
+    ``env`` adds settings (``MUTIRAO_*``) for every process."""
     cluster = LocalCluster(root)
     cluster.env_extra["MUTIRAO_LOG_LEVEL"] = "WARNING"
+    cluster.env_extra.update(env or {})
+    try:
+        await _start(cluster, standby=standby, slots=slots, workers=workers)
+    except BaseException:
+        cluster.stop()  # a cluster that never came up is not the caller's to stop
+        raise
+    return cluster
+
+
+async def _start(cluster: LocalCluster, *, standby: bool, slots: int, workers: int) -> None:
     cluster.start_orchestrator()
     await cluster.wait_ready()
     if standby:
@@ -60,30 +103,39 @@ async def _cluster(root: Path, *, standby: bool, slots: int) -> LocalCluster:
                 return any(s["synced"] for s in (await client.cluster())["standbys"])
 
             await eventually(synced, timeout=30, what="standby in sync")
-    for wid in ("W1", "W2"):
+    ids = [f"W{i}" for i in range(1, workers + 1)]
+    for wid in ids:
         cluster.start_worker(wid, slots=slots)
-    await cluster.wait_workers("W1", "W2")
-    return cluster
+    await cluster.wait_workers(*ids, timeout=20 + 5 * workers)
+
+
+async def no_op_batches(client: Client, n: int, batch: int = 1000) -> float:
+    """Seconds for N no-op tasks in batches, up to 4 batches in flight (as an async client
+    would), each batch's results collected as soon as it is acknowledged."""
+    in_flight = asyncio.Semaphore(4)
+
+    async def one(size: int) -> int:
+        async with in_flight:
+            ids = [t["id"] for t in await client.submit_batch([{"type": "echo"}] * size)]
+        results = await client.results(ids, timeout=300)
+        return sum(r["state"] == "succeeded" for r in results)
+
+    started = time.perf_counter()
+    sizes = [min(batch, n - offset) for offset in range(0, n, batch)]
+    done = sum(await asyncio.gather(*(one(size) for size in sizes)))
+    elapsed = time.perf_counter() - started
+    assert done == n, f"only {done} of {n} tasks succeeded"
+    return elapsed
 
 
 async def throughput(root: Path, n: int, *, standby: bool) -> Result:
-    """N no-op tasks, 2 workers, batches of 1,000: submit -> all results."""
+    """N no-op tasks, 2 workers: submit -> all results (:func:`no_op_batches`)."""
     cluster = await _cluster(root, standby=standby, slots=256)
     try:
         async with cluster.client() as client:
-            started = time.perf_counter()
-            ids: list[str] = []
-            for offset in range(0, n, 1000):
-                batch = [{"type": "echo"}] * min(1000, n - offset)
-                ids += [t["id"] for t in await client.submit_batch(batch)]
-            done = 0
-            for offset in range(0, n, 1000):
-                views = await client.wait_many(ids[offset : offset + 1000], timeout=300)
-                done += sum(v["state"] == "succeeded" for v in views)
-            elapsed = time.perf_counter() - started
+            elapsed = await no_op_batches(client, n)
     finally:
         cluster.stop()
-    assert done == n, f"only {done} of {n} tasks succeeded"
     label = "with synchronous standby" if standby else "no standby"
     return Result(
         f"throughput, {n:,} no-op tasks, batches ({label})",
@@ -210,22 +262,43 @@ def _table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(size: str) -> list[Result]:
+Workload = Callable[[Path], Awaitable[Result | list[Result]]]
+
+
+def workloads(size: str) -> dict[str, Workload]:
+    """Every workload by its ``--only`` name, in the order ``make bench`` runs them."""
+    from bench import scale  # imported here: bench.scale builds on this module's helpers
+
     n = SIZES[size]
-    workloads: list[Callable[[Path], Awaitable[Result]]] = [
-        lambda root: throughput(root, n["throughput"], standby=False),
-        lambda root: throughput(root, n["throughput"], standby=True),
-        lambda root: per_request(root, n["per_request"]),
-        lambda root: latency(root, n["latency"]),
-        lambda root: worker_kill(root, n["kill"]),
-        lambda root: failover(root, n["failover"]),
-    ]
+    return {
+        "throughput": lambda root: throughput(root, n["throughput"], standby=False),
+        "throughput-standby": lambda root: throughput(root, n["throughput"], standby=True),
+        "per-request": lambda root: per_request(root, n["per_request"]),
+        "latency": lambda root: latency(root, n["latency"]),
+        "kill": lambda root: worker_kill(root, n["kill"]),
+        "failover": lambda root: failover(root, n["failover"]),
+        **scale.workloads(n),
+    }
+
+
+def select(names: Sequence[str], only: Sequence[str] | None) -> list[str]:
+    """The workloads ``only`` names, in their usual order; a name followed by ``-...``
+    also selects a group (``scale`` is every ``scale-*`` workload)."""
+    if only is None:
+        return list(names)
+    return [n for n in names if any(n == o or n.startswith(o + "-") for o in only)]
+
+
+async def main_async(size: str, only: Sequence[str] | None = None) -> list[Result]:
+    table = workloads(size)
     results = []
-    for workload in workloads:
+    for name in select(list(table), only):
         with tempfile.TemporaryDirectory(prefix="mutirao-bench-") as tmp:
-            result = await workload(Path(tmp))
-        print(f"  {result.workload}: {result.figure:,.1f} {result.unit}", flush=True)
-        results.append(result)
+            measured = await table[name](Path(tmp))
+        for result in measured if isinstance(measured, list) else [measured]:
+            result.name = name
+            print(f"  {result.workload}: {result.figure:,.1f} {result.unit}", flush=True)
+            results.append(result)
     return results
 
 
@@ -242,11 +315,27 @@ def main() -> int:
     parser.add_argument(
         "--peers", metavar="PYTHON", help="also run Dask and Ray under this Python and compare"
     )
+    names = list(workloads("tiny"))
+    parser.add_argument(
+        "--only",
+        metavar="NAME[,NAME]",
+        type=lambda value: [v.strip() for v in value.split(",") if v.strip()],
+        help=f"run only these workloads ({', '.join(names)}; a prefix before '-' names a "
+        "group: scale) and, at full size, fold their results into --out",
+    )
     args = parser.parse_args()
+    if args.only is not None:
+        unknown = [o for o in args.only if not select(names, [o])]
+        if unknown or not args.only:
+            parser.error(f"--only: no workload named {', '.join(unknown) or '(none given)'}")
+        if args.peers:
+            parser.error("--peers compares every workload in one run; it excludes --only")
     print(f"Mutirão benchmarks ({args.size})", flush=True)
-    results = asyncio.run(main_async(args.size))
+    results = asyncio.run(main_async(args.size, args.only))
     print(_table(results))
     doc = _document(args.size, results)
+    if args.only is not None and args.size == "full":
+        doc = _merged(args.out, doc)
     if args.peers:
         doc["peers"] = compare.run_peers(args.peers, args.size)
         doc["comparison"] = compare.comparison(doc["figures"], doc["peers"])
@@ -257,22 +346,29 @@ def main() -> int:
             compare.write(doc, args.peers, args.out)
         else:
             args.out.write_text(json.dumps(doc, indent=2) + "\n")
+            if "comparison" in doc:  # --only folded into a peers run: keep the page in step
+                compare.MARKDOWN.write_text(compare.markdown(doc))
+                print(f"written to {compare.MARKDOWN}")
         print(f"written to {args.out}")
     return 0
 
 
+_FIGURES: dict[str, tuple[str, Callable[[Result], float]]] = {
+    "throughput": ("throughput", lambda r: r.figure),
+    "throughput_standby": ("throughput-standby", lambda r: r.figure),
+    "per_request": ("per-request", lambda r: r.figure),
+    "latency_p50": ("latency", lambda r: float(r.detail["p50_ms"])),
+    "latency_p99": ("latency", lambda r: float(r.detail["p99_ms"])),
+    "kill_extra": ("kill", lambda r: r.figure),
+    "failover_ms": ("failover", lambda r: r.figure),
+}
+"""The figures of the workloads that report one result: name -> (workload, how to read it)."""
+
+
 def _document(size: str, results: list[Result]) -> dict[str, Any]:
-    by_name = {r.workload.split(",")[0]: r for r in results}
-    throughputs = [r for r in results if r.workload.startswith("throughput")]
-    figures = {
-        "throughput": throughputs[0].figure,
-        "throughput_standby": throughputs[1].figure,
-        "per_request": by_name["one task per request"].figure,
-        "latency_p50": by_name["latency"].detail["p50_ms"],
-        "latency_p99": by_name["latency"].detail["p99_ms"],
-        "kill_extra": by_name["worker SIGKILL mid-run"].figure,
-        "failover_ms": by_name["failover"].figure,
-    }
+    by_name = {r.name: r for r in results if not r.key}
+    figures = {f: read(by_name[name]) for f, (name, read) in _FIGURES.items() if name in by_name}
+    figures.update({r.key: r.figure for r in results if r.key})
     machine = {
         "python": platform.python_version(),
         "cpus": _cpus(),
@@ -285,6 +381,24 @@ def _document(size: str, results: list[Result]) -> dict[str, Any]:
         "figures": figures,
         "results": [r.__dict__ for r in results],
     }
+
+
+def _merged(path: Path, doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc``, from an ``--only`` run, folded into the full run already at ``path``: its
+    results replace those of the same workloads and all else (peers, comparison) is kept,
+    so one workload can be measured again without the others. ``rerun`` records when."""
+    if not path.exists():
+        return doc
+    old: dict[str, Any] = json.loads(path.read_text())
+    if old.get("size") != doc["size"]:
+        return doc
+    ran = {r["name"] for r in doc["results"]}
+    labels = {r["workload"] for r in doc["results"]}
+    kept = [r for r in old["results"] if r.get("name") not in ran and r["workload"] not in labels]
+    old["results"] = kept + doc["results"]
+    old["figures"].update(doc["figures"])
+    old.setdefault("rerun", {}).update(dict.fromkeys(sorted(ran), doc["when"]))
+    return old
 
 
 if __name__ == "__main__":
