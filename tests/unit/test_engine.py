@@ -12,7 +12,7 @@ import pytest
 
 from mutirao.errors import NotFoundError, ValidationError
 from mutirao.orchestrator.engine import Effects, Engine
-from mutirao.orchestrator.tasks import Record, Task
+from mutirao.orchestrator.tasks import Record, Task, decode_snapshot
 from mutirao.protocol import (
     AssignMsg,
     AttemptRef,
@@ -545,7 +545,7 @@ def test_replaying_the_records_rebuilds_the_same_tasks(h: Harness) -> None:
 
 def test_replay_then_a_checkpoint_restore_agree(h: Harness) -> None:
     _eventful(h)
-    snapshot = orjson.loads(orjson.dumps(h.engine.table.snapshot()))
+    snapshot = decode_snapshot(h.engine.table.snapshot())
     restored = Engine(HEARTBEAT)
     restored.table.restore(snapshot)
     for task in restored.table.tasks.values():
@@ -658,7 +658,7 @@ def test_expiry_goes_in_bounded_steps_and_survives_a_checkpoint(
     for i, task in enumerate(tasks):
         h.result("w1", task, 1, 2.0 + i)
     # A checkpoint now: the restored table expires them in the same order.
-    snapshot = orjson.loads(orjson.dumps(h.engine.table.snapshot()))
+    snapshot = decode_snapshot(h.engine.table.snapshot())
     restored = Engine(HEARTBEAT, retention=0.0)
     restored.table.restore(snapshot)
     assert [t.id for t in restored.table.finished] == [t.id for t in tasks]

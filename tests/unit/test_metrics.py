@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +21,7 @@ from mutirao.orchestrator.events import NullObserver
 from mutirao.orchestrator.journal import Journal
 from mutirao.orchestrator.metrics import DEAD_WORKER_RETENTION
 from mutirao.orchestrator.service import Orchestrator, Role
-from mutirao.orchestrator.tasks import Change, Record, TaskTable
+from mutirao.orchestrator.tasks import Change, Record, TaskTable, decode_snapshot
 from mutirao.protocol import HelloMsg, ResultItem, TaskId, TaskSpec, TaskState
 from mutirao.registry import Registry
 from mutirao.settings import Settings
@@ -398,5 +397,5 @@ def test_the_tables_counts_stay_in_step_live_replayed_and_restored() -> None:
     replayed = replay(h.records).table
     assert (replayed.by_state, replayed.pending) == _recount(live)
     restored = TaskTable()
-    restored.restore(orjson.loads(orjson.dumps(live.snapshot())))
+    restored.restore(decode_snapshot(live.snapshot()))
     assert (restored.by_state, restored.pending) == _recount(live)

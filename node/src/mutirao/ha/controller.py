@@ -14,6 +14,7 @@ import contextlib
 import logging
 
 import aiohttp
+import orjson
 from aiohttp import WSMsgType, web
 
 from mutirao import protocol
@@ -266,7 +267,8 @@ class Controller:
                 "op": "snapshot",
                 "epoch": orch.engine.epoch,
                 "lsn": orch.lsn,
-                "state": orch.engine.table.snapshot(),
+                # Encoded by msgspec already (a task table of any size), embedded as is.
+                "state": orjson.Fragment(orch.engine.table.snapshot()),
                 "auth": orch.auth_material(),
             }
         )

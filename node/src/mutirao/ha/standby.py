@@ -12,10 +12,12 @@ import logging
 from typing import TYPE_CHECKING
 
 import aiohttp
+import msgspec
 
 from mutirao import protocol
 from mutirao.errors import ProtocolError
 from mutirao.ha.lease import Lease
+from mutirao.orchestrator.tasks import Snapshot
 
 if TYPE_CHECKING:
     from mutirao.orchestrator.service import Orchestrator
@@ -108,10 +110,10 @@ class Standby:
                 lambda f: acks.ack(lsn) if not f.exception() else None
             )
         elif msg["op"] == "snapshot":
-            orch.engine = orch.restore(msg["state"], [])
+            orch.engine = orch.restore(msgspec.convert(msg["state"], Snapshot), [])
             orch.lsn = msg["lsn"]
             orch.install_auth(msg["auth"])
-            await orch.journal.checkpoint(msg["state"])
+            await orch.checkpoint()
             acks.ack(msg["lsn"])
             log.info(
                 "synchronised with the leader at LSN %d, epoch %d: %d task(s)",

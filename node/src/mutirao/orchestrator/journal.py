@@ -17,11 +17,12 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,18 @@ def _decode_line(line: bytes) -> dict[str, Any] | None:
 
 @dataclass
 class Recovered:
-    snapshot: dict[str, Any] | None
+    snapshot: bytes | None
+    """The checkpoint's state, as JSON (decoded by whoever knows its shape)."""
     records: list[dict[str, Any]]
     skipped: int
     next_segment: int
+
+
+class _Checkpoint(msgspec.Struct):
+    version: int
+    segment: int
+    state: msgspec.Raw
+    """Left undecoded here: only its span is found."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -79,8 +88,8 @@ def recover(directory: Path) -> Recovered:
     first = 0
     checkpoint = directory / CHECKPOINT_NAME
     if checkpoint.exists():
-        doc = orjson.loads(checkpoint.read_bytes())
-        snapshot, first = doc["state"], doc["segment"]
+        doc = msgspec.json.decode(checkpoint.read_bytes(), type=_Checkpoint)
+        snapshot, first = bytes(doc.state), doc.segment
     segments = sorted(directory.glob(_SEGMENT_GLOB), key=_segment_number)
     records: list[dict[str, Any]] = []
     skipped = 0
@@ -235,24 +244,30 @@ class Journal:
         if group.data and self.on_write is not None:
             self.on_write(self.last_fsync_seconds)
 
-    async def checkpoint(self, snapshot: dict[str, Any]) -> None:
-        """Persist ``snapshot`` (taken just before this call) and drop older segments.
+    async def checkpoint(self, pieces: Iterable[bytes]) -> None:
+        """Persist a snapshot and drop the segments it makes redundant.
 
-        The caller must take the snapshot and call this without awaiting in between, so
-        the snapshot holds exactly the records appended before the rotation.
+        ``pieces`` make up the snapshot's JSON; the loop runs between two of them, so a big
+        snapshot does not stall it (a fuzzy snapshot: see ``TaskTable.snapshot_pieces``).
+        The caller must create ``pieces`` and call this without awaiting in between: the
+        journal rotates at once, and recovery replays every record from that rotation on.
         """
         rotated = self.rotate()
         first = self.segment
+        parts = []
+        for piece in pieces:
+            parts.append(piece)
+            await asyncio.sleep(0)
         await rotated
-        await asyncio.get_running_loop().run_in_executor(
-            None, self._write_checkpoint, snapshot, first
-        )
+        await asyncio.get_running_loop().run_in_executor(None, self._write_checkpoint, parts, first)
 
-    def _write_checkpoint(self, snapshot: dict[str, Any], first: int) -> None:
+    def _write_checkpoint(self, parts: list[bytes], first: int) -> None:
         target = self.directory / CHECKPOINT_NAME
         tmp = target.with_suffix(".tmp")
         with tmp.open("wb") as fh:
-            fh.write(orjson.dumps({"version": 1, "segment": first, "state": snapshot}))
+            fh.write(b'{"version":1,"segment":%d,"state":' % first)
+            fh.writelines(parts)
+            fh.write(b"}")
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(target)

@@ -40,7 +40,7 @@ from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.metrics import OrchestratorMetrics
-from mutirao.orchestrator.tasks import Task
+from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
 from mutirao.protocol import TaskSpec
 from mutirao.settings import Settings
 
@@ -146,7 +146,8 @@ class Orchestrator:
         from mutirao.ha.controller import Controller
 
         recovered = await asyncio.to_thread(journal_mod.recover, self.settings.data_dir)
-        self.engine = self.restore(recovered.snapshot, recovered.records)
+        snapshot = None if recovered.snapshot is None else decode_snapshot(recovered.snapshot)
+        self.engine = self.restore(snapshot, recovered.records)
         counts = self.engine.counts()
         log.info(
             "recovered %d task(s) at epoch %d from %s (%d journal record(s), %d skipped): %s",
@@ -189,7 +190,7 @@ class Orchestrator:
         settings = self.settings
         return Engine(settings.heartbeat, observer=self.metrics, retention=settings.tasks.retention)
 
-    def restore(self, snapshot: dict[str, Any] | None, records: Sequence[dict[str, Any]]) -> Engine:
+    def restore(self, snapshot: Snapshot | None, records: Sequence[dict[str, Any]]) -> Engine:
         """A fresh engine holding a snapshot plus later records (recovery or resync)."""
         engine = self._new_engine()
         if snapshot is not None:
@@ -205,7 +206,7 @@ class Orchestrator:
 
     async def checkpoint(self) -> None:
         assert self.journal is not None
-        await self.journal.checkpoint(self.engine.table.snapshot())
+        await self.journal.checkpoint(self.engine.table.snapshot_pieces())
 
     def install_auth(self, material: protocol.AuthMaterial) -> None:
         """Take the leader's users, token secret and join token (a standby after a sync)."""
