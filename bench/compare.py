@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 PEER_SIZES = {
-    "tiny": ["--tasks", "500", "--latency", "20", "--kill", "60"],
-    "full": ["--tasks", "20000", "--latency", "500", "--kill", "2000"],
+    "tiny": ["--tasks", "500", "--latency", "20", "--kill", "60", "--scale", "500"],
+    "full": ["--tasks", "20000", "--latency", "500", "--kill", "2000", "--scale", "20000"],
 }
+"""The same sizes as ``bench.run.SIZES`` (``scale`` is its ``scale_workers``)."""
 
 MARKDOWN = Path("docs/benchmarks.md")
 
@@ -58,6 +59,9 @@ def comparison(figures: dict[str, Any], peers: dict[str, dict[str, Any]]) -> lis
         row("latency p50", "ms", figures["latency_p50"], "latency.p50_ms", "lower"),
         row("latency p99", "ms", figures["latency_p99"], "latency.p99_ms", "lower"),
         row("worker SIGKILL: extra time", "s", figures["kill_extra"], "kill.extra_s", "lower"),
+        *(row(f"throughput, batches, {k} worker(s)", "tasks/s", figures[f"scale_workers_{k}"],
+              f"scale_workers.{k}", "higher")
+          for k in (1, 2, 4, 8) if f"scale_workers_{k}" in figures),
     ]  # fmt: skip
 
 

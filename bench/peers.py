@@ -19,6 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+WORKER_COUNTS = (1, 2, 4, 8)
+"""As in Mutirão's scale workload (``bench.scale``)."""
+
 
 def noop(x: Any) -> Any:
     return x
@@ -67,7 +70,7 @@ def _concurrent(
     return total / (time.perf_counter() - started)
 
 
-def run_dask(n: int, latency_n: int, kill_n: int) -> dict[str, Any]:
+def run_dask(n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
     from dask.distributed import Client, LocalCluster
 
     out: dict[str, Any] = {"system": "dask"}
@@ -94,7 +97,20 @@ def run_dask(n: int, latency_n: int, kill_n: int) -> dict[str, Any]:
             finish=lambda: client.gather(futures),
         )
         out["kill"] = _dask_kill(client, kill_n)
+    out["scale_workers"] = {str(k): _dask_throughput(k, scale_n) for k in WORKER_COUNTS if scale_n}
     return out
+
+
+def _dask_throughput(workers: int, n: int) -> float:
+    """Batched throughput on a fresh cluster of ``workers`` one-thread worker processes."""
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        client.gather(client.map(noop, range(100), pure=False))
+        started = time.perf_counter()
+        client.gather(client.map(noop, range(n), pure=False))
+        return n / (time.perf_counter() - started)
 
 
 def _dask_kill(client: Any, n: int) -> dict[str, float]:
@@ -113,7 +129,7 @@ def _dask_kill(client: Any, n: int) -> dict[str, float]:
     return {"baseline_s": baseline, "with_kill_s": elapsed, "extra_s": elapsed - baseline}
 
 
-def run_ray(n: int, latency_n: int, kill_n: int) -> dict[str, Any]:
+def run_ray(n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
     import ray
 
     out: dict[str, Any] = {"system": "ray", "version": ray.__version__}
@@ -140,7 +156,23 @@ def run_ray(n: int, latency_n: int, kill_n: int) -> dict[str, Any]:
         out["kill"] = _ray_kill(ray, kill_n)
     finally:
         ray.shutdown()
+    out["scale_workers"] = {
+        str(k): _ray_throughput(ray, k, scale_n) for k in WORKER_COUNTS if scale_n
+    }
     return out
+
+
+def _ray_throughput(ray: Any, workers: int, n: int) -> float:
+    """Batched throughput with ``workers`` worker processes (Ray starts one per CPU)."""
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        remote_noop = ray.remote(noop)
+        ray.get([remote_noop.remote(i) for i in range(100)])
+        started = time.perf_counter()
+        ray.get([remote_noop.remote(i) for i in range(n)])
+        return n / (time.perf_counter() - started)
+    finally:
+        ray.shutdown()
 
 
 def _ray_kill(ray: Any, n: int) -> dict[str, float]:
@@ -165,9 +197,12 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--latency", type=int, default=500)
     parser.add_argument("--kill", type=int, default=2_000)
+    parser.add_argument(
+        "--scale", type=int, default=20_000, help="tasks per worker count (1, 2, 4, 8); 0: skip"
+    )
     args = parser.parse_args()
     run = run_dask if args.system == "dask" else run_ray
-    print(json.dumps(run(args.tasks, args.latency, args.kill)))
+    print(json.dumps(run(args.tasks, args.latency, args.kill, args.scale)))
     return 0
 
 
