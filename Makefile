@@ -26,8 +26,14 @@ test: lint tools prometheus
 demo: $(STAMP)
 	$(BIN)/python -m mutirao.demo
 
-# Full-size benchmarks on real local processes; writes docs/benchmarks/latest.json.
-bench: $(STAMP)
+# Full-size benchmarks on real local processes; writes docs/benchmarks/latest.{json,png}
+# (and scale.png); matplotlib comes from requirements-bench.txt.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run --size full
 
 # The same workloads on Dask and Ray (own virtualenv, pinned), in the same run, with ratios;
@@ -38,7 +44,7 @@ $(PEERS_VENV)/.installed: requirements-peers.txt
 	$(PEERS_VENV)/bin/pip install --quiet -r requirements-peers.txt
 	touch $@
 
-bench-peers: $(STAMP) $(PEERS_VENV)/.installed
+bench-peers: $(BENCH_STAMP) $(PEERS_VENV)/.installed
 	$(BIN)/python -m bench.run --size full --peers $(PEERS_VENV)/bin/python
 
 # Prometheus and promtool (Debian's package), which tests/integration/test_prometheus.py

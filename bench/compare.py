@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "`python -m bench.run --size full --only NAME[,NAME]` runs some workloads alone (names",
         "in `--help`; `scale` selects every scale workload, `throughput` both throughput ones)",
         "and replaces their results in `docs/benchmarks/latest.json` and on this page, keeping",
-        "the others. Plots: `.venv-peers/bin/python bench/plot.py docs/benchmarks/latest.json",
-        "docs/benchmarks/latest.png` (it also writes `scale.png` beside it).",
+        "the others; every run redraws `docs/benchmarks/latest.png` and `scale.png`",
+        "(matplotlib, installed into `.venv` from `requirements-bench.txt` by both targets).",
         "",
         "| workload | unit | Mutirão | Dask | Ray | ratio vs Ray |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -148,7 +149,14 @@ def _fmt(value: float | None) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
 
 
-def write(doc: dict[str, Any], python: str, out: Path) -> None:
+def write(doc: dict[str, Any], out: Path) -> None:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     MARKDOWN.write_text(markdown(doc))
-    subprocess.run([python, "bench/plot.py", str(out), str(out.with_suffix(".png"))], check=True)
+    plot(out)
+
+
+def plot(out: Path) -> None:
+    """PNGs beside ``out`` (``bench/plot.py`` in this Python: requirements-bench.txt)."""
+    png = out.with_suffix(".png")
+    subprocess.run([sys.executable, "bench/plot.py", str(out), str(png)], check=True)
+    print(f"plotted {png.parent}/*.png")

@@ -1,4 +1,4 @@
-"""Plot docs/benchmarks/latest.json as PNGs (run by the peers' Python, which has matplotlib).
+"""Plot docs/benchmarks/latest.json as PNGs (matplotlib: requirements-bench.txt).
 
 ``latest.png``: the same-run comparison with Dask and Ray. ``scale.png`` beside it: the
 scale workloads (bench/scale.py), when the document has them.
@@ -29,8 +29,13 @@ def main(source: Path, target: Path) -> None:
 
 def comparison(doc: dict[str, Any], target: Path) -> None:
     rows = doc["comparison"]
-    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.6))
-    for ax, row in zip(axes, rows, strict=True):
+    columns = min(len(rows), 5)
+    lines = -(-len(rows) // columns)
+    fig, grid = plt.subplots(lines, columns, figsize=(4 * columns, 3.6 * lines), squeeze=False)
+    axes = grid.flatten()
+    for ax in axes[len(rows) :]:
+        ax.set_visible(False)
+    for ax, row in zip(axes, rows, strict=False):
         systems = [s for s in ("mutirao", "dask", "ray") if row.get(s) is not None]
         ax.bar(systems, [row[s] for s in systems], color=COLOURS)
         ax.set_title(row["workload"], fontsize=9)

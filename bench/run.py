@@ -343,12 +343,13 @@ def main() -> int:
     if args.size == "full":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.peers:
-            compare.write(doc, args.peers, args.out)
+            compare.write(doc, args.out)
         else:
             args.out.write_text(json.dumps(doc, indent=2) + "\n")
             if "comparison" in doc:  # --only folded into a peers run: keep the page in step
                 compare.MARKDOWN.write_text(compare.markdown(doc))
                 print(f"written to {compare.MARKDOWN}")
+            compare.plot(args.out)
         print(f"written to {args.out}")
     return 0
 
