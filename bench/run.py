@@ -28,6 +28,7 @@ from tests.integration.cluster import LocalCluster, eventually
 
 from bench import compare
 from mutirao.client.http import Client
+from mutirao.protocol import TaskView
 
 SIZES = {
     "tiny": {
@@ -146,50 +147,70 @@ async def throughput(root: Path, n: int, *, standby: bool) -> Result:
 
 
 async def latency(root: Path, n: int) -> Result:
-    """One task at a time: submit, then long-poll its result."""
+    """One task at a time, submitted with ``wait`` (the answer is the finished task): over a
+    client session (the figure), and with one HTTP request each (in the detail)."""
     cluster = await _cluster(root, standby=False, slots=4)
-    samples: list[float] = []
     try:
         async with cluster.client() as client:
-            for _ in range(n):
-                started = time.perf_counter()
-                task = await client.submit("echo", None, wait=30)
-                assert task["state"] == "succeeded"
-                samples.append(time.perf_counter() - started)
+            over_http = await _sequential(client.submit, n)
+            async with client.session() as session:
+                over_session = await _sequential(session.submit, n)
     finally:
         cluster.stop()
-    samples.sort()
-    p50 = statistics.median(samples)
-    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
     return Result(
         "latency, submit -> result, sequential (p50)",
-        p50 * 1000,
+        over_session["p50_ms"],
         "ms",
-        {"p50_ms": p50 * 1000, "p99_ms": p99 * 1000, "samples": n},
+        {**over_session, "samples": n, "http": over_http},
     )
 
 
+async def _sequential(submit: Callable[..., Awaitable[TaskView]], n: int) -> dict[str, float]:
+    samples: list[float] = []
+    for _ in range(n):
+        started = time.perf_counter()
+        task = await submit("echo", None, wait=30)
+        assert task["state"] == "succeeded"
+        samples.append(time.perf_counter() - started)
+    samples.sort()
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return {"p50_ms": statistics.median(samples) * 1000, "p99_ms": p99 * 1000}
+
+
 async def per_request(root: Path, n: int, lanes: int = 64) -> Result:
-    """N tasks, one per HTTP request, from ``lanes`` concurrent submitters; then all results."""
+    """N tasks submitted one per call from ``lanes`` concurrent submitters, then all results:
+    once over a client session (one websocket message per task, the figure), once with one
+    HTTP request per task (in the detail)."""
     cluster = await _cluster(root, standby=False, slots=256)
     try:
         async with cluster.client() as client:
-            ids: list[str] = []
-            pending = iter(range(n))
-
-            async def lane() -> None:
-                for _ in pending:
-                    ids.append((await client.submit("echo", None))["id"])
-
-            started = time.perf_counter()
-            await asyncio.gather(*(lane() for _ in range(lanes)))
-            for offset in range(0, n, 1000):
-                await client.wait_many(ids[offset : offset + 1000], timeout=300)
-            elapsed = time.perf_counter() - started
+            over_http = await _one_by_one(client, client.submit, n, lanes)
+            async with client.session() as session:
+                over_session = await _one_by_one(client, session.submit, n, lanes)
     finally:
         cluster.stop()
-    return Result(f"one task per request, {lanes} submitters", n / elapsed, "tasks/s",
-                  {"tasks": n, "lanes": lanes, "seconds": elapsed})  # fmt: skip
+    return Result(f"one task per request, {lanes} submitters", n / over_session, "tasks/s",
+                  {"tasks": n, "lanes": lanes, "seconds": over_session,
+                   "http_tasks_s": n / over_http, "http_seconds": over_http})  # fmt: skip
+
+
+async def _one_by_one(
+    client: Client, submit: Callable[..., Awaitable[TaskView]], n: int, lanes: int
+) -> float:
+    """Seconds for N no-op tasks submitted one per ``submit`` call by ``lanes`` coroutines,
+    until every result is in."""
+    ids: list[str] = []
+    pending = iter(range(n))
+
+    async def lane() -> None:
+        for _ in pending:
+            ids.append((await submit("echo", None))["id"])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    for offset in range(0, n, 1000):
+        await client.results(ids[offset : offset + 1000], timeout=300)
+    return time.perf_counter() - started
 
 
 async def worker_kill(root: Path, n: int) -> Result:
@@ -358,8 +379,10 @@ _FIGURES: dict[str, tuple[str, Callable[[Result], float]]] = {
     "throughput": ("throughput", lambda r: r.figure),
     "throughput_standby": ("throughput-standby", lambda r: r.figure),
     "per_request": ("per-request", lambda r: r.figure),
+    "per_request_http": ("per-request", lambda r: float(r.detail["http_tasks_s"])),
     "latency_p50": ("latency", lambda r: float(r.detail["p50_ms"])),
     "latency_p99": ("latency", lambda r: float(r.detail["p99_ms"])),
+    "latency_p50_http": ("latency", lambda r: float(r.detail["http"]["p50_ms"])),
     "kill_extra": ("kill", lambda r: r.figure),
     "failover_ms": ("failover", lambda r: r.figure),
 }

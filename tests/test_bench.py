@@ -62,7 +62,8 @@ def test_only_selects_workloads_and_groups() -> None:
 
 
 def test_only_results_replace_theirs_in_the_full_document(tmp_path: Path) -> None:
-    latency = Result("latency", 3.0, "ms", {"p50_ms": 3.0, "p99_ms": 5.0}, name="latency")
+    timings = {"p50_ms": 3.0, "p99_ms": 5.0}
+    latency = Result("latency", 3.0, "ms", {**timings, "http": timings}, name="latency")
     old = _document("full", [latency, Result("scale: restart", 20.0, "s", key="scale_recovery_s",
                                               name="scale-recovery")])  # fmt: skip
     old["peers"] = {"ray": {"version": "x"}}
@@ -71,7 +72,12 @@ def test_only_results_replace_theirs_in_the_full_document(tmp_path: Path) -> Non
     new = _document("full", [Result("scale: restart", 21.0, "s", key="scale_recovery_s",
                                     name="scale-recovery")])  # fmt: skip
     merged = _merged(path, new)
-    assert merged["figures"] == {"latency_p50": 3.0, "latency_p99": 5.0, "scale_recovery_s": 21.0}
+    assert merged["figures"] == {
+        "latency_p50": 3.0,
+        "latency_p99": 5.0,
+        "latency_p50_http": 3.0,
+        "scale_recovery_s": 21.0,
+    }
     assert [r["figure"] for r in merged["results"]] == [3.0, 21.0]
     assert merged["peers"] == {"ray": {"version": "x"}}
     assert merged["rerun"] == {"scale-recovery": new["when"]}

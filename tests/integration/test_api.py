@@ -4,6 +4,7 @@ recovery from a torn journal tail."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
@@ -15,8 +16,8 @@ import orjson
 import pytest
 
 from mutirao.auth import SECRET_FILE, TokenSigner, User
-from mutirao.client.http import Client
-from mutirao.protocol import JOIN_TOKEN_HEADER, WORKER_WS_PATH, TaskView
+from mutirao.client.http import ApiError, Client
+from mutirao.protocol import JOIN_TOKEN_HEADER, SESSION_PATH, WORKER_WS_PATH, TaskView
 from tests.integration.cluster import LocalCluster, Proc, eventually, free_port
 
 _UNSET: Any = object()
@@ -527,3 +528,51 @@ async def test_second_orchestrator_on_the_same_data_dir_is_refused(
         ("succeeded", "before"),
         ("succeeded", "after"),
     ]
+
+
+# -- client sessions -------------------------------------------------------------------------
+
+
+async def test_a_session_submits_like_post_and_answers_each_call(
+    cluster: LocalCluster, http: aiohttp.ClientSession
+) -> None:
+    """``GET /v1/session``: each message answered on its own, by ref, with what
+    ``POST /v1/tasks`` would answer; bad calls get the same errors and the session goes on."""
+    await cluster.start("W1")
+    alice = cluster.token("alice", admin=False)
+    async with cluster.client(alice) as client, client.session() as session:
+        tasks = await asyncio.gather(*(session.submit("echo", n) for n in range(50)))
+        assert len({t["id"] for t in tasks}) == 50
+        assert {t["owner"] for t in tasks} == {"alice"}
+        done = await session.submit("sum", [1, 2, 3], wait=10)
+        assert (done["state"], done["result"]) == ("succeeded", 6)
+        again = await session.submit("echo", "once", key="k-1")
+        assert (await session.submit("echo", "once", key="k-1"))["id"] == again["id"]
+        with pytest.raises(ApiError) as info:
+            await session.submit("no-such-type")
+        assert (info.value.status, info.value.body["field"]) == (422, "type")
+        with pytest.raises(ApiError) as info:
+            await session.submit("echo", priority="high")
+        assert (info.value.status, info.value.body["field"]) == (422, "priority")
+        views = await client.wait_many([t["id"] for t in tasks], timeout=10)
+        assert [v["result"] for v in views] == list(range(50))
+        assert (await session.submit("echo", "still open"))["state"] in ("pending", "assigned")
+
+    url = cluster.url.replace("http", "ws") + SESSION_PATH
+    headers = {"Authorization": f"Bearer {alice}"}
+    async with http.ws_connect(url, headers=headers) as ws:
+        for frame, status, field in [
+            (b"not json", 400, "body"),
+            (b'{"ref": 1}', 422, "task"),
+            (b'{"ref": 2, "task": {"type": "echo"}, "colour": 1}', 422, "colour"),
+            (b'{"ref": 3, "task": {"tasks": [{"type": "echo"}]}}', 422, "task"),
+            (b'{"ref": 4, "task": {"type": "echo"}, "wait": -1}', 422, "wait"),
+        ]:
+            await ws.send_bytes(frame)
+            reply = orjson.loads((await ws.receive(timeout=5)).data)
+            assert (reply["status"], reply["error"]["field"]) == (status, field), frame
+        await ws.send_bytes(b'{"ref": 5, "task": {"type": "echo", "payload": "ok"}}')
+        assert orjson.loads((await ws.receive(timeout=5)).data)["status"] == 201
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url)
+    assert refused.value.status == 401

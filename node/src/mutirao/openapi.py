@@ -164,6 +164,16 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses({"schema": {"type": "object"}}, 400, 401, 404, 413, 422),
             }
         },
+        "/v1/session": {
+            "get": {
+                "summary": "Client session (websocket upgrade): one task per message",
+                "description": (
+                    "Send {ref, task, wait} (task as for POST /v1/tasks); each is answered"
+                    " {ref, status, task} or {ref, status, error}, in any order."
+                ),
+                "responses": _responses({}, 401, 421),
+            }
+        },
         "/v1/tasks/{id}": {
             "get": {
                 "summary": "One task with its attempts",

@@ -23,6 +23,7 @@ Epoch = NewType("Epoch", int)
 
 API_PREFIX = "/v1"
 WORKER_WS_PATH = "/v1/workers/connect"
+SESSION_PATH = "/v1/session"
 REPLICATION_WS_PATH = "/v1/replication"
 HA_PATH = "/v1/ha"
 WORKER_SWITCH_PATH = "/v1/orchestrator"
@@ -117,7 +118,7 @@ class SubmissionParser:
             else:
                 specs = [cast(TaskSpec, self._single.decode(body))]
         except msgspec.ValidationError as exc:
-            raise _invalid(exc) from None
+            raise invalid(exc) from None
         except msgspec.DecodeError as exc:
             raise MalformedError(f"request body is not valid JSON: {exc}", field="body") from None
         limits = self.limits
@@ -138,7 +139,7 @@ class SubmissionParser:
 _NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `(.+)`")
 
 
-def _invalid(exc: msgspec.ValidationError) -> ValidationError:
+def invalid(exc: msgspec.ValidationError) -> ValidationError:
     """msgspec's "Expected `int`, got `str` - at `$.tasks[1].priority`" as our error, naming
     the field ``tasks[1].priority`` (``body`` for the document itself)."""
     message, _, where = str(exc).partition(" - at `$")
@@ -148,6 +149,24 @@ def _invalid(exc: msgspec.ValidationError) -> ValidationError:
         path = f"{path}.{named[1]}" if path else named[1]
     path = path or "body"
     return ValidationError(f"{path}: {message[:1].lower()}{message[1:]}", field=path)
+
+
+class SessionCall(msgspec.Struct, forbid_unknown_fields=True):
+    """One submission on a client session (``GET /v1/session``)."""
+
+    ref: int
+    """Chosen by the client; the answer carries it back."""
+    task: msgspec.Raw
+    """A task as ``POST /v1/tasks`` takes it (validated by :class:`SubmissionParser`)."""
+    wait: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """As ``?wait=``: answer once the task finished, or after this many seconds."""
+
+
+class SessionReply(TypedDict, total=False):
+    ref: int | None
+    status: int
+    task: TaskView
+    error: dict[str, Any]
 
 
 def decode_json(body: bytes) -> Any:
@@ -374,7 +393,7 @@ _ORCHESTRATOR_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def encode(
-    message: WorkerMessage | OrchestratorMessage | StandbyMessage | LeaderMessage,
+    message: WorkerMessage | OrchestratorMessage | StandbyMessage | LeaderMessage | SessionReply,
 ) -> bytes:
     return orjson.dumps(message)
 

@@ -16,21 +16,12 @@ from typing import Any
 import aiohttp
 import orjson
 
+from mutirao.client.errors import ApiError, Unreachable
+from mutirao.client.session import Session
 from mutirao.protocol import TaskBrief, TaskView, WorkerView
 
-
-class ApiError(Exception):
-    """The orchestrator answered with an error (4xx/5xx and a JSON body)."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        self.status = status
-        self.body = body
-        where = f" (field {body['field']})" if body.get("field") else ""
-        super().__init__(f"{body.get('message', body)}{where} [HTTP {status}]")
-
-
-class Unreachable(Exception):
-    """No orchestrator URL answered within the retry budget."""
+__all__ = ["ApiError", "Client", "Unreachable"]
+"""The errors are defined in :mod:`mutirao.client.errors` and offered here too."""
 
 
 class Client:
@@ -110,6 +101,31 @@ class Client:
             self._current = (self._current + 1) % len(self.urls)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
+
+    async def connect(self, path: str) -> aiohttp.ClientWebSocketResponse:
+        """A websocket to ``path`` on the first orchestrator that accepts it (a standby
+        refuses: the next one is tried), authenticated with the token."""
+        assert self._http is not None, "use `async with Client(...)`"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        deadline = time.monotonic() + self.retry_for
+        while True:
+            try:
+                return await self._http.ws_connect(self.url + path, headers=headers)
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status not in (421, 503):
+                    raise ApiError(exc.status, {"message": exc.message}) from None
+                problem = f"{self.url}: HTTP {exc.status}"
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                problem = f"{self.url}: {exc or type(exc).__name__}"
+            if time.monotonic() >= deadline:
+                raise Unreachable(f"no orchestrator took the session; last: {problem}")
+            self._current = (self._current + 1) % len(self.urls)
+            await asyncio.sleep(0.05)
+
+    def session(self) -> Session:
+        """Submissions over one websocket (``async with client.session() as s``): much
+        cheaper than a request each for many small ones; see :mod:`mutirao.client.session`."""
+        return Session(self)
 
     async def login(self, username: str, password: str) -> str:
         credentials = {"username": username, "password": password}

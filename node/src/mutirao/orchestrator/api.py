@@ -23,6 +23,7 @@ from mutirao.errors import (
     ValidationError,
 )
 from mutirao.openapi import OPENAPI
+from mutirao.orchestrator import session
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
 from mutirao.protocol import TaskState
@@ -300,6 +301,11 @@ async def openapi(request: web.Request) -> web.Response:
     return _json(OPENAPI)
 
 
+async def client_session(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/session``: submissions as websocket messages (:mod:`.session`)."""
+    return await session.serve(request, _user(request))
+
+
 async def worker_socket(request: web.Request) -> web.StreamResponse:
     return await request.app[ORCHESTRATOR].worker_socket(request)
 
@@ -327,6 +333,7 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.post("/v1/tasks/{id}/cancel", cancel_task),
             web.get("/v1/workers", list_workers),
             web.get(protocol.WORKER_WS_PATH, worker_socket),
+            web.get(protocol.SESSION_PATH, client_session),
             web.get("/v1/cluster", cluster),
             web.get(protocol.HA_PATH, ha),
             web.get(protocol.REPLICATION_WS_PATH, replication_socket),

@@ -1,0 +1,86 @@
+"""A client session: many submissions over one websocket (see
+:mod:`mutirao.orchestrator.session`), for a client that submits tasks one at a time from
+many coroutines and would otherwise pay an HTTP request per task.
+
+A session talks to one orchestrator. If the connection drops (the active orchestrator died
+or stepped down), calls in flight fail with :class:`~mutirao.client.http.Unreachable`: each
+submission carries an idempotency key, so retrying it (on a new session, or over HTTP with
+:meth:`Client.submit <mutirao.client.http.Client.submit>`) never makes a second task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from mutirao import protocol
+from mutirao.client.errors import ApiError, Unreachable
+from mutirao.protocol import TaskView
+
+if TYPE_CHECKING:
+    from mutirao.client.http import Client
+
+
+class Session:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._refs = itertools.count(1)
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Session:
+        self._ws = await self.client.connect(protocol.SESSION_PATH)
+        self._reader = asyncio.create_task(self._read(self._ws), name="session-reader")
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader
+
+    async def submit(
+        self, task_type: str, payload: Any = None, *, wait: float = 0.0, **options: Any
+    ) -> TaskView:
+        """As :meth:`Client.submit <mutirao.client.http.Client.submit>`, as one message."""
+        if self._ws is None or self._ws.closed:
+            raise Unreachable("the session is closed")
+        spec = {"type": task_type, "payload": payload}
+        spec.update({k: v for k, v in options.items() if v is not None})
+        spec.setdefault("key", uuid.uuid4().hex)
+        ref = next(self._refs)
+        answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls[ref] = answer
+        try:
+            await self._ws.send_bytes(orjson.dumps({"ref": ref, "task": spec, "wait": wait}))
+            reply = await answer
+        finally:
+            self._calls.pop(ref, None)
+        if reply["status"] >= 400:
+            raise ApiError(reply["status"], reply["error"])
+        task: TaskView = reply["task"]
+        return task
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    break
+                reply = orjson.loads(msg.data)
+                answer = self._calls.get(reply.get("ref"))
+                if answer is not None and not answer.done():
+                    answer.set_result(reply)
+        finally:
+            lost = Unreachable(f"session with {self.client.url} closed ({ws.close_code})")
+            for answer in self._calls.values():
+                if not answer.done():
+                    answer.set_exception(lost)
