@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -95,15 +95,24 @@ async def _body(request: web.Request) -> bytes:
 
 
 def _visible(request: web.Request, task_id: str) -> Task:
-    orch = request.app[ORCHESTRATOR]
-    task = orch.engine.table.get(task_id)
-    user = _user(request)
-    if task is None or (task.owner != user.name and not user.admin):
-        kept = orch.settings.tasks.retention
-        raise NotFoundError(
-            f"no task {task_id!r} (finished tasks are forgotten after {kept:g} s)", field="id"
-        )
+    (task,) = _all_visible(request, [task_id])
     return task
+
+
+def _all_visible(request: web.Request, task_ids: list[str]) -> list[Task]:
+    """The tasks, or 404 naming the first that does not exist or is someone else's."""
+    orch = request.app[ORCHESTRATOR]
+    user = _user(request)
+    get = orch.engine.table.tasks.get
+    tasks = [get(task_id) for task_id in task_ids]
+    for task_id, task in zip(task_ids, tasks, strict=True):
+        if task is None or (task.owner != user.name and not user.admin):
+            kept = orch.settings.tasks.retention
+            raise NotFoundError(
+                f"no task {task_id!r} (finished tasks are forgotten after {kept:g} s)",
+                field="id",
+            )
+    return cast(list[Task], tasks)
 
 
 def _number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
@@ -213,7 +222,7 @@ async def wait_tasks(request: web.Request) -> web.Response:
     view = doc.get("view", "full")
     if view not in ("full", "brief"):
         raise ValidationError("view must be full or brief", field="view")
-    tasks = [_visible(request, task_id) for task_id in ids]
+    tasks = _all_visible(request, ids)
     await orch.wait_finished(tasks, min(float(wait), orch.settings.limits.max_wait))
     await orch.barrier()
     if view == "brief":
