@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from mutirao.client.http import Client
+from mutirao.client.http import Client, Unreachable
+from mutirao.client.session import Session
 from mutirao.protocol import TaskView
 from tests.integration.cluster import LocalCluster, Proc, eventually
 
@@ -174,3 +175,27 @@ async def test_sigterm_of_the_active_hands_the_lease_over_at_once(
     assert info["node"] == "backup"
     assert handover < 3, f"handover took {handover:.1f}s"
     assert all(_done_once(v) for v in views)
+
+
+async def test_a_session_fails_over_by_reconnecting_and_resubmitting(cluster: LocalCluster) -> None:
+    """A session talks to one orchestrator: when the active dies, its calls in flight fail
+    with Unreachable (never a silent loss), a standby refuses a new session until it leads,
+    and resubmitting with the same keys on a new session makes no second task."""
+    await _ha_cluster(cluster, "W1")
+    async with cluster.client(retry_for=30) as client:
+        async with client.session() as session:
+            before = [await session.submit("echo", n, key=f"s-{n}") for n in range(20)]
+            _proc(cluster, "orchestrator").kill()
+            with pytest.raises(Unreachable):
+                await _submit_until_it_fails(session, 20)
+        async with client.session() as again:  # on the backup once it took over
+            after = [await again.submit("echo", n, key=f"s-{n}") for n in range(40)]
+        assert [t["id"] for t in after[:20]] == [t["id"] for t in before]
+        views = await client.wait_many([t["id"] for t in after], timeout=30)
+    assert all(_done_once(v) for v in views), views
+    assert [v["result"] for v in views] == list(range(40))
+
+
+async def _submit_until_it_fails(session: Session, start: int) -> None:
+    for n in range(start, start + 1000):
+        await session.submit("echo", n, key=f"s-{n}")

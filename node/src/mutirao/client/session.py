@@ -63,6 +63,8 @@ class Session:
         try:
             await self._ws.send_bytes(orjson.dumps({"ref": ref, "task": spec, "wait": wait}))
             reply = await answer
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise Unreachable(f"session with {self.client.url} broke: {exc}") from None
         finally:
             self._calls.pop(ref, None)
         if reply["status"] >= 400:
