@@ -96,11 +96,7 @@ class Client:
                     problem = f"{self.url}: {body.get('message', 'not ready')}"
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 problem = f"{self.url}: {exc or type(exc).__name__}"
-            if time.monotonic() >= deadline:
-                raise Unreachable(f"no orchestrator answered; last: {problem}")
-            self._current = (self._current + 1) % len(self.urls)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 1.0)
+            pause = await self._next_url(deadline, problem, pause)
 
     async def connect(self, path: str) -> aiohttp.ClientWebSocketResponse:
         """A websocket to ``path`` on the first orchestrator that accepts it (a standby
@@ -108,6 +104,7 @@ class Client:
         assert self._http is not None, "use `async with Client(...)`"
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         deadline = time.monotonic() + self.retry_for
+        pause = 0.05
         while True:
             try:
                 return await self._http.ws_connect(self.url + path, headers=headers)
@@ -117,10 +114,16 @@ class Client:
                 problem = f"{self.url}: HTTP {exc.status}"
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 problem = f"{self.url}: {exc or type(exc).__name__}"
-            if time.monotonic() >= deadline:
-                raise Unreachable(f"no orchestrator took the session; last: {problem}")
-            self._current = (self._current + 1) % len(self.urls)
-            await asyncio.sleep(0.05)
+            pause = await self._next_url(deadline, problem, pause)
+
+    async def _next_url(self, deadline: float, problem: str, pause: float) -> float:
+        """After a failed try: give up past ``deadline``, else move on to the next URL after
+        ``pause``; returns the pause before the try after (backing off to 1 s)."""
+        if time.monotonic() >= deadline:
+            raise Unreachable(f"no orchestrator answered; last: {problem}")
+        self._current = (self._current + 1) % len(self.urls)
+        await asyncio.sleep(pause)
+        return min(pause * 2, 1.0)
 
     def session(self) -> Session:
         """Submissions over one websocket (``async with client.session() as s``): much
