@@ -101,3 +101,24 @@ async def test_errors_reach_only_the_requests_they_concern() -> None:
     recorder.failure, recorder.active = None, False
     with pytest.raises(NotLeaderError):
         await intake.submit([TaskSpec("echo")], "alice")
+
+
+async def test_a_request_gone_before_the_flush_does_not_stop_the_others() -> None:
+    """A client that disconnects while its submission is queued: its task is still recorded
+    (it may have been sent), and the requests queued with it are answered, also on error."""
+    intake, engine, recorder = _intake()
+    gone = asyncio.ensure_future(intake.submit([TaskSpec("echo", payload="gone")], "alice"))
+    staying = asyncio.ensure_future(intake.submit([TaskSpec("echo", payload="here")], "alice"))
+    await asyncio.sleep(0)  # both queued, the flush not yet run
+    gone.cancel()
+    (task,), created = await staying
+    assert (task.payload, created) == ("here", True)
+    assert engine.table.seq == 2
+
+    recorder.active = False
+    gone = asyncio.ensure_future(intake.submit([TaskSpec("echo")], "alice"))
+    staying = asyncio.ensure_future(intake.submit([TaskSpec("echo")], "alice"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(NotLeaderError):
+        await staying

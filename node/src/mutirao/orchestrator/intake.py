@@ -65,7 +65,8 @@ class Intake:
             except Exception as exc:
                 # Answered to every request of the group; raised here, nobody would see it.
                 for submission in group:
-                    submission.answer.set_exception(exc)
+                    if not submission.answer.done():  # its client may have gone meanwhile
+                        submission.answer.set_exception(exc)
                 continue
             effects.extend(more)
             # A task is created by the first request of the group naming it (the same key
