@@ -99,3 +99,10 @@ class NotLeaderError(TemporaryError):
 
     status = 421
     code = "not_leader"
+
+
+INTERNAL_ERROR: dict[str, Any] = {
+    "error": "internal",
+    "message": "internal error; see the server log",
+}
+"""The answer to a request that failed on a bug: details go to the log, not to the client."""

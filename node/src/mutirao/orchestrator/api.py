@@ -13,6 +13,7 @@ from aiohttp import web
 from mutirao import protocol
 from mutirao.auth import User
 from mutirao.errors import (
+    INTERNAL_ERROR,
     AuthError,
     ForbiddenError,
     MalformedError,
@@ -61,7 +62,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return _json(body, exc.status)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return _json({"error": "internal", "message": "internal error; see the server log"}, 500)
+        return _json(INTERNAL_ERROR, 500)
 
 
 def _check_role(request: web.Request) -> None:

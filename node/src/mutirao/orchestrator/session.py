@@ -12,6 +12,7 @@ callers still share journal records (see :mod:`mutirao.orchestrator.intake`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -19,7 +20,7 @@ from aiohttp import WSMsgType, web
 
 from mutirao import protocol
 from mutirao.auth import User
-from mutirao.errors import MalformedError, MutiraoError, ValidationError
+from mutirao.errors import INTERNAL_ERROR, MalformedError, MutiraoError, ValidationError
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,12 @@ async def _answer(orch: Orchestrator, user: User, ws: web.WebSocketResponse, dat
         }
     except MutiraoError as exc:
         reply = {"ref": ref, "status": exc.status, "error": exc.to_json()}
+    except Exception:
+        log.exception("unexpected error answering a session call")
+        reply = {"ref": ref, "status": 500, "error": INTERNAL_ERROR}
     if not ws.closed:
-        await ws.send_bytes(protocol.encode(reply))
+        with contextlib.suppress(ConnectionError):  # the client went away meanwhile
+            await ws.send_bytes(protocol.encode(reply))
 
 
 def _decode(data: bytes) -> protocol.SessionCall:
