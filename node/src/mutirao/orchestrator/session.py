@@ -26,6 +26,8 @@ from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 log = logging.getLogger(__name__)
 
 _CALL = msgspec.json.Decoder(protocol.SessionCall)
+MAX_CALLS_IN_FLIGHT = 4096
+"""Calls of one session answered concurrently at most (each waits for its record)."""
 
 
 async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
@@ -33,14 +35,23 @@ async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=orch.settings.limits.max_request_bytes)
     await ws.prepare(request)
     calls: set[asyncio.Task[None]] = set()
+    room = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+
+    def done(call: asyncio.Task[None]) -> None:
+        calls.discard(call)
+        room.release()
+
     try:
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
             data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
+            # A client sending faster than calls finish waits here: its messages then stay
+            # in the socket (TCP pushes back) instead of piling up as tasks in memory.
+            await room.acquire()
             call = asyncio.create_task(_answer(orch, user, ws, data))
             calls.add(call)
-            call.add_done_callback(calls.discard)
+            call.add_done_callback(done)
     finally:
         for call in list(calls):
             call.cancel()
