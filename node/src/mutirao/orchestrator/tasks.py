@@ -217,8 +217,6 @@ class TaskTable:
         tasks, keys, changes = self.tasks, self.keys, []
         pending = TaskState.PENDING
         for row in rows:
-            if row["id"] in tasks:
-                continue  # replayed over a snapshot that already holds it
             self._seq += 1
             task = Task(
                 row["id"],
@@ -381,8 +379,9 @@ class TaskTable:
         task is encoded as it is when its piece is made. So a caller may let the loop run
         between pieces (a million tasks take ~1 s to encode): the result is a *fuzzy*
         snapshot, which is sound because it is only ever restored followed by every record
-        journaled since this call, and replaying a record that a task already reflects
-        changes nothing (see :meth:`apply`).
+        journaled since this call: those submit only tasks the snapshot does not hold, and
+        an assign, start, finish, cancel or expire that a task already reflects changes
+        nothing (each checks the attempt and state it applies to).
         """
         header = Snapshot(
             self._seq, sorted(self.known_types), dict(self.worker_urls), self.epoch, self.leader
