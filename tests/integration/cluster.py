@@ -7,6 +7,8 @@ SIGKILLed and reaped when the test ends, whatever happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -216,6 +218,88 @@ class LocalCluster:
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.output()[-4000:]}" for p in self.procs)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc (Linux)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+
+
+def two_free_ports() -> int:
+    """A free port P with P + 1 free too (``mutirao up`` puts the standby there)."""
+    while True:
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class UpCluster:
+    """A whole cluster as ``mutirao up`` runs it: its own supervisor restarts children (from
+    a warm spare for workers). ``info`` is its ``cluster.json`` (urls, user, token)."""
+
+    root: Path
+    env: dict[str, str]
+    port: int = field(default_factory=two_free_ports)
+    proc: Proc | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    async def start(self, *args: str, timeout: float = 30) -> None:
+        """``mutirao up ARGS``, until its banner is out (every worker registered)."""
+        argv = [sys.executable, "-m", "mutirao", "up", "--port", str(self.port),
+                "--data-dir", str(self.data_dir), "--log-dir", str(self.root / "logs"),
+                *args]  # fmt: skip
+        self.proc = Proc("up", argv, self.root / "up.out", self.env).start()
+        banner = self.data_dir / "cluster.json"
+
+        async def up() -> bool:
+            assert self.proc is not None
+            assert self.proc.popen is not None
+            assert self.proc.popen.poll() is None, self.proc.output()[-3000:]
+            return banner.exists() and "Mutirão is up" in self.proc.output()
+
+        await eventually(up, timeout=timeout, what="`mutirao up` banner", every=0.05)
+        self.info = json.loads(banner.read_text())
+
+    def client(self, **kw: Any) -> Client:
+        return Client(self.info["urls"], self.info["token"], **kw)
+
+    def proc_output(self) -> str:
+        """What ``mutirao up`` and its children printed (stdout and stderr)."""
+        return self.proc.output() if self.proc is not None else ""
+
+    def children(self, marker: str = "") -> list[int]:
+        """Children of ``mutirao up`` whose command line has ``marker`` as an argument."""
+        assert self.proc is not None
+        found = []
+        for pid in children_of(self.proc.pid):
+            with contextlib.suppress(FileNotFoundError):
+                if not marker or marker in cmdline(pid):
+                    found.append(pid)
+        return found
+
+    def stop(self) -> None:
+        """Kill the whole process group, whatever state it is in."""
+        if self.proc is not None and self.proc.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.popen.wait(timeout=10)
 
 
 SIGKILL = signal.SIGKILL

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mutirao.client.http import Client
-from tests.integration.cluster import LocalCluster, eventually, free_port
+from tests.integration.cluster import LocalCluster, UpCluster, eventually, free_port
 
 MUTIRAO = [sys.executable, "-m", "mutirao"]
 
@@ -328,33 +327,12 @@ async def test_server_and_user_errors_are_clean(tmp_path: Path) -> None:
 # -- mutirao up ------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc (Linux)."""
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
 def _exists(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
 def _found(root: Path, pattern: str) -> list[Path]:
     return sorted(root.rglob(pattern))
-
-
-def _two_free_ports() -> int:
-    """A free port P with P + 1 free too (``up`` puts the standby orchestrator there)."""
-    while True:
-        port = free_port()
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 def _listening(url: str) -> bool:
@@ -364,46 +342,22 @@ def _listening(url: str) -> bool:
         return sock.connect_ex((host, int(port))) == 0
 
 
-@pytest.mark.skipif(
+_PROC_CHILDREN = pytest.mark.skipif(
     not Path(f"/proc/self/task/{os.getpid()}/children").exists(), reason="reads /proc children"
 )
+
+
+@_PROC_CHILDREN
 async def test_up_runs_a_cluster_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _two_free_ports()
-    data, logs = tmp_path / "data", tmp_path / "logs"
-    out_path, err_path = tmp_path / "up.out", tmp_path / "up.err"
-    with out_path.open("wb") as out, err_path.open("wb") as err:
-        up = await asyncio.create_subprocess_exec(
-            *MUTIRAO,
-            "up",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-            "--log-dir",
-            str(logs),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            env=cli_env(tmp_path),
-            cwd=tmp_path,
-            start_new_session=True,
-        )
+    up = UpCluster(tmp_path, cli_env(tmp_path))
     try:
-
-        async def banner() -> bool:
-            assert up.returncode is None, err_path.read_text()
-            return (data / "cluster.json").exists() and "Mutirão is up" in out_path.read_text()
-
-        await eventually(banner, timeout=30, what="`mutirao up` banner", every=0.1)
-        info = json.loads((data / "cluster.json").read_text())
-        url = f"http://127.0.0.1:{port}"
-        assert info["urls"][0] == url, info
+        await up.start("--workers", "2")
+        info = up.info
+        assert info["urls"][0] == f"http://127.0.0.1:{up.port}", info
         assert info["user"] == "dev"
-        assert f"user 'dev', password {info['password']!r}" in out_path.read_text()
+        assert f"user 'dev', password {info['password']!r}" in up.proc_output()
 
-        async with Client(info["urls"], info["token"]) as client:
+        async with up.client() as client:
             task = await client.submit("echo", "via up")
             view = await client.wait(task["id"], timeout=10)
             assert view["state"] == "succeeded"
@@ -411,25 +365,58 @@ async def test_up_runs_a_cluster_and_stops_on_sigterm(tmp_path: Path) -> None:
             workers = await client.workers()
         assert sorted(w["id"] for w in workers) == ["W1", "W2"]
         worker_urls = [w["url"] for w in workers]
-        children = _children(up.pid)
-        assert len(children) == len(info["urls"]) + 2, children  # orchestrators + workers
+        children = up.children()
+        # Orchestrators, workers and the one warm spare.
+        assert len(children) == len(info["urls"]) + 2 + 1, children
+        assert len(up.children("--spare")) == 1, children
 
-        up.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            code = await up.wait()
-        assert code == 0, err_path.read_text()[-3000:]
-        stderr = err_path.read_text()
-        assert f"stopping {len(children)} process(es)" in stderr, stderr[-3000:]
-        assert "Traceback" not in stderr, stderr[-3000:]
+        assert up.proc is not None
+        assert up.proc.popen is not None
+        up.proc.signal(signal.SIGTERM)
+        code = up.proc.popen.wait(timeout=15)
+        output = up.proc_output()
+        assert code == 0, output[-3000:]
+        assert f"stopping {len(children)} process(es)" in output, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
         survivors = [pid for pid in children if _exists(pid)]
         assert not survivors, f"children {survivors} outlived `mutirao up`"
         for where in [*info["urls"], *worker_urls]:
             assert not _listening(where), f"{where} still accepts connections"
         # The active orchestrator stopped gracefully: its final checkpoint is on disk.
-        assert _found(data, "state_checkpoint.json")
-        assert _found(logs, "orchestrator-*.log")
+        assert _found(up.data_dir, "state_checkpoint.json")
+        assert _found(tmp_path / "logs", "orchestrator-*.log")
     finally:
-        # Whatever happened, nothing of this session may survive the test.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(up.pid, signal.SIGKILL)
-        await up.wait()
+        up.stop()  # whatever happened, nothing of this session may survive the test
+
+
+@_PROC_CHILDREN
+async def test_up_replaces_a_killed_worker_from_a_warm_spare(tmp_path: Path) -> None:
+    """SIGKILL a worker of `mutirao up`: the warm spare (interpreter started, modules loaded)
+    becomes it under the same id, a new spare is started, and work carries on."""
+    up = UpCluster(tmp_path, cli_env(tmp_path))
+    try:
+        await up.start("--workers", "1", "--no-backup", "--worker-port", "0")
+        [spare] = up.children("--spare")
+        [w1] = up.children("W1")
+        async with up.client() as client:
+            [before] = await client.workers()
+            os.kill(w1, signal.SIGKILL)
+
+            async def replaced() -> bool:
+                workers = await client.workers()
+                return any(w["url"] != before["url"] and w["state"] == "alive" for w in workers)
+
+            await eventually(replaced, timeout=10, what="W1 back under its id")
+            assert [w["id"] for w in await client.workers()] == ["W1"]
+            output = up.proc_output()
+            assert "worker W1 exited with code -9; a warm spare took its place" in output, output
+            assert _exists(spare), "the spare did not become W1"
+
+            async def new_spare() -> list[int]:
+                return [pid for pid in up.children("--spare") if pid != spare]
+
+            await eventually(new_spare, timeout=10, what="a new warm spare")
+            task = await client.submit("echo", "after the kill")
+            assert (await client.wait(task["id"], timeout=10))["result"] == "after the kill"
+    finally:
+        up.stop()

@@ -3,6 +3,12 @@
 It starts the orchestrator, waits until it is ready, starts N workers with the cluster's
 join token, creates a development admin user on first use, prints how to log in, and
 restarts any child that dies (a crashed worker comes back under the same id).
+
+A worker that dies is replaced by a *warm spare*: a ``mutirao worker --spare`` process
+started ahead of time, its interpreter up and its modules imported, waiting on standard
+input for the id it is to take. Starting a fresh interpreter costs ~0.5 s, during which the
+cluster runs a worker short; handing the id to a spare costs milliseconds (Ray's raylet
+keeps a pool of started workers for the same reason). Another spare is then started.
 """
 
 from __future__ import annotations
@@ -77,6 +83,12 @@ def add_up_parser(sub: Any) -> None:
         metavar="MODULE",
         help="extra task module for the workers (repeatable)",
     )
+    p.add_argument(
+        "--spares",
+        type=int,
+        default=1,
+        help="warm spare workers kept started, each ready to replace a worker that dies [1]",
+    )
     p.add_argument("--log-level", default="INFO", help="children's log level [INFO]")
     p.set_defaults(run=run_up)
 
@@ -94,12 +106,24 @@ class Child:
     name: str
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    assign: str | None = None
+    """For a worker: the line that turns a warm spare into it ("ID PORT")."""
     restarts: int = 0
     started_at: float = field(default=0.0)
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv)
+    def start(self, spare: subprocess.Popen[bytes] | None = None) -> None:
+        """Start the child: hand ``spare`` (a warm spare worker) its id, or spawn it."""
         self.started_at = time.monotonic()
+        if spare is not None and self.assign is not None:
+            assert spare.stdin is not None
+            try:
+                spare.stdin.write(self.assign.encode() + b"\n")
+                spare.stdin.close()
+                self.proc = spare
+                return
+            except BrokenPipeError:
+                spare.wait()  # it died since it was taken; start afresh
+        self.proc = subprocess.Popen(self.argv)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -199,21 +223,22 @@ def run_up(args: argparse.Namespace) -> int:
         argv = _orchestrator_argv(args, "backup", args.port + 1, backup)
         children.append(Child("backup", [*argv, "--url", urls[0]]))
     first_port = args.port + 100 if args.worker_port is None else args.worker_port
+    worker_argv = [
+        sys.executable, "-m", "mutirao", "worker",
+        "--host", args.host,
+        "--url", ",".join(urls),
+        "--slots", str(args.slots),
+        "--log-dir", str(args.log_dir),
+        "--log-level", args.log_level,
+    ]  # fmt: skip
+    worker_argv += ["--allow-crash"] if args.allow_crash else []
+    for module in args.tasks:
+        worker_argv += ["--tasks", module]
     for i in range(1, args.workers + 1):
-        argv = [
-            sys.executable, "-m", "mutirao", "worker",
-            "--id", f"W{i}",
-            "--host", args.host,
-            "--port", str(_worker_port(args.host, first_port, i)),
-            "--url", ",".join(urls),
-            "--slots", str(args.slots),
-            "--log-dir", str(args.log_dir),
-            "--log-level", args.log_level,
-        ]  # fmt: skip
-        argv += ["--allow-crash"] if args.allow_crash else []
-        for module in args.tasks:
-            argv += ["--tasks", module]
-        children.append(Child(f"worker W{i}", argv))
+        port = _worker_port(args.host, first_port, i)
+        argv = [*worker_argv, "--id", f"W{i}", "--port", str(port)]
+        children.append(Child(f"worker W{i}", argv, assign=f"W{i} {port}"))
+    spares = Spares([*worker_argv, "--spare"], args.spares if args.workers else 0)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -226,6 +251,7 @@ def run_up(args: argparse.Namespace) -> int:
         for child in children[1:]:
             child.start()
         _wait_workers(urls[0], token, args.workers, 30)
+        spares.fill()
         _write_cluster_file(root, urls, user, password, token)
         print(
             _banner(
@@ -239,13 +265,14 @@ def run_up(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        _supervise(children)
+        _supervise(children, spares)
     except _Stop as stop:
-        print(f"\nmutirao up: {stop}: stopping {len(children)} process(es)...", file=sys.stderr)
+        count = len(children) + len(spares.procs)
+        print(f"\nmutirao up: {stop}: stopping {count} process(es)...", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _shutdown(children)
+        _shutdown(children, spares)
     return 0
 
 
@@ -282,36 +309,94 @@ Development login: user {user!r}, password {password!r}. In another terminal:
 Press Ctrl-C to stop everything."""
 
 
-def _supervise(children: list[Child]) -> None:
+def _supervise(children: list[Child], spares: Spares) -> None:
+    """Restart children as they exit, until a signal raises :class:`_Stop`."""
     while True:
+        # Sleeps until a child exits; WNOWAIT leaves it to Popen.poll to reap.
+        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        assert exited is not None  # None only with WNOHANG
+        known = False
         for child in children:
             assert child.proc is not None
+            known |= child.proc.pid == exited.si_pid
             code = child.proc.poll()
-            if code is None:
-                continue
-            child.restarts += 1
-            pause = 0.2 if time.monotonic() - child.started_at > 5 else 1.0
-            print(
-                f"mutirao up: {child.name} exited with code {code}; restarting it "
-                f"(restart #{child.restarts})",
-                file=sys.stderr,
-                flush=True,
-            )
-            time.sleep(pause)
-            child.start()
-        time.sleep(0.2)
+            if code is not None:
+                _restart(child, code, spares)
+        known |= spares.reap(exited.si_pid)
+        if not known:
+            os.waitpid(exited.si_pid, 0)  # not ours to supervise; reap it so it is not seen again
 
 
-def _shutdown(children: list[Child]) -> None:
+def _restart(child: Child, code: int, spares: Spares) -> None:
+    child.restarts += 1
+    if time.monotonic() - child.started_at < 5:
+        time.sleep(1.0)  # a child that dies at once would otherwise spin
+    spare = spares.take() if child.assign is not None else None
+    how = "a warm spare took its place" if spare else "restarting it"
+    print(
+        f"mutirao up: {child.name} exited with code {code}; {how} (restart #{child.restarts})",
+        file=sys.stderr,
+        flush=True,
+    )
+    child.start(spare)
+    spares.fill()
+
+
+class Spares:
+    """Warm spare workers (``mutirao worker --spare``): started, waiting for an id."""
+
+    def __init__(self, argv: list[str], count: int) -> None:
+        self.argv = argv
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def fill(self) -> None:
+        while len(self.procs) < self.count:
+            self.procs.append(subprocess.Popen(self.argv, stdin=subprocess.PIPE))
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        """A live spare, or None; the caller hands it an id."""
+        while self.procs:
+            spare = self.procs.pop(0)
+            if spare.poll() is None:
+                return spare
+        return None
+
+    def reap(self, pid: int) -> bool:
+        """Forget spare ``pid`` if it died (it is not replaced: a spare that dies unused
+        would die again; workers then restart the slow way). True if it was a spare."""
+        for spare in self.procs:
+            if spare.pid == pid:
+                if spare.poll() is not None:
+                    self.procs.remove(spare)
+                    self.count -= 1
+                    print(
+                        f"mutirao up: a warm spare worker exited with code {spare.returncode}; "
+                        f"{self.count} spare(s) kept from now on",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                return True
+        return False
+
+    def stop(self) -> None:
+        for spare in self.procs:
+            if spare.poll() is None:
+                spare.terminate()
+
+
+def _shutdown(children: list[Child], spares: Spares) -> None:
+    spares.stop()
     for child in reversed(children):
         child.stop()
     deadline = time.monotonic() + 10
-    for child in children:
-        if child.proc is None:
+    procs = [(c.name, c.proc) for c in children] + [("spare", p) for p in spares.procs]
+    for name, proc in procs:
+        if proc is None:
             continue
         try:
-            child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"mutirao up: {child.name} did not stop in time; killing it", file=sys.stderr)
-            child.proc.kill()
-            child.proc.wait()
+            print(f"mutirao up: {name} did not stop in time; killing it", file=sys.stderr)
+            proc.kill()
+            proc.wait()
