@@ -289,6 +289,8 @@ async def test_server_and_user_errors_are_clean(tmp_path: Path) -> None:
             cli("orchestrator", "--port", "0", "--log-level", "LOUD"),
             cli("worker", "--port", port, "--join-token", "j", "--url", "http://127.0.0.1:9"),
             cli("worker", "--join-token-file", str(tmp_path / "missing.token")),
+            cli("worker", "--spare", "--join-token", "j", stdin="W1 not-a-port\n"),
+            cli("worker", "--spare", "--join-token", "j", stdin=""),
             cli(
                 "user",
                 "add",
@@ -299,7 +301,9 @@ async def test_server_and_user_errors_are_clean(tmp_path: Path) -> None:
                 stdin="long-enough\n",
             ),
         )
-    busy_orchestrator, bad_dir, bad_level, busy_worker, no_token_file, user_bad_dir = runs
+    busy_orchestrator, bad_dir, bad_level, busy_worker, no_token_file, *spares, user_bad_dir = runs
+    assert_clean_error(spares[0], "--spare expects 'ID [PORT]'", "W1 not-a-port")
+    assert (spares[1].code, spares[1].err) == (0, ""), spares[1]  # unused: the supervisor left
     assert_last_line_error(busy_orchestrator, "address already in use")
     assert_last_line_error(bad_dir, "Not a directory")
     assert_clean_error(bad_level, "unknown log level 'LOUD'")
