@@ -3,7 +3,7 @@
 Runs in its own virtualenv (``make bench-peers`` creates ``.venv-peers`` with pinned Dask and
 Ray), each system used the way its docs recommend: Dask's ``client.map``/``gather`` and
 ``client.submit``; Ray's ``f.remote()``/``ray.get``. Prints one JSON document on stdout.
-Usage: ``python bench/peers.py dask|ray --tasks N --latency N --kill N``.
+Usage: ``python bench/peers.py dask|ray --tasks N --large N --latency N --kill N``.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _concurrent(
     return total / (time.perf_counter() - started)
 
 
-def run_dask(n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
+def run_dask(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
     from dask.distributed import Client, LocalCluster
 
     out: dict[str, Any] = {"system": "dask"}
@@ -80,9 +80,10 @@ def run_dask(n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
         client.gather(client.map(noop, range(100), pure=False))
-        started = time.perf_counter()
-        client.gather(client.map(noop, range(n), pure=False))
-        out["throughput_tasks_s"] = n / (time.perf_counter() - started)
+        for key, count in (("throughput_tasks_s", n), ("throughput_large_tasks_s", large_n)):
+            started = time.perf_counter()
+            client.gather(client.map(noop, range(count), pure=False))
+            out[key] = count / (time.perf_counter() - started)
         samples = []
         for i in range(latency_n):
             t0 = time.perf_counter()
@@ -129,7 +130,7 @@ def _dask_kill(client: Any, n: int) -> dict[str, float]:
     return {"baseline_s": baseline, "with_kill_s": elapsed, "extra_s": elapsed - baseline}
 
 
-def run_ray(n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
+def run_ray(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
     import ray
 
     out: dict[str, Any] = {"system": "ray", "version": ray.__version__}
@@ -137,9 +138,10 @@ def run_ray(n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]
     try:
         remote_noop = ray.remote(noop)
         ray.get([remote_noop.remote(i) for i in range(100)])
-        started = time.perf_counter()
-        ray.get([remote_noop.remote(i) for i in range(n)])
-        out["throughput_tasks_s"] = n / (time.perf_counter() - started)
+        for key, count in (("throughput_tasks_s", n), ("throughput_large_tasks_s", large_n)):
+            started = time.perf_counter()
+            ray.get([remote_noop.remote(i) for i in range(count)])
+            out[key] = count / (time.perf_counter() - started)
         samples = []
         for i in range(latency_n):
             t0 = time.perf_counter()
@@ -195,6 +197,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("system", choices=["dask", "ray"])
     parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--large", type=int, default=200_000, help="the large throughput run")
     parser.add_argument("--latency", type=int, default=500)
     parser.add_argument("--kill", type=int, default=2_000)
     parser.add_argument(
@@ -202,7 +205,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     run = run_dask if args.system == "dask" else run_ray
-    print(json.dumps(run(args.tasks, args.latency, args.kill, args.scale)))
+    print(json.dumps(run(args.tasks, args.large, args.latency, args.kill, args.scale)))
     return 0
 
 

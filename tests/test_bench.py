@@ -16,6 +16,7 @@ async def test_every_benchmark_runs_at_tiny_size() -> None:
     assert [r.workload.split(",")[0] for r in results] == [
         "throughput",
         "throughput",
+        "throughput",
         "one task per request",
         "latency",
         "worker SIGKILL mid-run",
@@ -56,7 +57,11 @@ def test_only_selects_workloads_and_groups() -> None:
     names = list(workloads("tiny"))
     assert select(names, None) == names
     assert select(names, ["latency"]) == ["latency"]
-    assert select(names, ["throughput"]) == ["throughput", "throughput-standby"]
+    assert select(names, ["throughput"]) == [
+        "throughput",
+        "throughput-standby",
+        "throughput-large",
+    ]
     assert select(names, ["scale"]) == [n for n in names if n.startswith("scale-")]
     assert select(names, ["scale-memory", "kill"]) == ["kill", "scale-memory"]
 
