@@ -21,8 +21,10 @@ def test_observe_many_matches_observing_each_amount() -> None:
     rng = random.Random(7)
     amounts = [rng.choice(DURATION_BUCKETS) for _ in range(50)]  # bucket bounds exactly
     amounts += [rng.uniform(0, 5000) for _ in range(500)] + [0.0, float("inf")]
+    amounts += [-0.5, -3.0]  # clocks that disagree: counted as 0
+    rng.shuffle(amounts)
     for amount in amounts:
-        one.labels("x").observe(amount)
+        one.labels("x").observe(max(0.0, amount))
     observe_many(many.labels("x"), amounts[:300])
     observe_many(many.labels("x"), amounts[300:])
     observe_many(many.labels("x"), [])

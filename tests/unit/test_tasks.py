@@ -20,21 +20,11 @@ def row(
     owner: str = "alice",
     priority: int = 0,
     payload: Any = None,
-) -> Record:
-    return {
-        "id": task_id,
-        "type": task_type,
-        "payload": payload,
-        "priority": priority,
-        "max_attempts": max_attempts,
-        "timeout": 30.0,
-        "key": key,
-        "owner": owner,
-        "created_at": 1.0,
-    }
+) -> list[Any]:
+    return [task_id, task_type, payload, priority, max_attempts, 30.0, key, owner, 1.0]
 
 
-def submit(*rows: Record) -> Record:
+def submit(*rows: Any) -> Record:
     return {"e": "submit", "tasks": list(rows)}
 
 
@@ -56,8 +46,7 @@ def finish(
     error: str | None = None,
     started: float | None = None,
 ) -> Record:
-    item = {"t": task_id, "n": n, "o": outcome, "v": value, "err": error, "s": started, "e": at}
-    return {"e": "finish", "items": [item]}
+    return {"e": "finish", "items": [[task_id, n, outcome, value, error, started, at]]}
 
 
 def expire(*task_ids: str) -> Record:
@@ -357,3 +346,27 @@ def test_a_fuzzy_snapshot_plus_the_records_since_restores_the_table() -> None:
         live.keys,
     )
     assert [t.id for t in restored.finished] == [t.id for t in live.finished]
+
+
+def test_records_written_with_objects_still_apply(table: TaskTable) -> None:
+    """Journals written before rows and items became lists hold objects; replaying one
+    gives the same table."""
+    fields = ["id", "type", "payload", "priority", "max_attempts", "timeout", "key", "owner"]
+    old_row = dict(zip([*fields, "created_at"], row("t1", key="k", payload=[1]), strict=True))
+    table.apply({"e": "submit", "tasks": [old_row]})
+    table.apply(assign("w1", 2.0, ("t1", 1)))
+    item = {"t": "t1", "n": 1, "o": "succeeded", "v": 7, "err": None, "s": 2.5, "e": 3.0}
+    table.apply({"e": "finish", "items": [item]})
+    lost = {"t": "t1", "n": 1, "o": "lost", "err": "gone", "e": 4.0}  # no "v" or "s"
+    assert table.apply({"e": "finish", "items": [lost]}) == []  # already finished
+    task = table.tasks["t1"]
+    assert (task.type, task.payload, task.key, task.owner, task.seq) == (
+        "echo",
+        [1],
+        "k",
+        "alice",
+        1,
+    )
+    assert (task.state, task.result, task.finished_at) == (TaskState.SUCCEEDED, 7, 3.0)
+    assert (task.attempts[0].started_at, task.attempts[0].ended_at) == (2.5, 3.0)
+    assert table.by_key("alice", "k") is task

@@ -26,7 +26,7 @@ from mutirao.metrics import (
     respond,
 )
 from mutirao.orchestrator.events import DeathCause, RedistributionCause
-from mutirao.orchestrator.tasks import Change, tally
+from mutirao.orchestrator.tasks import Attempt, Change, Task, tally
 from mutirao.protocol import Outcome, TaskState
 
 if TYPE_CHECKING:
@@ -151,15 +151,20 @@ class OrchestratorMetrics:
             for task_type, n in tally(map(_TYPE_OF, changes)).items():
                 self.submitted.labels(task_type).inc(n)
         elif kind == "assign":
-            waits: dict[str, list[float]] = {}
+            by_type: dict[str, list[Task]] = {}
             for change in changes:
                 task = change.task
-                attempts = task.attempts
-                if len(attempts) == 1:
-                    wait = attempts[0].assigned_at - task.created_at
-                    waits.setdefault(task.type, []).append(wait if wait > 0.0 else 0.0)
-            for task_type, amounts in waits.items():
-                observe_many(self.queue_wait.labels(task_type), amounts)
+                group = by_type.get(task.type)
+                if group is None:
+                    by_type[task.type] = [task]
+                else:
+                    group.append(task)
+            for task_type, tasks in by_type.items():
+                # First attempts only: how long a retry waited says little about the queue.
+                waits = [
+                    t.attempts[0].assigned_at - t.created_at for t in tasks if len(t.attempts) == 1
+                ]
+                observe_many(self.queue_wait.labels(task_type), waits)
         elif kind == "finish":
             self._finished(changes)
         elif kind == "cancel":
@@ -167,28 +172,32 @@ class OrchestratorMetrics:
                 self.cancelled.labels(task_type).inc(n)
 
     def _finished(self, changes: Sequence[Change]) -> None:
-        ends: dict[tuple[TaskState, str], int] = {}
-        runs: dict[tuple[str, str], list[float]] = {}
+        # One dict lookup per task; the counting and durations then run per group, in
+        # comprehensions (this runs for every finished task: ~2 us each when done per task).
+        groups: dict[tuple[str, TaskState, Outcome | None], list[Attempt]] = {}
         for change in changes:
             task = change.task
-            end = (task.state, task.type)
-            ends[end] = ends.get(end, 0) + 1
             attempt = task.attempts[-1]
-            outcome = attempt.outcome
-            started, ended = attempt.started_at, attempt.ended_at
-            if outcome in _RAN and started is not None and ended is not None:
-                duration = ended - started
-                key = (task.type, str(outcome))
-                runs.setdefault(key, []).append(duration if duration > 0.0 else 0.0)
-        for (task_type, outcome_name), amounts in runs.items():
-            observe_many(self.run_duration.labels(task_type, outcome_name), amounts)
+            key = (task.type, task.state, attempt.outcome)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [attempt]
+            else:
+                group.append(attempt)
         counters = {
             TaskState.SUCCEEDED: self.completed,
             TaskState.FAILED: self.failed,
             TaskState.PENDING: self.retried,
         }
-        for (state, task_type), n in ends.items():
-            counters[state].labels(task_type).inc(n)
+        for (task_type, state, outcome), attempts in groups.items():
+            counters[state].labels(task_type).inc(len(attempts))
+            if outcome in _RAN:
+                durations = [
+                    a.ended_at - a.started_at
+                    for a in attempts
+                    if a.started_at is not None and a.ended_at is not None
+                ]
+                observe_many(self.run_duration.labels(task_type, str(outcome)), durations)
 
     def on_heartbeat(self, worker: str) -> None:
         self.heartbeats.inc()

@@ -11,7 +11,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+
+import msgspec
 
 IsCurrent = Callable[["Entry"], bool]
 
@@ -36,10 +37,11 @@ class Slotted:
         return self.running / self.slots if self.slots else 1.0
 
 
-class Entry(NamedTuple):
-    """A queued task. A tuple, so the heap compares entries in C: ``(priority, seq)`` is
-    unique per task, so later fields only break ties between entries of one task, where
-    ``attempts`` differs (a stale entry) or the entries are equal (it does not matter)."""
+class Entry(msgspec.Struct, order=True, frozen=True, gc=False):
+    """A queued task. Ordered field by field in C, as a tuple would be (and created ~5x
+    faster than a NamedTuple, one per queued task): ``(priority, seq)`` is unique per
+    task, so later fields only break ties between entries of one task, where ``attempts``
+    differs (a stale entry) or the entries are equal (it does not matter)."""
 
     priority: int  # negated, so the heap pops the highest priority first
     seq: int

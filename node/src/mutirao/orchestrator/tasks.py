@@ -6,11 +6,16 @@ same records again, so replay and live operation cannot disagree.
 
 Records (``e`` is the kind; batches keep the journal cheap under load):
 
-- ``submit``: ``tasks`` = list of full task rows
+- ``submit``: ``tasks`` = list of task rows, ``[id, type, payload, priority, max_attempts,
+  timeout, key, owner, created_at]``
 - ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
 - ``start``: ``items`` began running at ``at``
-- ``finish``: ``items`` = ``[{t, n, o, v, err, s, e}]`` (task, attempt, outcome, value, error,
-  started, ended); a failed or lost attempt requeues the task while attempts remain
+- ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
+  a failed or lost attempt requeues the task while attempts remain
+
+Rows and items are lists rather than objects: the journal is ~40% smaller and they unpack
+in C. Journals written before hold objects (``{"id": ...}``, ``{"t", "n", "o", "v", "err",
+"s", "e"}``), which still apply.
 - ``cancel``: ``tasks`` cancelled at ``at``
 - ``types``: task types some worker has announced
 - ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
@@ -213,23 +218,27 @@ class TaskTable:
             return []
         raise ValueError(f"unknown journal record kind {kind!r}")
 
-    def _submit(self, rows: list[Record]) -> list[Change]:
+    def _submit(self, rows: list[Any]) -> list[Change]:
         tasks, keys, changes = self.tasks, self.keys, []
         pending = TaskState.PENDING
         for row in rows:
             self._seq += 1
-            task = Task(
-                row["id"],
-                row["type"],
-                row["payload"],
-                row["priority"],
-                row["max_attempts"],
-                row["timeout"],
-                row["key"],
-                row["owner"],
-                row["created_at"],
-                self._seq,
-            )
+            if type(row) is list:
+                task = Task(*row)
+                task.seq = self._seq
+            else:
+                task = Task(
+                    row["id"],
+                    row["type"],
+                    row["payload"],
+                    row["priority"],
+                    row["max_attempts"],
+                    row["timeout"],
+                    row["key"],
+                    row["owner"],
+                    row["created_at"],
+                    self._seq,
+                )
             tasks[task.id] = task
             if task.key is not None:
                 keys[(task.owner, task.key)] = task.id
@@ -281,31 +290,34 @@ class TaskTable:
         self.by_state[assigned] -= started
         self.by_state[running] += started
 
-    def _finish(self, items: list[Record]) -> list[Change]:
+    def _finish(self, items: list[Any]) -> list[Change]:
         tasks, changes, finished = self.tasks, [], self.finished
         active, succeeded = _ACTIVE, Outcome.SUCCEEDED
         moved: dict[tuple[TaskState, TaskState], int] = {}
         """Tasks by (old state, new state), counted once per batch rather than per task."""
         requeued: list[Task] = []
         for item in items:
-            task = tasks[item["t"]]
+            if type(item) is list:
+                task_id, n, outcome_name, value, error, started, ended = item
+            else:
+                task_id, n, outcome_name, ended = item["t"], item["n"], item["o"], item["e"]
+                value, error, started = item.get("v"), item.get("err"), item.get("s")
+            task = tasks[task_id]
             old_state = task.state
             if old_state not in active:
                 continue
             current = task.attempts[-1]
-            if current.n != item["n"]:
+            if current.n != n:
                 continue
-            outcome = _OUTCOMES[item["o"]]
-            ended = item["e"]
+            outcome = _OUTCOMES[outcome_name]
             current.outcome = outcome
-            current.error = item.get("err")
+            current.error = error
             current.ended_at = ended
-            started = item.get("s")
             if started is not None:
                 current.started_at = started
             if outcome is succeeded:
                 task.state = TaskState.SUCCEEDED
-                task.result = item.get("v")
+                task.result = value
                 task.finished_at = ended
                 finished.append(task)
             elif len(task.attempts) < task.max_attempts:

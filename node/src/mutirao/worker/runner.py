@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -72,8 +72,8 @@ class Runner:
         if ref in self.running:
             return
         # No task name and no done callback: each costs a little per attempt, and for a
-        # no-op task that adds up (an attempt forgets itself as it ends; see :meth:`_run`).
-        self.running[ref] = asyncio.create_task(self._run(item))
+        # no-op task that adds up (an attempt forgets itself as it ends; see :meth:`_attempt`).
+        self.running[ref] = asyncio.create_task(self._attempt(item, ref))
 
     def _forget(self, ref: AttemptRef) -> None:
         self.running.pop(ref, None)
@@ -112,7 +112,7 @@ class Runner:
             log.info("cancelling attempt", extra={"task": ref[0], "attempt": ref[1]})
             task.cancel()
             # An attempt cancelled before its first step never runs the ``finally`` of
-            # :meth:`_run`; this one forgets itself once done either way.
+            # :meth:`_attempt`; this one forgets itself once done either way.
             task.add_done_callback(lambda _: self._forget(ref))
 
     async def close(self) -> None:
@@ -126,14 +126,11 @@ class Runner:
         self.running.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, item: AssignItem) -> None:
-        try:
-            await self._attempt(item)
-        finally:
-            self._forget((item["task"], item["attempt"]))
-
-    async def _attempt(self, item: AssignItem) -> None:
-        task_id, attempt = item["task"], item["attempt"]
+    async def _attempt(self, item: AssignItem, ref: AttemptRef) -> None:
+        """Run one attempt and report it. It forgets itself as it ends (no done callback),
+        and it is the only coroutine per attempt besides the handler's: each layer more
+        costs a little on every attempt, which a no-op task feels."""
+        task_id, attempt = ref
         extra = {"task": task_id, "attempt": attempt}
         started = time.time()
         # Checked once: two info lines per attempt cost ~8% of a no-op task even when off.
@@ -143,7 +140,6 @@ class Runner:
         value: Any = None
         error: str | None = None
         outcome = "succeeded"
-        ref = (task_id, attempt)
         self._deadline(ref, item["timeout"])  # no await before the try: a timeout lands in it
         try:
             try:
@@ -155,11 +151,13 @@ class Runner:
         except TimeoutError:
             error, outcome = f"timed out after {item['timeout']}s", "timed_out"
         except asyncio.CancelledError:
+            self._forget(ref)
             self._outcome(item["type"], "cancelled")
             raise
         except Exception as exc:
             error, outcome = f"{type(exc).__name__}: {exc}", "failed"
         ended = time.time()
+        self._forget(ref)
         self._outcome(item["type"], outcome)
         if error is None:
             if chatty:
@@ -192,7 +190,8 @@ class Runner:
         if self.on_outcome is not None:
             self.on_outcome(task_type, outcome)
 
-    async def _call(self, item: AssignItem) -> Any:
+    def _call(self, item: AssignItem) -> Awaitable[Any]:
+        """The handler's awaitable (its coroutine, or its call in the thread pool)."""
         handler = self.registry.get(item["type"])
         if handler is None:
             raise LookupError(f"this worker has no handler for task type {item['type']!r}")
@@ -208,6 +207,6 @@ class Runner:
             logging.shutdown()
             os._exit(CRASH_EXIT_CODE)
         if handler.is_async:
-            return await handler.fn(item["payload"])
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, handler.fn, item["payload"])
+            awaitable: Awaitable[Any] = handler.fn(item["payload"])
+            return awaitable
+        return asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, item["payload"])
