@@ -89,15 +89,9 @@ class Harness:
         ok: bool = True,
         value: Any = None,
     ) -> Effects:
-        item: ResultItem = {
-            "task": task if isinstance(task, str) else task.id,
-            "attempt": attempt,
-            "ok": ok,
-            "value": value,
-            "error": None if ok else "RuntimeError: boom",
-            "started_at": now - 0.5,
-            "ended_at": now,
-        }
+        task_id = task if isinstance(task, str) else task.id
+        error = None if ok else "RuntimeError: boom"
+        item: ResultItem = (task_id, attempt, ok, value, error, now - 0.5, now)
         return self._keep(self.engine.results(wid, self.session[wid], [item], now))
 
     def lost(self, wid: str, now: float, reason: str = "connection closed") -> Effects:
@@ -122,7 +116,7 @@ def assigned(effects: Effects) -> dict[str, list[AttemptRef]]:
     for wid, messages in effects.sends.items():
         for message in messages:
             if message["op"] == "assign":
-                out.setdefault(wid, []).extend((i["task"], i["attempt"]) for i in message["items"])
+                out.setdefault(wid, []).extend((i[0], i[1]) for i in message["items"])
     return out
 
 
@@ -225,9 +219,7 @@ def test_dispatch_sends_an_assign_message_to_the_least_loaded_worker(h: Harness)
     message: AssignMsg = {
         "op": "assign",
         "epoch": 7,
-        "items": [
-            {"task": t1.id, "attempt": 1, "type": "echo", "payload": {"x": 1}, "timeout": 9.0}
-        ],
+        "items": [(t1.id, 1, "echo", {"x": 1}, 9.0)],
     }
     assert effects.sends == {"big": [message]}
     assert effects.records[-1] == {"e": "assign", "w": "big", "at": 1.0, "items": [(t1.id, 1)]}

@@ -40,22 +40,26 @@ def test_observe_many_matches_observing_each_amount() -> None:
 
 
 def test_coalesce_joins_runs_of_assigns_and_acks_in_order() -> None:
-    a1 = {"op": "assign", "epoch": 1, "items": [{"task": "a"}]}
-    a2 = {"op": "assign", "epoch": 1, "items": [{"task": "b"}]}
-    a3 = {"op": "assign", "epoch": 2, "items": [{"task": "c"}]}
+    a1 = {"op": "assign", "epoch": 1, "items": [("a", 1, "echo", None, 1.0)]}
+    a2 = {"op": "assign", "epoch": 1, "items": [("b", 1, "echo", None, 1.0)]}
+    a3 = {"op": "assign", "epoch": 2, "items": [("c", 1, "echo", None, 1.0)]}
     k1 = {"op": "ack", "attempts": [("a", 1)]}
     k2 = {"op": "ack", "attempts": [("b", 1)]}
     cancel = {"op": "cancel", "epoch": 2, "attempts": [("c", 1)]}
     out = coalesce([a1, a2, a3, k1, k2, cancel, k1])
     assert out == [
-        {"op": "assign", "epoch": 1, "items": [{"task": "a"}, {"task": "b"}]},
+        {
+            "op": "assign",
+            "epoch": 1,
+            "items": [("a", 1, "echo", None, 1.0), ("b", 1, "echo", None, 1.0)],
+        },
         a3,
         {"op": "ack", "attempts": [("a", 1), ("b", 1)]},
         cancel,
         k1,
     ]
     # The messages given are left as they were.
-    assert a1["items"] == [{"task": "a"}]
+    assert a1["items"] == [("a", 1, "echo", None, 1.0)]
     assert k1["attempts"] == [("a", 1)]
     assert coalesce([]) == []
 
@@ -116,25 +120,21 @@ async def test_attempt_deadlines_time_out_only_late_attempts() -> None:
 
     registry.register("nap", nap)
     results: dict[str, ResultItem] = {}
-    runner = Runner(
-        registry, 4, allow_crash=False, on_result=lambda r: results.update({r["task"]: r})
-    )
-    item = {"attempt": 1, "type": "nap"}
-    runner.start({**item, "task": "long", "payload": 0.3, "timeout": 5.0})  # type: ignore[typeddict-item]
-    runner.start({**item, "task": "late", "payload": 5, "timeout": 0.05})  # type: ignore[typeddict-item]
-    runner.start({**item, "task": "quick", "payload": 0.0, "timeout": 0.02})  # type: ignore[typeddict-item]
-    runner.start({**item, "task": "gone", "payload": 5, "timeout": 0.1})  # type: ignore[typeddict-item]
+    runner = Runner(registry, 4, allow_crash=False, on_result=lambda r: results.update({r[0]: r}))
+    runner.start(("long", 1, "nap", 0.3, 5.0))
+    runner.start(("late", 1, "nap", 5, 0.05))
+    runner.start(("quick", 1, "nap", 0.0, 0.02))
+    runner.start(("gone", 1, "nap", 5, 0.1))
     await asyncio.sleep(0.01)
     runner.cancel(("gone", 1))
     for _ in range(100):
         if len(results) == 3 and not runner.running:
             break
         await asyncio.sleep(0.02)
-    assert results["quick"]["ok"]
-    assert results["long"]["ok"]
-    assert results["long"]["value"] == 0.3
-    assert not results["late"]["ok"]
-    assert results["late"]["error"] == "timed out after 0.05s"
+    # (task, attempt, ok, value, error, started_at, ended_at)
+    assert results["quick"][2:4] == (True, 0.0)
+    assert results["long"][2:4] == (True, 0.3)
+    assert results["late"][2:5] == (False, None, "timed out after 0.05s")
     assert "gone" not in results  # cancelled: no result
     assert runner.running == {}
     await runner.close()
@@ -158,12 +158,11 @@ async def test_attempts_forget_themselves_however_they_end() -> None:
     registry.register("nap", nap)
     registry.register("boom", boom)
     runner = Runner(registry, 4, allow_crash=False, on_result=lambda _: None)
-    item = {"attempt": 1, "timeout": 5.0}
-    runner.start({**item, "task": "done", "type": "nap", "payload": 0})  # type: ignore[typeddict-item]
-    runner.start({**item, "task": "failed", "type": "boom", "payload": 0})  # type: ignore[typeddict-item]
-    runner.start({**item, "task": "unstarted", "type": "nap", "payload": 5})  # type: ignore[typeddict-item]
+    runner.start(("done", 1, "nap", 0, 5.0))
+    runner.start(("failed", 1, "boom", 0, 5.0))
+    runner.start(("unstarted", 1, "nap", 5, 5.0))
     runner.cancel(("unstarted", 1))  # before the loop ever ran it
-    runner.start({**item, "task": "running", "type": "nap", "payload": 5})  # type: ignore[typeddict-item]
+    runner.start(("running", 1, "nap", 5, 5.0))
     await asyncio.sleep(0.01)
     runner.cancel(("running", 1))
     async with asyncio.timeout(5):

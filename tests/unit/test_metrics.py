@@ -89,15 +89,9 @@ class Cluster:
 
     def result(self, wid: str, task_id: str, *, ok: bool, ran: float) -> Effects:
         attempt = len(self.engine.get(task_id).attempts)
-        item: ResultItem = {
-            "task": task_id,
-            "attempt": attempt,
-            "ok": ok,
-            "value": 1 if ok else None,
-            "error": None if ok else "boom",
-            "started_at": self.clock() - ran,
-            "ended_at": self.clock(),
-        }
+        now = self.clock()
+        value, error = (1, None) if ok else (None, "boom")
+        item: ResultItem = (task_id, attempt, ok, value, error, now - ran, now)
         return self.keep(self.engine.results(wid, self.session[wid], [item], self.clock()))
 
     def value(self, name: str, **labels: str) -> float:
@@ -325,11 +319,10 @@ def _samples(registry: CollectorRegistry) -> dict[str, float]:
 
 async def test_worker_counts_outcomes_and_reports_its_load() -> None:
     node = _worker()
-    item = {"attempt": 1, "payload": 0.0, "timeout": 5.0}
-    node.runner.start({**item, "task": "a", "type": "echo"})  # type: ignore[typeddict-item]
-    node.runner.start({**item, "task": "b", "type": "fail"})  # type: ignore[typeddict-item]
-    node.runner.start({**item, "task": "c", "type": "sleep", "payload": 5, "timeout": 0.01})  # type: ignore[typeddict-item]
-    node.runner.start({**item, "task": "d", "type": "sleep", "payload": 5})  # type: ignore[typeddict-item]
+    node.runner.start(("a", 1, "echo", 0.0, 5.0))
+    node.runner.start(("b", 1, "fail", 0.0, 5.0))
+    node.runner.start(("c", 1, "sleep", 5, 0.01))
+    node.runner.start(("d", 1, "sleep", 5, 5.0))
     async with asyncio.timeout(5):
         while len(node.outbox) < 3:  # noqa: ASYNC110 (the runner signals nothing else)
             await asyncio.sleep(0.01)

@@ -22,8 +22,7 @@ def _node() -> WorkerNode:
 
 
 def _assign(epoch: int, task: str) -> AssignMsg:
-    item = {"task": task, "attempt": 1, "type": "echo", "payload": None, "timeout": 5.0}
-    return {"op": "assign", "epoch": epoch, "items": [item]}  # type: ignore[list-item]
+    return {"op": "assign", "epoch": epoch, "items": [(task, 1, "echo", None, 5.0)]}
 
 
 async def test_orders_from_an_older_epoch_are_refused() -> None:

@@ -253,14 +253,10 @@ class StartedMsg(TypedDict):
     attempts: list[AttemptRef]
 
 
-class ResultItem(TypedDict):
-    task: str
-    attempt: int
-    ok: bool
-    value: Any
-    error: str | None
-    started_at: float
-    ended_at: float
+ResultItem = tuple[str, int, bool, Any, str | None, float, float]
+"""How an attempt ended: ``[task, attempt, ok, value, error, started_at, ended_at]``.
+Assign and result items are arrays rather than objects on the wire: one of each per task,
+and an array costs a third of an object to decode."""
 
 
 class ResultsMsg(TypedDict):
@@ -272,12 +268,8 @@ class ResultsMsg(TypedDict):
 WorkerMessage = HelloMsg | HeartbeatMsg | StartedMsg | ResultsMsg
 
 
-class AssignItem(TypedDict):
-    task: str
-    attempt: int
-    type: str
-    payload: Any
-    timeout: float
+AssignItem = tuple[str, int, str, Any, float]
+"""An attempt to run: ``[task, attempt, type, payload, timeout]``."""
 
 
 class WelcomeMsg(TypedDict):

@@ -396,32 +396,25 @@ class Engine:
             return effects
         worker.last_seen = now
         finish: list[list[Any]] = []
-        for item in items:
-            ref = (item["task"], item["attempt"])
+        acked: list[AttemptRef] = []
+        for task_id, attempt, ok, value, error, started, ended in items:
+            ref = (task_id, attempt)
+            acked.append(ref)
             if ref not in worker.attempts:
                 log.warning(
                     "ignoring result of task %s attempt %d from %s: that attempt is no "
                     "longer current (reassigned, cancelled or already recorded)",
-                    ref[0],
-                    ref[1],
+                    task_id,
+                    attempt,
                     wid,
-                    extra={"task": ref[0], "attempt": ref[1], "worker": wid},
+                    extra={"task": task_id, "attempt": attempt, "worker": wid},
                 )
                 continue
-            finish.append(
-                [
-                    ref[0],
-                    ref[1],
-                    Outcome.SUCCEEDED if item["ok"] else Outcome.FAILED,
-                    item["value"],
-                    item["error"],
-                    item["started_at"],
-                    item["ended_at"],
-                ]
-            )
+            outcome = Outcome.SUCCEEDED if ok else Outcome.FAILED
+            finish.append([task_id, attempt, outcome, value, error, started, ended])
         if finish:
             self._record(effects, {"e": "finish", "items": finish})
-        effects.send(wid, {"op": "ack", "attempts": [(i["task"], i["attempt"]) for i in items]})
+        effects.send(wid, {"op": "ack", "attempts": acked})
         return effects.extend(self.dispatch(now))
 
     def worker_lost(self, wid: str, session: int, reason: str, now: float) -> Effects:
@@ -498,20 +491,14 @@ class Engine:
         by_worker: dict[str, list[AssignItem]] = {}
         for entry, worker in pairs:
             task = tasks[entry.task_id]
-            item: AssignItem = {
-                "task": task.id,
-                "attempt": len(task.attempts) + 1,
-                "type": task.type,
-                "payload": task.payload,
-                "timeout": task.timeout,
-            }
+            item = (task.id, len(task.attempts) + 1, task.type, task.payload, task.timeout)
             items = by_worker.get(worker.id)
             if items is None:
                 by_worker[worker.id] = [item]
             else:
                 items.append(item)
         for wid, items in by_worker.items():
-            refs = [(i["task"], i["attempt"]) for i in items]
+            refs = [item[:2] for item in items]
             self._record(effects, {"e": "assign", "w": wid, "at": now, "items": refs})
             effects.send(wid, {"op": "assign", "epoch": self.epoch, "items": items})
         return effects

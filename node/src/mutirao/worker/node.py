@@ -62,7 +62,7 @@ class WorkerNode:
         )
 
     def _on_result(self, item: ResultItem) -> None:
-        self.outbox[(item["task"], item["attempt"])] = item
+        self.outbox[item[:2]] = item
         self._unsent.append(item)
         self._dirty.set()
 
@@ -199,7 +199,7 @@ class WorkerNode:
         if msg["op"] == "assign":
             for item in msg["items"]:
                 self.runner.start(item)
-                self._started.append((item["task"], item["attempt"]))
+                self._started.append((item[0], item[1]))  # a list on the wire
             self._dirty.set()
         else:
             for task_id, n in msg["attempts"]:

@@ -68,12 +68,13 @@ class Runner:
         self._timer_at = math.inf
 
     def start(self, item: AssignItem) -> None:
-        ref = (item["task"], item["attempt"])
+        task_id, attempt, task_type, payload, timeout = item
+        ref = (task_id, attempt)
         if ref in self.running:
             return
         # No task name and no done callback: each costs a little per attempt, and for a
         # no-op task that adds up (an attempt forgets itself as it ends; see :meth:`_attempt`).
-        self.running[ref] = asyncio.create_task(self._attempt(item, ref))
+        self.running[ref] = asyncio.create_task(self._attempt(ref, task_type, payload, timeout))
 
     def _forget(self, ref: AttemptRef) -> None:
         self.running.pop(ref, None)
@@ -126,7 +127,7 @@ class Runner:
         self.running.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _attempt(self, item: AssignItem, ref: AttemptRef) -> None:
+    async def _attempt(self, ref: AttemptRef, task_type: str, payload: Any, timeout: float) -> None:
         """Run one attempt and report it. It forgets itself as it ends (no done callback),
         and it is the only coroutine per attempt besides the handler's: each layer more
         costs a little on every attempt, which a no-op task feels."""
@@ -136,45 +137,36 @@ class Runner:
         # Checked once: two info lines per attempt cost ~8% of a no-op task even when off.
         chatty = log.isEnabledFor(logging.INFO)
         if chatty:
-            log.info("running %s", item["type"], extra=extra)
+            log.info("running %s", task_type, extra=extra)
         value: Any = None
         error: str | None = None
         outcome = "succeeded"
-        self._deadline(ref, item["timeout"])  # no await before the try: a timeout lands in it
+        self._deadline(ref, timeout)  # no await before the try: a timeout lands in it
         try:
             try:
-                value = await self._call(item)
+                value = await self._call(ref, task_type, payload)
             finally:
                 if self._timed_out(ref):
                     raise TimeoutError
             orjson.dumps(value)
         except TimeoutError:
-            error, outcome = f"timed out after {item['timeout']}s", "timed_out"
+            error, outcome = f"timed out after {timeout}s", "timed_out"
         except asyncio.CancelledError:
             self._forget(ref)
-            self._outcome(item["type"], "cancelled")
+            self._outcome(task_type, "cancelled")
             raise
         except Exception as exc:
             error, outcome = f"{type(exc).__name__}: {exc}", "failed"
         ended = time.time()
         self._forget(ref)
-        self._outcome(item["type"], outcome)
+        self._outcome(task_type, outcome)
         if error is None:
             if chatty:
                 log.info("succeeded in %.3fs", ended - started, extra=extra)
         else:
             log.warning("failed: %s", error, extra=extra)
-        self.on_result(
-            {
-                "task": task_id,
-                "attempt": attempt,
-                "ok": error is None,
-                "value": value if error is None else None,
-                "error": error,
-                "started_at": started,
-                "ended_at": ended,
-            }
-        )
+        ok = error is None
+        self.on_result((task_id, attempt, ok, value if ok else None, error, started, ended))
 
     def _timed_out(self, ref: AttemptRef) -> bool:
         """Whether the attempt's deadline cancelled it, and nothing else did (as with
@@ -190,23 +182,23 @@ class Runner:
         if self.on_outcome is not None:
             self.on_outcome(task_type, outcome)
 
-    def _call(self, item: AssignItem) -> Awaitable[Any]:
+    def _call(self, ref: AttemptRef, task_type: str, payload: Any) -> Awaitable[Any]:
         """The handler's awaitable (its coroutine, or its call in the thread pool)."""
-        handler = self.registry.get(item["type"])
+        handler = self.registry.get(task_type)
         if handler is None:
-            raise LookupError(f"this worker has no handler for task type {item['type']!r}")
-        if crash_requested(item["payload"], item["attempt"]):
+            raise LookupError(f"this worker has no handler for task type {task_type!r}")
+        if crash_requested(payload, ref[1]):
             if not self.allow_crash:
                 raise PermissionError(
                     "crash requested, but this worker was not started with --allow-crash"
                 )
             log.critical(
                 "crash requested by the task payload: exiting now",
-                extra={"task": item["task"], "attempt": item["attempt"]},
+                extra={"task": ref[0], "attempt": ref[1]},
             )
             logging.shutdown()
             os._exit(CRASH_EXIT_CODE)
         if handler.is_async:
-            awaitable: Awaitable[Any] = handler.fn(item["payload"])
+            awaitable: Awaitable[Any] = handler.fn(payload)
             return awaitable
-        return asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, item["payload"])
+        return asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, payload)
