@@ -219,6 +219,16 @@ async def test_worker_socket_needs_the_join_token(
         msg = await ws.receive(timeout=10)
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert ws.close_code == 4400
+    # A worker of an older version (its hello has no protocol: 1): refused, saying why.
+    old_hello = {"op": "hello", "worker_id": "old", "url": "", "slots": 1, "types": ["echo"],
+                 "running": [], "epoch": 0}  # fmt: skip
+    async with http.ws_connect(url, headers={JOIN_TOKEN_HEADER: cluster.join_token}) as ws:
+        await ws.send_json(old_hello)
+        msg = await ws.receive(timeout=10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 4400
+    orchestrator = next(p for p in cluster.procs if p.name == "orchestrator")
+    assert "worker old speaks worker protocol 1, this orchestrator 2" in orchestrator.output()
     assert (await call(http, "GET", cluster.url + "/readyz")).status == 200
 
 

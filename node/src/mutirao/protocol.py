@@ -231,9 +231,15 @@ class WorkerView(TypedDict):
 
 AttemptRef = tuple[str, int]
 
+WORKER_PROTOCOL = 2
+"""The worker websocket's version, sent in the hello: 2 sends assign and result items as
+arrays (1 sent objects). An orchestrator refuses a worker of another version with a reason,
+rather than misreading its messages."""
+
 
 class HelloMsg(TypedDict):
     op: Literal["hello"]
+    protocol: int
     worker_id: str
     url: str
     slots: int
@@ -409,6 +415,16 @@ def _decode(data: bytes | str, keys: dict[str, tuple[str, ...]]) -> dict[str, An
 
 def decode_worker_message(data: bytes | str) -> WorkerMessage:
     return cast(WorkerMessage, _decode(data, _WORKER_KEYS))
+
+
+def check_worker_protocol(hello: HelloMsg) -> None:
+    """Refuse a worker speaking another version of the worker protocol, saying so."""
+    version = hello.get("protocol", 1)
+    if version != WORKER_PROTOCOL:
+        raise ProtocolError(
+            f"worker {hello['worker_id']} speaks worker protocol {version}, this orchestrator "
+            f"{WORKER_PROTOCOL}: run the same Mutirão version on workers and orchestrators"
+        )
 
 
 def decode_orchestrator_message(data: bytes | str) -> OrchestratorMessage:

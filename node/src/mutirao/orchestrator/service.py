@@ -355,6 +355,7 @@ class Orchestrator:
             hello = protocol.decode_worker_message(first.data)
             if hello["op"] != "hello":
                 raise ProtocolError("the first message must be hello")
+            protocol.check_worker_protocol(hello)
         except (ProtocolError, TimeoutError) as exc:
             log.warning("rejecting worker connection from %s: %s", request.remote, exc)
             await ws.close(code=4400, message=str(exc)[:100].encode())

@@ -134,6 +134,7 @@ class WorkerNode:
     async def _session(self, base: str, ws: aiohttp.ClientWebSocketResponse) -> None:
         hello: protocol.HelloMsg = {
             "op": "hello",
+            "protocol": protocol.WORKER_PROTOCOL,
             "worker_id": self.id,
             "url": self.url,
             "slots": self.settings.worker.slots,
