@@ -42,10 +42,12 @@ class TaskState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in _TERMINAL
+        return self in TERMINAL_STATES
 
 
-_TERMINAL = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
+"""The states a task never leaves (``state in TERMINAL_STATES`` saves a property call per
+task where whole batches are checked)."""
 
 
 class Outcome(StrEnum):

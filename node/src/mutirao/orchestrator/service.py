@@ -41,7 +41,7 @@ from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
-from mutirao.protocol import TaskSpec
+from mutirao.protocol import TERMINAL_STATES, TaskSpec
 from mutirao.settings import Settings
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class Orchestrator:
 
         One future and one timer per call, however many tasks: a client waiting for a batch
         of 1,000 costs what one waiting for a single task does."""
-        unfinished = [task.id for task in tasks if not task.state.terminal]
+        unfinished = [task.id for task in tasks if task.state not in TERMINAL_STATES]
         if not unfinished or timeout <= 0:
             return
         countdown = _Countdown(len(unfinished), asyncio.get_running_loop().create_future())
