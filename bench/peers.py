@@ -3,7 +3,7 @@
 Runs in its own virtualenv (``make bench-peers`` creates ``.venv-peers`` with pinned Dask and
 Ray), each system used the way its docs recommend: Dask's ``client.map``/``gather`` and
 ``client.submit``; Ray's ``f.remote()``/``ray.get``. Prints one JSON document on stdout.
-Usage: ``python bench/peers.py dask|ray --tasks N --large N --latency N --kill N``.
+Usage: ``python bench/peers.py dask|ray [--tasks N --large N --latency N --kill N ...]``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 WORKER_COUNTS = (1, 2, 4, 8)
 """As in Mutirão's scale workload (``bench.scale``)."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many tasks each workload runs (as ``bench.run.SIZES``)."""
+
+    tasks: int
+    large: int
+    latency: int
+    kill: int
+    kill_rounds: int
+    scale: int
 
 
 def noop(x: Any) -> Any:
@@ -70,7 +83,7 @@ def _concurrent(
     return total / (time.perf_counter() - started)
 
 
-def run_dask(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
+def run_dask(size: Sizes) -> dict[str, Any]:
     from dask.distributed import Client, LocalCluster
 
     out: dict[str, Any] = {"system": "dask"}
@@ -80,12 +93,15 @@ def run_dask(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) ->
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
         client.gather(client.map(noop, range(100), pure=False))
-        for key, count in (("throughput_tasks_s", n), ("throughput_large_tasks_s", large_n)):
+        for key, count in (
+            ("throughput_tasks_s", size.tasks),
+            ("throughput_large_tasks_s", size.large),
+        ):
             started = time.perf_counter()
             client.gather(client.map(noop, range(count), pure=False))
             out[key] = count / (time.perf_counter() - started)
         samples = []
-        for i in range(latency_n):
+        for i in range(size.latency):
             t0 = time.perf_counter()
             client.submit(noop, i, pure=False).result()
             samples.append(time.perf_counter() - t0)
@@ -93,12 +109,14 @@ def run_dask(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) ->
         futures: list[Any] = []
         out["per_request_tasks_s"] = _concurrent(
             lambda i: futures.append(client.submit(noop, i, pure=False)),
-            min(n, 5000),
+            min(size.tasks, 5000),
             64,
             finish=lambda: client.gather(futures),
         )
-        out["kill"] = _dask_kill(client, kill_n)
-    out["scale_workers"] = {str(k): _dask_throughput(k, scale_n) for k in WORKER_COUNTS if scale_n}
+        out["kill"] = _dask_kill(client, size.kill, size.kill_rounds)
+    out["scale_workers"] = {
+        str(k): _dask_throughput(k, size.scale) for k in WORKER_COUNTS if size.scale
+    }
     return out
 
 
@@ -114,23 +132,34 @@ def _dask_throughput(workers: int, n: int) -> float:
         return n / (time.perf_counter() - started)
 
 
-def _dask_kill(client: Any, n: int) -> dict[str, float]:
-    started = time.perf_counter()
-    client.gather(client.map(sleepy, range(n), pure=False))
-    baseline = time.perf_counter() - started
-    pids = client.run(os.getpid)
-    victim = sorted(pids.values())[0]
-    futures = client.map(sleepy, range(n, 2 * n), pure=False)
-    started = time.perf_counter()
-    time.sleep(baseline / 3)
-    os.kill(victim, signal.SIGKILL)
-    results = client.gather(futures)
-    elapsed = time.perf_counter() - started
-    assert len(results) == n
-    return {"baseline_s": baseline, "with_kill_s": elapsed, "extra_s": elapsed - baseline}
+def _dask_kill(client: Any, n: int, rounds: int) -> dict[str, Any]:
+    def run(kill_after: float | None) -> float:
+        client.wait_for_workers(2, timeout=60)  # the nanny restarted the one killed last
+        victim = sorted(client.run(os.getpid).values())[0]
+        started = time.perf_counter()
+        futures = client.map(sleepy, range(n), pure=False)
+        if kill_after is not None:
+            time.sleep(kill_after)
+            os.kill(victim, signal.SIGKILL)
+        assert len(client.gather(futures)) == n
+        return time.perf_counter() - started
+
+    return _kill_rounds(run, rounds)
 
 
-def run_ray(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) -> dict[str, Any]:
+def _kill_rounds(run: Callable[[float | None], float], rounds: int) -> dict[str, Any]:
+    """As Mutirão's kill workload: ``rounds`` batches without a kill and with a worker
+    process killed a third of the way in; extra time = difference of the medians."""
+    baselines: list[float] = []
+    with_kill: list[float] = []
+    for _ in range(rounds):
+        baselines.append(run(None))
+        with_kill.append(run(statistics.median(baselines) / 3))
+    extra = statistics.median(with_kill) - statistics.median(baselines)
+    return {"baseline_s": baselines, "with_kill_s": with_kill, "extra_s": extra}
+
+
+def run_ray(size: Sizes) -> dict[str, Any]:
     import ray
 
     out: dict[str, Any] = {"system": "ray", "version": ray.__version__}
@@ -138,12 +167,15 @@ def run_ray(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) -> 
     try:
         remote_noop = ray.remote(noop)
         ray.get([remote_noop.remote(i) for i in range(100)])
-        for key, count in (("throughput_tasks_s", n), ("throughput_large_tasks_s", large_n)):
+        for key, count in (
+            ("throughput_tasks_s", size.tasks),
+            ("throughput_large_tasks_s", size.large),
+        ):
             started = time.perf_counter()
             ray.get([remote_noop.remote(i) for i in range(count)])
             out[key] = count / (time.perf_counter() - started)
         samples = []
-        for i in range(latency_n):
+        for i in range(size.latency):
             t0 = time.perf_counter()
             ray.get(remote_noop.remote(i))
             samples.append(time.perf_counter() - t0)
@@ -151,15 +183,15 @@ def run_ray(n: int, large_n: int, latency_n: int, kill_n: int, scale_n: int) -> 
         refs: list[Any] = []
         out["per_request_tasks_s"] = _concurrent(
             lambda i: refs.append(remote_noop.remote(i)),
-            min(n, 5000),
+            min(size.tasks, 5000),
             64,
             finish=lambda: ray.get(refs),
         )
-        out["kill"] = _ray_kill(ray, kill_n)
+        out["kill"] = _ray_kill(ray, size.kill, size.kill_rounds)
     finally:
         ray.shutdown()
     out["scale_workers"] = {
-        str(k): _ray_throughput(ray, k, scale_n) for k in WORKER_COUNTS if scale_n
+        str(k): _ray_throughput(ray, k, size.scale) for k in WORKER_COUNTS if size.scale
     }
     return out
 
@@ -177,20 +209,20 @@ def _ray_throughput(ray: Any, workers: int, n: int) -> float:
         ray.shutdown()
 
 
-def _ray_kill(ray: Any, n: int) -> dict[str, float]:
+def _ray_kill(ray: Any, n: int, rounds: int) -> dict[str, Any]:
     remote_sleepy = ray.remote(max_retries=3)(sleepy)
-    started = time.perf_counter()
-    ray.get([remote_sleepy.remote(i) for i in range(n)])
-    baseline = time.perf_counter() - started
     pid_of = ray.remote(worker_pid)
-    refs = [remote_sleepy.remote(i) for i in range(n, 2 * n)]
-    started = time.perf_counter()
-    time.sleep(baseline / 3)
-    os.kill(ray.get(pid_of.remote()), signal.SIGKILL)
-    results = ray.get(refs)
-    elapsed = time.perf_counter() - started
-    assert len(results) == n
-    return {"baseline_s": baseline, "with_kill_s": elapsed, "extra_s": elapsed - baseline}
+
+    def run(kill_after: float | None) -> float:
+        started = time.perf_counter()
+        refs = [remote_sleepy.remote(i) for i in range(n)]
+        if kill_after is not None:
+            time.sleep(kill_after)
+            os.kill(ray.get(pid_of.remote()), signal.SIGKILL)
+        assert len(ray.get(refs)) == n
+        return time.perf_counter() - started
+
+    return _kill_rounds(run, rounds)
 
 
 def main() -> int:
@@ -200,12 +232,14 @@ def main() -> int:
     parser.add_argument("--large", type=int, default=200_000, help="the large throughput run")
     parser.add_argument("--latency", type=int, default=500)
     parser.add_argument("--kill", type=int, default=2_000)
+    parser.add_argument("--kill-rounds", type=int, default=3)
     parser.add_argument(
         "--scale", type=int, default=20_000, help="tasks per worker count (1, 2, 4, 8); 0: skip"
     )
     args = parser.parse_args()
     run = run_dask if args.system == "dask" else run_ray
-    print(json.dumps(run(args.tasks, args.large, args.latency, args.kill, args.scale)))
+    size = Sizes(args.tasks, args.large, args.latency, args.kill, args.kill_rounds, args.scale)
+    print(json.dumps(run(size)))
     return 0
 
 

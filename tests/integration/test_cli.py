@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.cluster import LocalCluster, UpCluster, eventually, free_port
@@ -411,10 +412,12 @@ async def test_up_replaces_a_killed_worker_from_a_warm_spare(tmp_path: Path) -> 
                 return any(w["url"] != before["url"] and w["state"] == "alive" for w in workers)
 
             await eventually(replaced, timeout=10, what="W1 back under its id")
-            assert [w["id"] for w in await client.workers()] == ["W1"]
+            [after] = await client.workers()
+            assert after["id"] == "W1"
             output = up.proc_output()
             assert "worker W1 exited with code -9; a warm spare took its place" in output, output
-            assert _exists(spare), "the spare did not become W1"
+            async with aiohttp.ClientSession() as http, http.get(after["url"] + "/v1/status") as r:
+                assert (await r.json())["pid"] == spare, "the spare did not become W1"
 
             async def new_spare() -> list[int]:
                 return [pid for pid in up.children("--spare") if pid != spare]

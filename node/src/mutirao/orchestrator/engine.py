@@ -19,7 +19,7 @@ from typing import Any, cast
 from mutirao.errors import NotFoundError, ValidationError
 from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
 from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
-from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable
+from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable, grouped
 from mutirao.protocol import (
     AssignItem,
     AttemptRef,
@@ -488,15 +488,11 @@ class Engine:
             return effects
         tasks = self.table.tasks
         pairs = self.queue.drain(candidates, self._is_current)
-        by_worker: dict[str, list[AssignItem]] = {}
-        for entry, worker in pairs:
-            task = tasks[entry.task_id]
-            item = (task.id, len(task.attempts) + 1, task.type, task.payload, task.timeout)
-            items = by_worker.get(worker.id)
-            if items is None:
-                by_worker[worker.id] = [item]
-            else:
-                items.append(item)
+        chosen = [tasks[entry.task_id] for entry, _ in pairs]
+        by_worker: dict[str, list[AssignItem]] = grouped(
+            [worker.id for _, worker in pairs],
+            [(t.id, len(t.attempts) + 1, t.type, t.payload, t.timeout) for t in chosen],
+        )
         for wid, items in by_worker.items():
             refs = [item[:2] for item in items]
             self._record(effects, {"e": "assign", "w": wid, "at": now, "items": refs})

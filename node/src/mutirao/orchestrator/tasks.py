@@ -43,6 +43,7 @@ from mutirao.protocol import (
 Record = dict[str, Any]
 
 K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def tally(keys: Iterable[K]) -> dict[K, int]:
@@ -52,6 +53,20 @@ def tally(keys: Iterable[K]) -> dict[K, int]:
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def grouped(keys: Iterable[K], values: Iterable[V]) -> dict[K, list[V]]:
+    """``values`` by their ``keys`` (paired in order), keys in first-seen order: what the
+    hot path groups by worker or task type, usually one group for a whole batch. Callers
+    pass lists built by comprehensions, cheaper than a generator of pairs."""
+    groups: dict[K, list[V]] = {}
+    for key, value in zip(keys, values, strict=True):
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [value]
+        else:
+            group.append(value)
+    return groups
 
 
 _ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)

@@ -249,6 +249,7 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "id": node.id,
+            "pid": os.getpid(),
             "connected_to": node.connected_to,
             "epoch": node.epoch,
             "slots": node.settings.worker.slots,
