@@ -95,6 +95,42 @@ def test_a_complete_line_without_its_newline_is_still_torn(tmp_path: Path) -> No
     assert recovered.skipped == 1
 
 
+def test_the_zeros_reserved_at_the_end_of_a_segment_end_it_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash leaves a segment's reserved, never written space (zeros) behind its records:
+    the end of the segment, not a corrupt record. A record torn just before it still is."""
+    good = records(3)
+    body = b"".join(encode_record(r) for r in good)
+    write_segment(tmp_path, 1, body + b"\0" * 4096)
+    torn = encode_record({"i": 9})[:-5]
+    write_segment(tmp_path, 2, body + torn + b"\0" * 4096)
+    with caplog.at_level(logging.WARNING, logger="mutirao.orchestrator.journal"):
+        recovered = recover(tmp_path)
+    assert recovered.records == good + good
+    assert recovered.skipped == 1
+    assert caplog.text.count("torn or corrupt") == 1
+    assert "journal-00000002.log:4" in caplog.text
+
+
+async def test_segments_reserve_space_ahead_and_are_cut_back_on_close(tmp_path: Path) -> None:
+    written = records(40)
+    size = sum(len(encode_record(r)) for r in written)
+    path = tmp_path / "journal-00000001.log"
+    async with Journal(tmp_path, 1, reserve=256) as journal:
+        for i in range(0, 40, 4):  # past several reservations
+            await journal.append(written[i : i + 4])
+        assert path.stat().st_size > size  # reserved ahead of the records
+        rotated = journal.rotate()
+        await rotated
+        assert path.stat().st_size == size  # a segment left behind is cut back
+        await journal.append(records(1, start=40))
+    assert recover(tmp_path).records == [*written, *records(1, start=40)]
+    assert (tmp_path / "journal-00000002.log").stat().st_size == len(
+        encode_record(records(1, start=40)[0])
+    )
+
+
 def test_a_line_with_a_bad_crc_is_skipped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

