@@ -312,19 +312,27 @@ Press Ctrl-C to stop everything."""
 def _supervise(children: list[Child], spares: Spares) -> None:
     """Restart children as they exit, until a signal raises :class:`_Stop`."""
     while True:
-        # Sleeps until a child exits; WNOWAIT leaves it to Popen.poll to reap.
-        exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        assert exited is not None  # None only with WNOHANG
-        known = False
+        exited = _next_exit()
+        # Taken before restarting: a restarted child has a new pid.
+        ours = {c.proc.pid for c in children if c.proc is not None} | spares.pids()
+        if exited is not None and exited not in ours:
+            os.waitpid(exited, 0)  # not ours to supervise; reaped so it is not seen again
         for child in children:
             assert child.proc is not None
-            known |= child.proc.pid == exited.si_pid
             code = child.proc.poll()
             if code is not None:
                 _restart(child, code, spares)
-        known |= spares.reap(exited.si_pid)
-        if not known:
-            os.waitpid(exited.si_pid, 0)  # not ours to supervise; reap it so it is not seen again
+        spares.reap()
+
+
+def _next_exit() -> int | None:
+    """Sleep until a child exits and return its pid, leaving it to be reaped (``WNOWAIT``:
+    ``Popen.poll`` does that). Without ``waitid`` (macOS before Python 3.13) wait 50 ms."""
+    if not hasattr(os, "waitid"):
+        time.sleep(0.05)
+        return None
+    exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+    return None if exited is None else exited.si_pid
 
 
 def _restart(child: Child, code: int, spares: Spares) -> None:
@@ -362,22 +370,21 @@ class Spares:
                 return spare
         return None
 
-    def reap(self, pid: int) -> bool:
-        """Forget spare ``pid`` if it died (it is not replaced: a spare that dies unused
-        would die again; workers then restart the slow way). True if it was a spare."""
-        for spare in self.procs:
-            if spare.pid == pid:
-                if spare.poll() is not None:
-                    self.procs.remove(spare)
-                    self.count -= 1
-                    print(
-                        f"mutirao up: a warm spare worker exited with code {spare.returncode}; "
-                        f"{self.count} spare(s) kept from now on",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                return True
-        return False
+    def pids(self) -> set[int]:
+        return {spare.pid for spare in self.procs}
+
+    def reap(self) -> None:
+        """Forget spares that died (not replaced: a spare that dies unused would die again;
+        workers then restart the slow way)."""
+        for spare in [s for s in self.procs if s.poll() is not None]:
+            self.procs.remove(spare)
+            self.count -= 1
+            print(
+                f"mutirao up: a warm spare worker exited with code {spare.returncode}; "
+                f"{self.count} spare(s) kept from now on",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def stop(self) -> None:
         for spare in self.procs:
