@@ -12,15 +12,15 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 - ``start``: ``items`` began running at ``at``
 - ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
   a failed or lost attempt requeues the task while attempts remain
-
-Rows and items are lists rather than objects: the journal is ~40% smaller and they unpack
-in C. Journals written before hold objects (``{"id": ...}``, ``{"t", "n", "o", "v", "err",
-"s", "e"}``), which still apply.
 - ``cancel``: ``tasks`` cancelled at ``at``
 - ``types``: task types some worker has announced
 - ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
 - ``epoch``: ``node`` took the lead with ``epoch`` (fencing; every takeover adds one)
 - ``expire``: finished ``tasks`` past the retention period are forgotten
+
+Rows and items are lists rather than objects: the journal is ~40% smaller and they unpack
+in C. Journals written before hold objects (``{"id": ...}``, ``{"t", "n", "o", "v", "err",
+"s", "e"}``), which still apply.
 """
 
 from __future__ import annotations
