@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-PEER_SIZES = {
-    "tiny": ["--tasks", "500", "--large", "1000", "--latency", "20", "--kill", "60",
-             "--kill-rounds", "1", "--scale", "500"],
-    "full": ["--tasks", "20000", "--large", "200000", "--latency", "500", "--kill", "2000",
-             "--kill-rounds", "3", "--scale", "20000"],
+PEER_FLAGS = {
+    "--tasks": "throughput", "--large": "throughput_large", "--latency": "latency",
+    "--kill": "kill", "--kill-rounds": "kill_rounds", "--scale": "scale_workers",
+    "--slots": "scale_slots", "--pending-first": "pending_first", "--pending": "pending",
 }  # fmt: skip
-"""The same sizes as ``bench.run.SIZES`` (``large`` is its ``throughput_large``, ``scale``
-its ``scale_workers``)."""
+"""``bench/peers.py``'s size flags, each set from the size of the same name in
+``bench.run.SIZES`` so that every system runs the same workloads."""
+
+PEER_TIMEOUT_S = 3600
 
 MARKDOWN = Path("docs/benchmarks.md")
 
@@ -28,15 +32,37 @@ CLIENT_GO_FAILOVER_S = 15.0
 """client-go's LeaderElector defaults: a 15 s lease, 10 s renew deadline, 2 s retry."""
 
 
-def run_peers(python: str, size: str) -> dict[str, dict[str, Any]]:
+def run_peers(python: str, sizes: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """Each peer's results, from ``bench/peers.py`` under ``python``; its progress lines
+    are shown as they come, the rest of its stderr (Ray's logging) only if it fails."""
+    flags = [part for flag, size in PEER_FLAGS.items() for part in (flag, str(sizes[size]))]
     peers = {}
     for system in ("dask", "ray"):
         print(f"  running the same workloads on {system}...", flush=True)
-        done = subprocess.run(
-            [python, "bench/peers.py", system, *PEER_SIZES[size]],
-            capture_output=True, text=True, check=True, timeout=1800,
-        )  # fmt: skip
-        peers[system] = json.loads(done.stdout.strip().splitlines()[-1])
+        with subprocess.Popen(
+            [python, "bench/peers.py", system, *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as proc:  # fmt: skip
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            watchdog = threading.Timer(PEER_TIMEOUT_S, proc.kill)
+            watchdog.start()
+            logged: deque[str] = deque(maxlen=40)
+            # stdout is one JSON line at the end, so reading stderr first cannot block it.
+            for line in proc.stderr:
+                if line.startswith("progress: "):
+                    print(f"    {system}: {line.removeprefix('progress: ')}", end="", flush=True)
+                else:
+                    logged.append(line)
+            result = proc.stdout.read()
+            code = proc.wait()
+            watchdog.cancel()
+        if code != 0:
+            raise RuntimeError(
+                f"bench/peers.py {system} exited with {code} (killed after "
+                f"{PEER_TIMEOUT_S} s if negative); its last lines:\n{''.join(logged)}"
+            )
+        peers[system] = json.loads(result.strip().splitlines()[-1])
     return peers
 
 
@@ -71,10 +97,25 @@ def comparison(figures: dict[str, Any], peers: dict[str, dict[str, Any]]) -> lis
         row("latency p50 (Mutirão: HTTP request)", "ms", figures.get("latency_p50_http", 0.0),
             "latency.p50_ms", "lower"),
         row("worker SIGKILL: extra time", "s", figures["kill_extra"], "kill.extra_s", "lower"),
-        *(row(f"throughput, batches, {k} worker(s)", "tasks/s", figures[f"scale_workers_{k}"],
+        *(row(f"throughput, batches, {k} worker(s)", "tasks/s", figure,
               f"scale_workers.{k}", "higher")
-          for k in (1, 2, 4, 8) if f"scale_workers_{k}" in figures),
+          for k, figure in series(figures, "scale_workers_")),
+        *(row(f"throughput, batches, 2 workers x {k} slot(s)", "tasks/s", figure,
+              f"scale_slots.{k}", "higher")
+          for k, figure in series(figures, "scale_slots_")),
+        *(row(f"memory per pending task, {n:,} pending", "B/task", figure,
+              f"pending_bytes_per_task.{n}", "lower")
+          for n, figure in series(figures, "scale_pending_")),
+        *(row("memory still held after finished tasks were let go", "MiB", figures[key],
+              "retention_held_mb", "lower")
+          for key in ("scale_retention_held_mb",) if key in figures),
     ]  # fmt: skip
+
+
+def series(figures: Mapping[str, float], prefix: str) -> Iterator[tuple[int, float]]:
+    """Figures named ``<prefix><n>``, in the order of n."""
+    found = [(k.removeprefix(prefix), v) for k, v in figures.items() if k.startswith(prefix)]
+    yield from sorted((int(n), v) for n, v in found if n.isdigit())
 
 
 def _dig(doc: dict[str, Any], key: str) -> float | None:
@@ -112,10 +153,20 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| {row['workload']} | {row['unit']} | {' | '.join(cells)} | "
             f"{'-' if ratio is None else f'{ratio:.2f}x'} |"
         )
-    failover = doc["figures"]["failover_ms"] / 1000
+    figures = doc["figures"]
+    lines.append(
+        f"| failover (SIGKILL of the active) | s | {figures['failover_ms'] / 1000:.2f} | "
+        "no scheduler HA | restart and reload | client-go defaults: up to "
+        f"{CLIENT_GO_FAILOVER_S:.0f} s |"
+    )
+    if "scale_recovery_s" in figures:
+        lines.append(
+            f"| restart after SIGKILL with {_recovered(doc)} tasks -> ready | s | "
+            f"{figures['scale_recovery_s']:.2f} | no durable task state: a scheduler's death "
+            "loses its tasks | the owner's death loses its tasks; GCS fault tolerance restores "
+            "cluster metadata, not tasks | - |"
+        )
     lines += [
-        f"| failover (SIGKILL of the active) | s | {failover:.2f} | no scheduler HA | "
-        f"restart and reload | client-go defaults: up to {CLIENT_GO_FAILOVER_S:.0f} s |",
         "",
         "How each runs: 2 workers (Dask: 2 one-thread worker processes; Ray: 2 CPUs), the",
         "journal fsynced. Throughput: Mutirão submits 1,000-task batches, up to 4 in flight,",
@@ -132,6 +183,22 @@ def markdown(doc: dict[str, Any]) -> str:
         "orchestrator is SIGKILLed while tasks stream in; the figure is the time until a",
         "submission is accepted again.",
         "",
+        "Scale: workers and slots as throughput, each on a fresh cluster (Dask: one-thread",
+        "worker processes, then 2 workers of 1/4/16 threads; Ray: `num_cpus` of 1-8, then",
+        "2 x 1/4/16, as Ray runs one task at a time per worker process and starts one per",
+        "CPU). Memory per pending task: RSS growth of what holds the queue while tasks wait",
+        "for a worker (Mutirão: the orchestrator, whose only worker was killed; Dask: a",
+        "scheduler process with no worker; Ray: the driver, which owns the tasks it submits,",
+        "plus `gcs_server` and `raylet`, with tasks asking for a resource no node has).",
+        "Memory still held: RSS growth once finished tasks' results are gone (Mutirão: 2 x",
+        "100,000 tasks with `MUTIRAO_TASKS_RETENTION=1`; Dask: the 200,000-task throughput",
+        "run's futures released, client and scheduler being one process; Ray: its refs",
+        "dropped, driver plus control processes). The sizes differ: the peers held 200,000",
+        "results at once and their allocators keep that high-water mark, where Mutirão's",
+        "rounds of 100,000 expire within 1 s, so this ratio flatters Mutirão. Restart:",
+        "Mutirão's orchestrator SIGKILLed and started again on its data dir (details below);",
+        "neither peer keeps tasks on disk.",
+        "",
         "![same-run comparison](benchmarks/latest.png)",
         "",
         *_scale(doc),
@@ -146,10 +213,10 @@ def _scale(doc: dict[str, Any]) -> list[str]:
         return []
     when = max(doc.get("rerun", {}).get(r["name"], doc["when"]) for r in rows)
     lines = [
-        "## Scale",
+        "## Scale, Mutirão's details",
         "",
-        f"Mutirão alone, measured {when} on the same {doc['machine']['cpus']}-CPU machine",
-        "(shared and noisy; `python -m bench.run --size full --only scale` runs these alone):",
+        f"Measured {when} on the same {doc['machine']['cpus']}-CPU machine (shared and",
+        "noisy; `python -m bench.run --size full --only scale` runs these alone):",
         "real orchestrator and worker processes on loopback, journal fsynced. More workers",
         "than CPUs add processes that compete with the orchestrator for the CPUs, not",
         "capacity. Memory is the orchestrator's RSS; pending tasks are queued on an",
@@ -169,6 +236,11 @@ def _scale(doc: dict[str, Any]) -> list[str]:
     return [*lines, "", "![scale](benchmarks/scale.png)", ""]
 
 
+def _recovered(doc: dict[str, Any]) -> str:
+    tasks = [r["detail"]["tasks"] for r in doc["results"] if r.get("key") == "scale_recovery_s"]
+    return f"{tasks[0]:,}" if tasks else "N"
+
+
 def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
@@ -182,7 +254,7 @@ def write(doc: dict[str, Any], out: Path) -> None:
 
 
 def plot(out: Path) -> None:
-    """PNGs beside ``out`` (``bench/plot.py`` in this Python: requirements-bench.txt)."""
+    """PNGs beside ``out`` (``bench.plot`` in this Python: requirements-bench.txt)."""
     png = out.with_suffix(".png")
-    subprocess.run([sys.executable, "bench/plot.py", str(out), str(png)], check=True)
+    subprocess.run([sys.executable, "-m", "bench.plot", str(out), str(png)], check=True)
     print(f"plotted {png.parent}/*.png")

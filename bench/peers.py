@@ -2,26 +2,37 @@
 
 Runs in its own virtualenv (``make bench-peers`` creates ``.venv-peers`` with pinned Dask and
 Ray), each system used the way its docs recommend: Dask's ``client.map``/``gather`` and
-``client.submit``; Ray's ``f.remote()``/``ray.get``. Prints one JSON document on stdout.
+``client.submit``; Ray's ``f.remote()``/``ray.get``. Prints one JSON document on stdout,
+and progress on long work to stderr as lines starting with ``progress:``.
 Usage: ``python bench/peers.py dask|ray [--tasks N --large N --latency N --kill N ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 WORKER_COUNTS = (1, 2, 4, 8)
-"""As in Mutirão's scale workload (``bench.scale``)."""
+SLOT_COUNTS = (1, 4, 16)
+"""As in Mutirão's scale workloads (``bench.scale``)."""
+MIB = 1024 * 1024
+FILL_BATCH = 100_000
+RAY_CONTROL = ("gcs_server", "raylet")
+"""Ray's processes that hold cluster state, beside the driver, which owns the tasks it
+submits (pending task specs and small results live in the owner)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,9 @@ class Sizes:
     kill: int
     kill_rounds: int
     scale: int
+    slots: int
+    pending_first: int
+    pending: int
 
 
 def noop(x: Any) -> Any:
@@ -47,6 +61,65 @@ def sleepy(x: Any) -> Any:
 
 def worker_pid() -> int:
     return os.getpid()
+
+
+def progress(message: str) -> None:
+    """A line ``bench.compare`` shows while this runs (stdout is the JSON result)."""
+    print(f"progress: {message}", file=sys.stderr, flush=True)
+
+
+def rss(*pids: int) -> int:
+    """Resident set size of the processes, in bytes (``VmRSS`` in ``/proc/<pid>/status``);
+    also :mod:`bench.scale`'s measure (this module needs only the standard library)."""
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _pending_memory(
+    submit: Callable[[range], list[Any]], holds: Callable[[int], bool], size: Sizes,
+    pids: list[int],
+) -> dict[str, float]:  # fmt: skip
+    """RSS growth of ``pids`` per pending task at ``size.pending_first`` and ``size.pending``
+    tasks, submitted in batches of ``FILL_BATCH``; ``holds(n)`` tells when the scheduler has
+    taken in n tasks. The references are kept so that no task is released meanwhile."""
+    base = rss(*pids)
+    refs: list[Any] = []
+    out: dict[str, float] = {}
+    started = time.perf_counter()
+    for mark in sorted({size.pending_first, size.pending}):
+        while len(refs) < mark:
+            refs += submit(range(len(refs), min(mark, len(refs) + FILL_BATCH)))
+            count = len(refs)
+            wait_until(functools.partial(holds, count), f"{count:,} pending tasks", timeout=600)
+            grown = rss(*pids) - base
+            rate = count / (time.perf_counter() - started)
+            progress(f"{count:>9,} pending: +{grown / MIB:,.0f} MiB "
+                     f"({grown / count:,.0f} B/task), {rate:,.0f}/s")  # fmt: skip
+        out[str(mark)] = (rss(*pids) - base) / mark
+    return out
+
+
+def _retention(
+    pids: list[int], run: Callable[[], float], released: Callable[[], bool]
+) -> tuple[float, float]:
+    """``run()``, a throughput run, and the MiB of RSS it leaves ``pids`` holding once its
+    tasks are released (``released`` is polled until they are)."""
+    before = rss(*pids)
+    rate = run()
+    wait_until(released, "the finished tasks to be released")
+    return rate, (rss(*pids) - before) / MIB
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -90,16 +163,17 @@ def run_dask(size: Sizes) -> dict[str, Any]:
     import distributed
 
     out["version"] = distributed.__version__
+    progress("throughput, latency, one task per call, worker SIGKILL")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
         client.gather(client.map(noop, range(100), pure=False))
-        for key, count in (
-            ("throughput_tasks_s", size.tasks),
-            ("throughput_large_tasks_s", size.large),
-        ):
-            started = time.perf_counter()
-            client.gather(client.map(noop, range(count), pure=False))
-            out[key] = count / (time.perf_counter() - started)
+        out["throughput_tasks_s"] = _dask_rate(client, size.tasks)
+        # The scheduler runs in this process (LocalCluster's default), beside the client.
+        out["throughput_large_tasks_s"], out["retention_held_mb"] = _retention(
+            [os.getpid()],
+            lambda: _dask_rate(client, size.large),
+            lambda: client.run_on_scheduler(_task_count) == 0,
+        )
         samples = []
         for i in range(size.latency):
             t0 = time.perf_counter()
@@ -114,22 +188,63 @@ def run_dask(size: Sizes) -> dict[str, Any]:
             finish=lambda: client.gather(futures),
         )
         out["kill"] = _dask_kill(client, size.kill, size.kill_rounds)
+    progress("scale: workers, slots")
     out["scale_workers"] = {
-        str(k): _dask_throughput(k, size.scale) for k in WORKER_COUNTS if size.scale
+        str(k): _dask_throughput(k, 1, size.scale) for k in WORKER_COUNTS if size.scale
     }
+    out["scale_slots"] = {
+        str(k): _dask_throughput(2, k, size.slots) for k in SLOT_COUNTS if size.slots
+    }
+    if size.pending:
+        progress("scale: memory per pending task")
+        out["pending_bytes_per_task"] = _dask_pending(size)
     return out
 
 
-def _dask_throughput(workers: int, n: int) -> float:
-    """Batched throughput on a fresh cluster of ``workers`` one-thread worker processes."""
+def _task_count(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
+def _dask_rate(client: Any, n: int) -> float:
+    started = time.perf_counter()
+    client.gather(client.map(noop, range(n), pure=False))
+    return n / (time.perf_counter() - started)
+
+
+def _dask_throughput(workers: int, threads: int, n: int) -> float:
+    """Batched throughput on a fresh cluster of ``workers`` worker processes of ``threads``
+    threads each."""
     from dask.distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
         client.gather(client.map(noop, range(100), pure=False))
-        started = time.perf_counter()
-        client.gather(client.map(noop, range(n), pure=False))
-        return n / (time.perf_counter() - started)
+        return _dask_rate(client, n)
+
+
+def _dask_pending(size: Sizes) -> dict[str, float]:
+    """Pending tasks on a scheduler process of its own with no worker: they wait in its
+    ``no-worker`` state. Its RSS is measured alone (the client's futures are not in it)."""
+    from dask.distributed import Client
+
+    with tempfile.TemporaryDirectory(prefix="dask-bench-") as tmp:
+        address_file = os.path.join(tmp, "scheduler.json")
+        scheduler = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+             "--port", "0", "--no-dashboard", "--scheduler-file", address_file],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with Client(scheduler_file=address_file, timeout=60) as client:
+                return _pending_memory(
+                    lambda keys: client.map(noop, keys, pure=False),
+                    lambda n: client.run_on_scheduler(_task_count) >= n,
+                    size,
+                    [scheduler.pid],
+                )
+        finally:
+            scheduler.kill()
+            scheduler.wait()
 
 
 def _dask_kill(client: Any, n: int, rounds: int) -> dict[str, Any]:
@@ -163,17 +278,16 @@ def run_ray(size: Sizes) -> dict[str, Any]:
     import ray
 
     out: dict[str, Any] = {"system": "ray", "version": ray.__version__}
+    progress("throughput, latency, one task per call, worker SIGKILL")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote_noop = ray.remote(noop)
         ray.get([remote_noop.remote(i) for i in range(100)])
-        for key, count in (
-            ("throughput_tasks_s", size.tasks),
-            ("throughput_large_tasks_s", size.large),
-        ):
-            started = time.perf_counter()
-            ray.get([remote_noop.remote(i) for i in range(count)])
-            out[key] = count / (time.perf_counter() - started)
+        out["throughput_tasks_s"] = _ray_rate(ray, remote_noop, size.tasks)
+        # Results are freed as soon as their references go: nothing to wait for.
+        out["throughput_large_tasks_s"], out["retention_held_mb"] = _retention(
+            _ray_state_pids(), lambda: _ray_rate(ray, remote_noop, size.large), lambda: True
+        )
         samples = []
         for i in range(size.latency):
             t0 = time.perf_counter()
@@ -190,21 +304,56 @@ def run_ray(size: Sizes) -> dict[str, Any]:
         out["kill"] = _ray_kill(ray, size.kill, size.kill_rounds)
     finally:
         ray.shutdown()
+    progress("scale: workers, slots")
     out["scale_workers"] = {
         str(k): _ray_throughput(ray, k, size.scale) for k in WORKER_COUNTS if size.scale
     }
+    # Ray runs one task at a time per worker process and starts one per CPU it is given.
+    out["scale_slots"] = {
+        str(k): _ray_throughput(ray, 2 * k, size.slots) for k in SLOT_COUNTS if size.slots
+    }
+    if size.pending:
+        progress("scale: memory per pending task")
+        out["pending_bytes_per_task"] = _ray_pending(ray, size)
     return out
 
 
-def _ray_throughput(ray: Any, workers: int, n: int) -> float:
-    """Batched throughput with ``workers`` worker processes (Ray starts one per CPU)."""
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+def _ray_state_pids() -> list[int]:
+    """The driver (this process) and Ray's control processes (``RAY_CONTROL``)."""
+    import psutil  # a dependency of Ray and of Dask
+
+    found = [p.pid for p in psutil.Process().children(recursive=True) if p.name() in RAY_CONTROL]
+    assert len(found) == len(RAY_CONTROL), f"found {found}, expected {RAY_CONTROL}"
+    return [os.getpid(), *found]
+
+
+def _ray_rate(ray: Any, remote_noop: Any, n: int) -> float:
+    started = time.perf_counter()
+    ray.get([remote_noop.remote(i) for i in range(n)])
+    return n / (time.perf_counter() - started)
+
+
+def _ray_throughput(ray: Any, cpus: int, n: int) -> float:
+    """Batched throughput with ``cpus`` worker processes (Ray starts one per CPU)."""
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     try:
         remote_noop = ray.remote(noop)
         ray.get([remote_noop.remote(i) for i in range(100)])
-        started = time.perf_counter()
-        ray.get([remote_noop.remote(i) for i in range(n)])
-        return n / (time.perf_counter() - started)
+        return _ray_rate(ray, remote_noop, n)
+    finally:
+        ray.shutdown()
+
+
+def _ray_pending(ray: Any, size: Sizes) -> dict[str, float]:
+    """Pending tasks that ask for a resource no node has: Ray keeps them queued as
+    infeasible, their specs in the driver that owns them."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        waiting = ray.remote(noop).options(resources={"unavailable": 1})
+        return _pending_memory(
+            lambda keys: [waiting.remote(i) for i in keys], lambda n: True, size,
+            _ray_state_pids(),
+        )  # fmt: skip
     finally:
         ray.shutdown()
 
@@ -236,9 +385,15 @@ def main() -> int:
     parser.add_argument(
         "--scale", type=int, default=20_000, help="tasks per worker count (1, 2, 4, 8); 0: skip"
     )
+    parser.add_argument(
+        "--slots", type=int, default=5_000, help="tasks per slot count (1, 4, 16); 0: skip"
+    )
+    parser.add_argument("--pending-first", type=int, default=100_000)
+    parser.add_argument("--pending", type=int, default=1_000_000, help="pending tasks to fill")
     args = parser.parse_args()
     run = run_dask if args.system == "dask" else run_ray
-    size = Sizes(args.tasks, args.large, args.latency, args.kill, args.kill_rounds, args.scale)
+    size = Sizes(args.tasks, args.large, args.latency, args.kill, args.kill_rounds, args.scale,
+                 args.slots, args.pending_first, args.pending)  # fmt: skip
     print(json.dumps(run(size)))
     return 0
 

@@ -1,4 +1,5 @@
-"""Plot docs/benchmarks/latest.json as PNGs (matplotlib: requirements-bench.txt).
+"""Plot docs/benchmarks/latest.json as PNGs (matplotlib: requirements-bench.txt):
+``python -m bench.plot latest.json latest.png``.
 
 ``latest.png``: the same-run comparison with Dask and Ray. ``scale.png`` beside it: the
 scale workloads (bench/scale.py), when the document has them.
@@ -15,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from bench.compare import series
 
 COLOURS = ["#2a9d8f", "#e9c46a", "#e76f51"]
 
@@ -45,13 +48,6 @@ def comparison(doc: dict[str, Any], target: Path) -> None:
     fig.savefig(target, dpi=110)
 
 
-def _series(figures: dict[str, float], prefix: str) -> tuple[list[str], list[float]]:
-    """Figures named ``<prefix><n>``, in the order of n, as (labels, values)."""
-    found = sorted((int(k.removeprefix(prefix)), v) for k, v in figures.items()
-                   if k.startswith(prefix) and k.removeprefix(prefix).isdigit())  # fmt: skip
-    return [f"{n:,}" for n, _ in found], [v for _, v in found]
-
-
 def scale(doc: dict[str, Any], target: Path) -> None:
     """One panel per scale question: workers, slots, memory per pending task, restart."""
     figures = doc["figures"]
@@ -62,7 +58,8 @@ def scale(doc: dict[str, Any], target: Path) -> None:
     ]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(16, 3.6))
     for ax, (title, xlabel, unit, prefix) in zip(axes, panels, strict=False):
-        labels, values = _series(figures, prefix)
+        found = list(series(figures, prefix))
+        labels, values = [f"{n:,}" for n, _ in found], [v for _, v in found]
         ax.bar(labels, values, color=COLOURS[0])
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(xlabel)

@@ -389,7 +389,7 @@ def main() -> int:
     if args.only is not None and args.size == "full":
         doc = _merged(args.out, doc)
     if args.peers:
-        doc["peers"] = compare.run_peers(args.peers, args.size)
+        doc["peers"] = compare.run_peers(args.peers, SIZES[args.size])
         doc["comparison"] = compare.comparison(doc["figures"], doc["peers"])
         print(compare.markdown(doc))
     if args.size == "full":

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from bench.compare import comparison, markdown
 from bench.run import Result, _document, _merged, main_async, select, workloads
 
 
@@ -37,7 +38,7 @@ async def test_every_scale_benchmark_runs_at_tiny_size() -> None:
         "scale_slots_16",
         "scale_pending_2000",
         "scale_pending_5000",
-        "scale_retention_rss_mb",
+        "scale_retention_held_mb",
         "scale_recovery_s",
     ]
     _plausible(results)
@@ -86,3 +87,44 @@ def test_only_results_replace_theirs_in_the_full_document(tmp_path: Path) -> Non
     assert [r["figure"] for r in merged["results"]] == [3.0, 21.0]
     assert merged["peers"] == {"ray": {"version": "x"}}
     assert merged["rerun"] == {"scale-recovery": new["when"]}
+
+
+def test_comparison_rows_and_ratios() -> None:
+    """Pure table logic: each row's ratio to Ray points the right way (higher or lower is
+    better), series follow their numbers, and a figure at or below 0 gets no ratio."""
+    figures = {
+        "throughput": 30_000.0, "throughput_standby": 20_000.0, "throughput_large": 25_000.0,
+        "per_request": 6_000.0, "latency_p50": 1.0, "latency_p99": 2.0, "kill_extra": -0.1,
+        "failover_ms": 150.0, "scale_workers_10": 40_000.0, "scale_workers_2": 30_000.0,
+        "scale_slots_1": 2_000.0, "scale_pending_100000": 800.0,
+        "scale_retention_held_mb": 40.0, "scale_recovery_s": 7.0,
+    }  # fmt: skip
+    ray = {
+        "system": "ray", "version": "2", "throughput_tasks_s": 1_000,
+        "throughput_large_tasks_s": 500, "per_request_tasks_s": 1_000,
+        "latency": {"p50_ms": 2.0, "p99_ms": 5.0},
+        "kill": {"extra_s": 0.5}, "scale_workers": {"2": 1_000, "10": 800},
+        "scale_slots": {"1": 1_000}, "pending_bytes_per_task": {"100000": 8_000},
+        "retention_held_mb": 20.0,
+    }  # fmt: skip
+    rows = comparison(figures, {"dask": {"version": "1"}, "ray": ray})
+    ratios = {r["workload"]: r["ratio_vs_ray"] for r in rows}
+    assert ratios["throughput, batches, 20,000 tasks"] == 30
+    assert ratios["throughput, batches, 200,000 tasks"] == 50
+    assert ratios["latency p50 (Mutirão: session)"] == 2
+    assert ratios["worker SIGKILL: extra time"] is None
+    assert [w for w in ratios if "worker(s)" in w] == [
+        "throughput, batches, 2 worker(s)",
+        "throughput, batches, 10 worker(s)",
+    ]
+    assert ratios["throughput, batches, 2 workers x 1 slot(s)"] == 2
+    assert ratios["memory per pending task, 100,000 pending"] == 10
+    assert ratios["memory still held after finished tasks were let go"] == 0.5
+    assert all(r["dask"] is None for r in rows)  # Dask ran nothing here: no figure, no error
+    restart = Result("scale: restart", 7.0, "s", {"tasks": 1_050}, key="scale_recovery_s")
+    doc = {**_document("full", [restart]), "figures": figures, "comparison": rows,
+           "peers": {"ray": ray}}  # fmt: skip
+    page = markdown(doc)
+    assert "| restart after SIGKILL with 1,050 tasks -> ready | s | 7.00 |" in page
+    row = "| memory per pending task, 100,000 pending | B/task | 800 | - | 8,000 | 10.00x |"
+    assert row in page
