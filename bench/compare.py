@@ -106,9 +106,9 @@ def comparison(figures: dict[str, Any], peers: dict[str, dict[str, Any]]) -> lis
         *(row(f"memory per pending task, {n:,} pending", "B/task", figure,
               f"pending_bytes_per_task.{n}", "lower")
           for n, figure in series(figures, "scale_pending_")),
-        *(row("memory still held after finished tasks were let go", "MiB", figures[key],
-              "retention_held_mb", "lower")
-          for key in ("scale_retention_held_mb",) if key in figures),
+        *([row("memory still held after finished tasks were let go", "MiB",
+               figures["scale_retention_held_mb"], "retention_held_mb", "lower")]
+          if "scale_retention_held_mb" in figures else []),
     ]  # fmt: skip
 
 
