@@ -71,12 +71,14 @@ def progress(message: str) -> None:
 def rss(*pids: int) -> int:
     """Resident set size of the processes, in bytes (``VmRSS`` in ``/proc/<pid>/status``);
     also :mod:`bench.scale`'s measure (this module needs only the standard library)."""
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    return sum(_rss(pid) for pid in pids)
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid} (a zombie?)")
 
 
 def wait_until(done: Callable[[], bool], what: str, timeout: float = 120.0) -> None:

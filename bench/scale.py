@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tests.integration.cluster import LocalCluster, Proc, eventually
 
-from bench.peers import rss
+from bench.peers import MIB, rss
 from bench.run import Result, Workload, _cluster, no_op_batches
 from mutirao.client.http import ApiError, Client
 
@@ -38,7 +38,6 @@ ROUNDS = 2
 EXPIRY_TIMEOUT_S = 15.0
 """How long the retention workload waits for finished tasks to be forgotten, beyond the
 retention itself: an orchestrator that sweeps expired tasks should be done well within it."""
-MIB = 1024 * 1024
 _UNFINISHED = ("pending", "assigned", "running")
 
 
