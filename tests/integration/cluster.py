@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from mutirao.auth import SECRET_FILE, USERS_FILE, TokenSigner, User, UserStore
 from mutirao.client.http import Client
+from mutirao.protocol import HaView
 
 T = TypeVar("T")
 
@@ -300,6 +301,24 @@ class UpCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.popen.wait(timeout=10)
+
+
+async def ha_view(url: str) -> HaView | None:
+    """``GET /v1/ha`` of one orchestrator; None if it does not answer within a second."""
+    import aiohttp
+
+    try:
+        timeout = aiohttp.ClientTimeout(total=1)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url + "/v1/ha") as r:
+            view: HaView = await r.json()
+            return view
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def is_active(url: str) -> bool:
+    view = await ha_view(url)
+    return view is not None and view["role"] == "active"
 
 
 SIGKILL = signal.SIGKILL

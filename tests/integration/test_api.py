@@ -286,6 +286,14 @@ async def test_idempotent_resubmission(cluster: LocalCluster, http: aiohttp.Clie
 
 # -- bad input -------------------------------------------------------------------------------
 
+
+BIG_INT = b'{"type": "echo", "payload": {"n": 1000000000000000000000000000000}}'
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"type": "echo", "payload": ' + b"[" * depth + b"]" * depth + b"}"
+
+
 _BAD_SUBMISSIONS: list[tuple[str, bytes | None, int, str]] = [
     ("malformed JSON", b'{"type": "echo", ', 400, "body"),
     ("not UTF-8", b"\xff\xfe", 400, "body"),
@@ -337,6 +345,23 @@ _BAD_SUBMISSIONS: list[tuple[str, bytes | None, int, str]] = [
         413,
         "tasks[1].payload",
     ),
+    ("an integer beyond 64 bits", BIG_INT, 400, "payload"),
+    (
+        "an integer beyond 64 bits in a batch",
+        b'{"tasks": [{"type": "echo"}, {"type": "echo", "payload": [-10, 1' + b"0" * 30 + b"]}]}",
+        400,
+        "tasks[1].payload",
+    ),
+    ("a float beyond range", b'{"type": "echo", "payload": [1, 2e400]}', 422, "payload[1]"),
+    ("a payload nested 300 deep", _nested(300), 400, "payload"),
+    ("a payload nested 1,000 deep", _nested(1000), 400, "body"),
+    (
+        "max_attempts beyond the bound",
+        b'{"type": "echo", "max_attempts": 1000000}',
+        422,
+        "max_attempts",
+    ),
+    ("timeout beyond the bound", b'{"type": "echo", "timeout": 1e308}', 422, "timeout"),
     (
         "request over the limit",
         orjson.dumps({"type": "echo", "payload": "z" * 70_000}),
@@ -431,6 +456,41 @@ async def test_bad_input_gets_4xx_naming_the_field_and_loses_nothing(
     log = cluster.procs[0].output()
     assert "Traceback" not in log, log[-3000:]
     assert "unexpected error" not in log, log[-3000:]
+
+
+async def test_an_unstorable_submission_fails_alone_and_replication_carries_on(
+    cluster: LocalCluster, http: aiohttp.ClientSession
+) -> None:
+    """A payload the journal cannot encode (an integer beyond 64 bits), among good
+    submissions arriving together: it alone is refused (400 naming the field); the others
+    share the journal flush, are answered, replicated to the standby and run."""
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_backup()
+    cluster.start_worker("W1")
+    await cluster.wait_workers("W1")
+    token = cluster.token()
+    tasks = cluster.url + "/v1/tasks"
+    async with cluster.client(token) as client:
+        await eventually(lambda: _standby_synced(client), timeout=20, what="standby in sync")
+        good = [
+            call(http, "POST", tasks, token=token, json={"type": "echo", "payload": i})
+            for i in range(20)
+        ]
+        *together, refused = await asyncio.gather(
+            *good, call(http, "POST", tasks, token=token, data=BIG_INT)
+        )
+        assert_error(refused, 400, "payload")
+        assert [r.status for r in together] == [201] * 20, together
+        views = await client.wait_many([r.body["id"] for r in together], timeout=10)
+        assert [v["result"] for v in views] == list(range(20))
+        info = await client.cluster()
+        assert [(s["synced"], s["lag"]) for s in info["standbys"]] == [(True, 0)], info
+    assert "Traceback" not in cluster.procs[0].output()
+
+
+async def _standby_synced(client: Client) -> bool:
+    return any(s["synced"] for s in (await client.cluster())["standbys"])
 
 
 async def test_public_endpoints(cluster: LocalCluster, http: aiohttp.ClientSession) -> None:

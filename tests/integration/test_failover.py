@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import stat
 import time
 from typing import Any
 
 import pytest
 
+from mutirao.auth import JOIN_TOKEN_FILE, SECRET_FILE, USERS_FILE
 from mutirao.client.http import Client, Unreachable
 from mutirao.client.session import Session
+from mutirao.orchestrator.journal import CHECKPOINT_NAME
 from mutirao.protocol import TaskView
 from tests.integration.cluster import LocalCluster, Proc, eventually
+
+PRIVATE_FILES = {SECRET_FILE, USERS_FILE, JOIN_TOKEN_FILE, CHECKPOINT_NAME}
 
 
 def _proc(cluster: LocalCluster, name: str) -> Proc:
@@ -199,3 +204,28 @@ async def test_a_session_fails_over_by_reconnecting_and_resubmitting(cluster: Lo
 async def _submit_until_it_fails(session: Session, start: int) -> None:
     for n in range(start, start + 1000):
         await session.submit("echo", n, key=f"s-{n}")
+
+
+async def test_every_file_with_secrets_or_task_data_is_private_on_both_orchestrators(
+    cluster: LocalCluster,
+) -> None:
+    """Journal segments, checkpoints, the users file and the secrets: 0600 on the active and
+    on the standby (which writes its copies when it syncs), in data dirs that are 0700."""
+    cluster.add_user("alice", "pw-alice-123")
+    await _ha_cluster(cluster, "W1")
+    async with cluster.client() as client:
+        task = await client.submit("echo", {"secret": "payload"})
+        await client.wait(task["id"], timeout=10)
+        await _standby_synced(client, "backup")
+    checked = []
+    for data in (cluster.data_dir, cluster.root / "backup-data"):
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700, data
+        for path in data.iterdir():
+            if path.name.startswith("journal-") or path.name in PRIVATE_FILES:
+                checked.append(f"{data.name}/{path.name}")
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for expected in (f"data/{SECRET_FILE}", f"data/{USERS_FILE}", f"backup-data/{SECRET_FILE}",
+                     f"backup-data/{USERS_FILE}", f"backup-data/{CHECKPOINT_NAME}"):  # fmt: skip
+        assert expected in checked, checked
+    assert any(c.startswith("data/journal-") for c in checked), checked
+    assert any(c.startswith("backup-data/journal-") for c in checked), checked

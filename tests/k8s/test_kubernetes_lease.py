@@ -101,8 +101,8 @@ async def test_renew_that_hits_a_conflict_returns_none_and_the_holder_steps_down
     assert stored(apiserver)["metadata"]["resourceVersion"] == version  # nothing written
 
     # The controller's side of it: a holder that cannot renew stops acting in time.
-    tenure = Tenure(lease, renew_interval=0.5, margin=0.5)
-    assert tenure.must_step_down(T0 + DURATION - 0.5)
+    tenure = Tenure(lease, T0, renew_interval=0.5, margin=0.5)
+    assert tenure.lapsed(T0 + DURATION - 0.5)
 
     # Without the injected conflict the same renewal goes through.
     renewed = await a.renew(lease, T0 + 0.6, [])

@@ -312,3 +312,19 @@ def test_a_checkpoint_without_later_segments_recovers_past_it(tmp_path: Path) ->
     assert state(recovered) == {"n": 0}
     assert recovered.records == []
     assert recovered.next_segment == 5
+
+
+async def test_a_record_it_cannot_encode_fails_only_its_own_append(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defence behind the submission checks: one unencodable record (an integer beyond 64
+    bits) fails its own append; the appends queued around it are written and resolve."""
+    async with Journal(tmp_path, 1) as journal:
+        before = journal.append([{"i": 1}])
+        bad = journal.append([{"i": 2}, {"i": 10**30}])
+        after = journal.append([{"i": 3}])
+        await asyncio.gather(before, after)
+        with pytest.raises(ValueError, match="cannot be journaled"):
+            await bad
+    assert [r["i"] for r in recover(tmp_path).records] == [1, 3]
+    assert "cannot encode" in caplog.text

@@ -35,3 +35,13 @@ def test_the_operator_may_import_mutirao() -> None:
         "print(','.join(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     assert {"kopf", "mutirao", "mutirao_operator"} <= top
+
+
+def test_the_orchestrator_service_does_not_import_the_role_controller() -> None:
+    """The role and its acknowledgement rule live in ``mutirao.ha.role``; the controller
+    drives the service and is never imported back by it (no import cycle)."""
+    loaded = imported_after(
+        "import sys, mutirao.orchestrator.service\nprint(','.join(sorted(sys.modules)))"
+    )
+    assert "mutirao.ha.role" in loaded
+    assert "mutirao.ha.controller" not in loaded

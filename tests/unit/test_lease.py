@@ -119,22 +119,25 @@ def test_renewed_keeps_the_holder_first_and_dedups() -> None:
 
 
 def test_tenure_renew_due_after_the_interval() -> None:
-    tenure = Tenure(lease(renewed_at=100.0, duration=10.0), renew_interval=2.0, margin=1.0)
+    tenure = Tenure(lease(duration=10.0), asked_at=100.0, renew_interval=2.0, margin=1.0)
     assert not tenure.renew_due(101.999)
     assert tenure.renew_due(102.0)
-    tenure.renewed(lease(renewed_at=102.0, duration=10.0))
+    tenure.renewed(lease(duration=10.0), asked_at=102.0)
     assert not tenure.renew_due(103.0)
     assert tenure.renew_due(104.0)
 
 
-def test_tenure_steps_down_margin_before_expiry() -> None:
-    tenure = Tenure(lease(renewed_at=100.0, duration=10.0), renew_interval=2.0, margin=1.5)
-    assert not tenure.must_step_down(108.4)
-    assert tenure.must_step_down(108.5)
-    assert tenure.must_step_down(110.0)
-    tenure.renewed(lease(renewed_at=108.0, duration=10.0))
-    assert not tenure.must_step_down(116.0)
-    assert tenure.must_step_down(116.5)
+def test_tenure_lapses_margin_before_the_lease_could_expire_for_others() -> None:
+    """The deadline counts from when the request was sent (``asked_at``), not from what
+    the record says: a renewal that took long, or came back after a pause, holds less."""
+    tenure = Tenure(lease(duration=10.0), asked_at=100.0, renew_interval=2.0, margin=1.5)
+    assert tenure.deadline == 108.5
+    assert not tenure.lapsed(108.4)
+    assert tenure.lapsed(108.5)
+    assert tenure.lapsed(110.0)
+    tenure.renewed(lease(renewed_at=500.0, duration=10.0), asked_at=108.0)
+    assert not tenure.lapsed(116.0)
+    assert tenure.lapsed(116.5)
 
 
 @given(
@@ -143,39 +146,44 @@ def test_tenure_steps_down_margin_before_expiry() -> None:
     margin_share=st.floats(0.0, 0.99, allow_nan=False),
     interval_share=st.floats(0.01, 1.0, allow_nan=False),
     renew_gaps=st.lists(st.floats(0.0, 7200.0, allow_nan=False), max_size=8),
+    write_delay=st.floats(0.0, 60.0, allow_nan=False),
     observer_delay=st.floats(0.0, 60.0, allow_nan=False),
     probe=st.floats(0.0, 20000.0, allow_nan=False),
 )
-def test_the_holder_steps_down_before_anyone_may_take_over(
+def test_the_holder_stops_acknowledging_before_anyone_may_take_over(
     *,
     start: float,
     duration: float,
     margin_share: float,
     interval_share: float,
     renew_gaps: list[float],
+    write_delay: float,
     observer_delay: float,
     probe: float,
 ) -> None:
-    """Whenever a synced rival may take the lease, the holder has already stopped acting.
+    """Whenever a synced rival may take the lease, the holder's tenure has lapsed.
 
-    The holder renews at arbitrary times (skipping a renewal once it has had to step
-    down: it no longer holds the lease); a rival sees each renewal no earlier than it was
-    made (``observer_delay``), as the ``peer`` backend's beats arrive after they are sent.
+    The holder renews at arbitrary times (none once its tenure lapsed: it no longer holds
+    the lease); each renewal is written ``write_delay`` after it was asked for (a slow
+    backend, a pause), and a rival sees it no earlier than it was written
+    (``observer_delay``), as the ``peer`` backend's beats arrive after they are sent.
     """
     first = Lease("a", URL_A, 1, start, duration, ("a", "b"))
-    tenure = Tenure(first, renew_interval=duration * interval_share, margin=duration * margin_share)
+    tenure = Tenure(
+        first, start, renew_interval=duration * interval_share, margin=duration * margin_share
+    )
     now = start
     for gap in renew_gaps:
         now += gap
-        if tenure.must_step_down(now):
+        if tenure.lapsed(now):
             break
-        tenure.renewed(renewed(tenure.lease, now, ["b"]))
+        tenure.renewed(renewed(tenure.lease, now + write_delay, ["b"]), asked_at=now)
     seen_by_rival = Lease(
         "a", URL_A, 1, tenure.lease.renewed_at + observer_delay, duration, tenure.lease.synced
     )
-    for at in (tenure.lease.renewed_at + probe, seen_by_rival.expires_at, tenure.lease.expires_at):
+    for at in (tenure.asked_at + probe, seen_by_rival.expires_at, tenure.lease.expires_at):
         if may_take(seen_by_rival, "b", at, None) or may_take(tenure.lease, "b", at, None):
-            assert tenure.must_step_down(at)
+            assert tenure.lapsed(at)
 
 
 # -- the file backend --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -15,12 +16,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mutirao.ha.controller import takeover_reason
-from mutirao.ha.lease import Lease, LeaseBackend
+from mutirao.ha.lease import Lease, LeaseBackend, Tenure
+from mutirao.ha.role import Role
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.events import NullObserver
 from mutirao.orchestrator.journal import Journal
 from mutirao.orchestrator.metrics import DEAD_WORKER_RETENTION
-from mutirao.orchestrator.service import Orchestrator, Role
+from mutirao.orchestrator.service import Orchestrator
 from mutirao.orchestrator.tasks import Change, Record, TaskTable, decode_snapshot
 from mutirao.protocol import HelloMsg, ResultItem, TaskId, TaskSpec, TaskState
 from mutirao.registry import Registry
@@ -39,6 +41,11 @@ class Clock:
         return self.now
 
 
+def shared_record_lease() -> LeaseBackend:
+    """A lease backend never called here: only whether its record is shared is read."""
+    return cast(LeaseBackend, SimpleNamespace(shared_record=True))
+
+
 class Cluster:
     """An orchestrator (not serving) whose engine is driven directly, as its service would."""
 
@@ -47,14 +54,18 @@ class Cluster:
         settings.heartbeat.timeout = TIMEOUT
         settings.data_dir.mkdir()
         self.clock = Clock()
-        self.orch = Orchestrator(settings, cast(LeaseBackend, None), clock=self.clock)
+        self.orch = Orchestrator(
+            settings, shared_record_lease(), clock=self.clock, monotonic=self.clock
+        )
         ids = itertools.count(1)
         self.orch.engine = Engine(
             settings.heartbeat,
             new_id=lambda: TaskId(f"t{next(ids)}"),
             observer=self.orch.metrics,
         )
-        self.orch.role = Role.ACTIVE
+        node = settings.node_id
+        held = Lease(node, "http://o1.test", 1, self.clock(), 1e9, (node,))
+        self.orch.roles.lead(Tenure(held, self.clock(), 1.0, 1.0), held.url)
         self.records: list[Record] = []
         self.sessions = itertools.count(1)
         self.session: dict[str, int] = {}
@@ -251,7 +262,7 @@ def test_a_silent_worker_ages_dies_and_its_tasks_are_redistributed(cluster: Clus
 def test_a_standby_reports_its_role_but_not_the_cluster(cluster: Cluster) -> None:
     cluster.hello("W1")
     cluster.submit(2)
-    cluster.orch.role = Role.STANDBY
+    cluster.orch.roles.role = Role.STANDBY
     samples = cluster.scrape()
     assert samples["mutirao_orchestrator_leader"][()] == 0
     assert samples["mutirao_orchestrator_role"][(("role", "standby"),)] == 1

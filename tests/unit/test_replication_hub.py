@@ -115,7 +115,7 @@ async def test_a_leaving_replica_keeps_waiters_blocked_until_forgotten() -> None
     assert not future.done()
     assert hub.synced() == []  # already out of the lease's synced list
     hub.publish(2, [{"e": "x"}])
-    hub.beat(1, 2, "a", "http://a.test:8000")
+    hub.beat(1, 2, "a", "http://a.test:8000", 0.5)
     assert link.sent == []  # nothing more goes to it
     hub.forget("b", b)
     assert future.done()
@@ -236,12 +236,19 @@ async def test_beat_tells_each_replica_whether_it_is_in_sync() -> None:
     hub.subscribe(b)
     hub.subscribe(c)
     hub.ack("b", 2, 1.0)
-    hub.beat(7, 5, "a", "http://a.test:8000")
-    beat = {"op": "beat", "node": "a", "url": "http://a.test:8000", "epoch": 7, "lsn": 5}
+    hub.beat(7, 5, "a", "http://a.test:8000", 0.5)
+    beat = {
+        "op": "beat",
+        "node": "a",
+        "url": "http://a.test:8000",
+        "epoch": 7,
+        "lsn": 5,
+        "sent": 0.5,
+    }
     assert b_link.sent == [{**beat, "synced": True}]
     assert c_link.sent == [{**beat, "synced": False}]
     hub.leaving("b", b)
-    hub.beat(7, 6, "a", "http://a.test:8000")
+    hub.beat(7, 6, "a", "http://a.test:8000", 0.5)
     assert len(b_link.sent) == 1
     assert c_link.sent[-1] == {**beat, "lsn": 6, "synced": False}
 

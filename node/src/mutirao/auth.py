@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from mutirao.errors import AuthError, ConflictError, ValidationError
+from mutirao.private import write_private
 
 USERS_FILE = "users.json"
 SECRET_FILE = "token.secret"
@@ -37,28 +38,17 @@ def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
 def read_or_create_secret(path: Path, make: int = 32, *, given: str = "") -> str:
     """A secret kept in a private file, created on first use; ``given`` (from the settings)
     replaces whatever the file held."""
     if given:
         if not path.exists() or path.read_text().strip() != given:
-            _write_private(path, given.encode())
+            write_private(path, [given.encode()])
         return given
     if path.exists():
         return path.read_text().strip()
     value = secrets.token_urlsafe(make)
-    _write_private(path, value.encode())
+    write_private(path, [value.encode()])
     return value
 
 
@@ -86,7 +76,7 @@ class UserStore:
             raise ConflictError(f"user {name!r} already exists", field="name")
         salt = os.urandom(16)
         users[name] = {"salt": salt.hex(), "hash": _hash(password, salt).hex(), "admin": admin}
-        _write_private(self.path, orjson.dumps(users, option=orjson.OPT_INDENT_2))
+        write_private(self.path, [orjson.dumps(users, option=orjson.OPT_INDENT_2)])
         return User(name, admin)
 
     def verify(self, name: str, password: str) -> User:

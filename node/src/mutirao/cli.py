@@ -23,6 +23,7 @@ from mutirao.auth import JOIN_TOKEN_FILE
 from mutirao.client import commands, credentials, top
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
+from mutirao.private import private_dir
 from mutirao.settings import Settings, SettingsError, from_env, validate
 
 log = logging.getLogger("mutirao")
@@ -357,7 +358,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
         fmt=settings.log.format,
         directory=settings.log.dir,
     )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     orch = Orchestrator(validate(settings), make_lease(settings))
     log.info(

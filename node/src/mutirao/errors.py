@@ -55,6 +55,12 @@ class ValidationError(PermanentError):
     code = "invalid"
 
 
+class UnstorableError(ValidationError):
+    """Valid JSON the cluster cannot store: an integer beyond 64 bits, nesting too deep."""
+
+    status = 400
+
+
 class MalformedError(PermanentError):
     """The request body is not valid JSON (or not the expected shape at all)."""
 

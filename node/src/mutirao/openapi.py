@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mutirao.protocol import MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TASK = {"$ref": "#/components/schemas/Task"}
 
@@ -26,10 +28,25 @@ _TASK_SPEC = {
     "additionalProperties": False,
     "properties": {
         "type": {"type": "string", "minLength": 1, "description": "handler name"},
-        "payload": {"description": "any JSON value passed to the handler"},
+        "payload": {
+            "description": (
+                "any JSON value passed to the handler: integers within 64 bits, nested at "
+                f"most {MAX_PAYLOAD_DEPTH} arrays or objects deep"
+            )
+        },
         "priority": {"type": "integer", "default": 0},
-        "max_attempts": {"type": "integer", "minimum": 1, "default": 3},
-        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 300},
+        "max_attempts": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_ATTEMPTS,
+            "default": 3,
+        },
+        "timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": MAX_TIMEOUT,
+            "default": 300,
+        },
         "key": {"type": "string", "maxLength": 256, "description": "idempotency key"},
     },
 }

@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal, NewType, TypedDict, cast
 import msgspec
 import orjson
 
-from mutirao.errors import MalformedError, ProtocolError, TooLargeError, ValidationError
+from mutirao.errors import (
+    MalformedError,
+    ProtocolError,
+    TooLargeError,
+    UnstorableError,
+    ValidationError,
+)
 from mutirao.settings import LimitSettings, TaskDefaults
 
 TaskId = NewType("TaskId", str)
@@ -64,8 +70,14 @@ class Outcome(StrEnum):
 
 
 _Priority = Annotated[int, msgspec.Meta(ge=-(2**31), lt=2**31)]
-_Attempts = Annotated[int, msgspec.Meta(ge=1)]
-_Timeout = Annotated[float, msgspec.Meta(gt=0)]
+MAX_ATTEMPTS = 100
+"""Most attempts a task may ask for."""
+MAX_TIMEOUT = 7 * 24 * 3600.0
+"""Longest time limit an attempt may ask for, in seconds (a week)."""
+MAX_PAYLOAD_DEPTH = 254
+"""Deepest nesting of arrays and objects in a payload (what the journal's encoder takes)."""
+_Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
+_Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
 
 
 class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -123,19 +135,30 @@ class SubmissionParser:
             raise invalid(exc) from None
         except msgspec.DecodeError as exc:
             raise MalformedError(f"request body is not valid JSON: {exc}", field="body") from None
+        except RecursionError:
+            raise UnstorableError(_too_deep("body"), field="body") from None
         limits = self.limits
         if len(specs) > limits.max_batch:
             raise TooLargeError(f"at most {limits.max_batch} tasks per request", field="tasks")
-        # Only a body larger than the limit can hold an oversized payload: skip re-encoding
-        # otherwise.
-        if len(body) > limits.max_payload_bytes:
-            for i, spec in enumerate(specs):
-                if len(orjson.dumps(spec.payload)) > limits.max_payload_bytes:
-                    where = f"tasks[{i}].payload" if batch else "payload"
-                    raise TooLargeError(
-                        f"payload exceeds {limits.max_payload_bytes} bytes", field=where
-                    )
+        for i, spec in enumerate(specs):
+            # What the journal will encode, checked now: a payload it cannot take (an
+            # integer beyond 64 bits, nesting too deep) is this request's error, not the
+            # journal's. Small payloads encode in ~0.2 µs.
+            where = f"tasks[{i}].payload" if batch else "payload"
+            try:
+                size = len(orjson.dumps(spec.payload))
+            except orjson.JSONEncodeError as exc:
+                problem = _too_deep(where) if "Recursion" in str(exc) else f"{where}: {exc}"
+                raise UnstorableError(problem, field=where) from None
+            if size > limits.max_payload_bytes:
+                raise TooLargeError(
+                    f"payload exceeds {limits.max_payload_bytes} bytes", field=where
+                )
         return specs, batch
+
+
+def _too_deep(where: str) -> str:
+    return f"{where}: nested deeper than {MAX_PAYLOAD_DEPTH} arrays or objects"
 
 
 _NAMED_FIELD = re.compile(r"Object (?:contains unknown|missing required) field `(.+)`")
@@ -156,7 +179,7 @@ def invalid(exc: msgspec.ValidationError) -> ValidationError:
 class SessionCall(msgspec.Struct, forbid_unknown_fields=True):
     """One submission on a client session (``GET /v1/session``)."""
 
-    ref: int
+    ref: Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
     """Chosen by the client; the answer carries it back."""
     task: msgspec.Raw
     """A task as ``POST /v1/tasks`` takes it (validated by :class:`SubmissionParser`)."""
@@ -321,6 +344,10 @@ class ReplicaAckMsg(TypedDict):
     op: Literal["ack"]
     lsn: int
     """Every record up to this log sequence number is durable on the standby."""
+    beat: float
+    """The ``sent`` of the newest beat received (0 before the first)."""
+    eligible: bool
+    """Whether that beat let this standby take over once the leader falls silent."""
 
 
 StandbyMessage = FollowMsg | ReplicaAckMsg
@@ -355,6 +382,9 @@ class BeatMsg(TypedDict):
     lsn: int
     synced: bool
     """Whether the active counts this standby as holding every acknowledged record."""
+    sent: float
+    """The active's monotonic clock when it sent the beat, echoed in the standby's acks:
+    the active then knows how long the standby's view of its lease holds (peer lease)."""
 
 
 LeaderMessage = SnapshotMsg | RecordsMsg | BeatMsg
@@ -371,11 +401,14 @@ class HaView(TypedDict):
     lsn: int
 
 
-_STANDBY_KEYS: dict[str, tuple[str, ...]] = {"follow": ("node", "url"), "ack": ("lsn",)}
+_STANDBY_KEYS: dict[str, tuple[str, ...]] = {
+    "follow": ("node", "url"),
+    "ack": ("lsn", "beat", "eligible"),
+}
 _LEADER_KEYS: dict[str, tuple[str, ...]] = {
     "snapshot": ("epoch", "lsn", "state", "auth"),
     "records": ("lsn", "records"),
-    "beat": ("node", "url", "epoch", "lsn", "synced"),
+    "beat": ("node", "url", "epoch", "lsn", "synced", "sent"),
 }
 
 _WORKER_KEYS: dict[str, tuple[str, ...]] = {

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -21,9 +23,10 @@ from mutirao import protocol
 from mutirao.errors import AuthError, ProtocolError
 from mutirao.ha.lease import Lease, Tenure
 from mutirao.ha.replication import Replica
+from mutirao.ha.role import Role
 from mutirao.ha.standby import Standby
 from mutirao.orchestrator.links import Link
-from mutirao.orchestrator.service import Orchestrator, Role
+from mutirao.orchestrator.service import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +34,33 @@ log = logging.getLogger(__name__)
 class Controller:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
+        self.roles = orch.roles
         self.ha = orch.settings.ha
-        self.tenure: Tenure | None = None
         self._renewing = asyncio.Lock()
+        self._loop: asyncio.Task[None] | None = None
         self.last_seen_lease: Lease | None = None
         """The lease as last read while standing by: whom a takeover replaces."""
+
+    async def serve(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: recover, take a role, serve, then stop and checkpoint."""
+        async with self.orch.opened():
+            self._loop = asyncio.create_task(self.run(), name="roles")
+            try:
+                yield
+            finally:
+                await self.stop()
+
+    async def stop(self, app: web.Application | None = None) -> None:
+        """Stop acting at once and hand the lease over (SIGTERM). Also an ``on_shutdown``
+        hook: aiohttp runs it before it waits for open connections to finish."""
+        roles = self.roles
+        if roles.role is Role.STOPPING or self._loop is None:
+            return
+        held = roles.tenure.lease if roles.tenure is not None else None
+        roles.role = Role.STOPPING
+        self._loop.cancel()
+        await asyncio.gather(self._loop, return_exceptions=True)
+        await self.shutdown(held)
 
     async def run(self) -> None:
         orch = self.orch
@@ -48,12 +73,12 @@ class Controller:
             )
         while True:
             try:
-                lease = await self._stand_by()
-                await self._lead(lease)
+                lease, asked_at = await self._stand_by()
+                await self._lead(lease, asked_at)
             except (OSError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
                 # A bug or a broken disk must not leave the process serving with no role.
                 log.exception("role loop failed (%s); standing by again", exc)
-                orch.step_down(f"role loop failed: {exc}")
+                self.roles.step_down(f"role loop failed: {exc}")
                 await asyncio.sleep(self.ha.retry_interval)
 
     async def shutdown(self, held: Lease | None) -> None:
@@ -71,25 +96,27 @@ class Controller:
 
     # -- standby ---------------------------------------------------------------------------
 
-    async def _stand_by(self) -> Lease:
-        orch = self.orch
-        orch.role = Role.STANDBY
+    async def _stand_by(self) -> tuple[Lease, float]:
+        """Follow the leader until this node takes the lease; returns it and the monotonic
+        time the successful attempt was made."""
+        orch, roles = self.orch, self.roles
+        roles.role = Role.STANDBY
         standby = Standby(orch)
         following: str | None = None
         follower: asyncio.Task[None] | None = None
         self.last_seen_lease = None
         try:
             while True:
-                now = orch.clock()
-                floor = max(orch.engine.epoch, orch.seen_epoch)
+                now, asked_at = orch.clock(), orch.monotonic()
+                floor = max(orch.engine.epoch, roles.seen_epoch)
                 lease = await orch.lease.acquire(orch.node, orch.url, now, floor)
                 if lease is not None:
-                    return lease
+                    return lease, asked_at
                 current = self.last_seen_lease = await orch.lease.read()
                 leader = None
                 if current is not None and current.holder != orch.node:
                     leader = current.url or None
-                orch.leader_url = leader
+                roles.leader_url = leader
                 if leader != following or (follower is not None and follower.done()):
                     if follower is not None:
                         follower.cancel()
@@ -106,12 +133,12 @@ class Controller:
 
     # -- active ----------------------------------------------------------------------------
 
-    async def _lead(self, lease: Lease) -> None:
-        orch = self.orch
-        orch.deposed.clear()
-        self.tenure = Tenure(lease, self.ha.renew_interval, self.ha.step_down_margin)
-        orch.leader_url = orch.url
-        orch.role = Role.ACTIVE
+    async def _lead(self, lease: Lease, asked_at: float) -> None:
+        orch, roles = self.orch, self.roles
+        orch.hub.witness.clear()
+        roles.lead(
+            Tenure(lease, asked_at, self.ha.renew_interval, self.ha.step_down_margin), orch.url
+        )
         await orch.commit(orch.engine.take_lead(lease.epoch, orch.node, orch.clock()))
         log.warning(
             "now the active orchestrator with epoch %d: %s (%d task(s), %d worker(s) to call back)",
@@ -129,38 +156,32 @@ class Controller:
                     group.create_task(self._beat_loop(), name="replication-beats"),
                     group.create_task(self._call_workers(lease.epoch), name="worker-callback"),
                 ]
-                await orch.deposed.wait()
+                await roles.deposed.wait()
                 for duty in duties:
                     duty.cancel()
         finally:
-            if orch.role is Role.ACTIVE:
-                orch.role = Role.STANDBY
-            self.tenure = None
+            roles.step_down("leaving the active role")
             orch.hub.fail_all()
             await orch.close_links(protocol.STALE_EPOCH_CLOSE, "this orchestrator was deposed")
             for replica in list(orch.hub.replicas.values()):
                 await replica.link.close(protocol.STALE_EPOCH_CLOSE, "deposed")
                 orch.hub.forget(replica.node, replica)
-        if orch.seen_epoch > lease.epoch:
-            # Someone leads with a newer epoch we cannot see yet: until we hear from it,
-            # this node must not take the lease back on its own (peer backend).
-            orch.lease.observe(
-                Lease("", "", orch.seen_epoch, orch.clock(), self.ha.lease_duration, ("",))
-            )
-        # Said once at WARNING, with the reason, by Orchestrator.step_down.
-        log.info("no longer active (%s); following the new leader", orch.deposed_reason)
+        # Someone may lead now whom we cannot see yet: until we hear from it, this node must
+        # not take the lease back on its own (peer backend; the others read a shared record).
+        epoch = max(roles.seen_epoch, lease.epoch)
+        orch.lease.observe(Lease("", "", epoch, orch.clock(), self.ha.lease_duration, ("",)))
+        # Said once at WARNING, with the reason, by Roles.step_down.
+        log.info("no longer active (%s); following the new leader", roles.deposed_reason)
 
     async def _renew_loop(self) -> None:
-        orch = self.orch
+        orch, roles = self.orch, self.roles
         while True:
             await asyncio.sleep(min(self.ha.renew_interval, 0.1))
-            assert self.tenure is not None
-            now = orch.clock()
-            if self.tenure.must_step_down(now):
-                orch.step_down("could not renew the lease before it expires")
-                return
+            tenure = roles.tenure
+            if not roles.acknowledgeable() or tenure is None:
+                return  # stepped down, saying why
             synced = set(orch.hub.synced()) | {orch.node}
-            if self.tenure.renew_due(now) or synced != set(self.tenure.lease.synced):
+            if tenure.renew_due(orch.monotonic()) or synced != set(tenure.lease.synced):
                 try:
                     if not await self.renew():
                         return
@@ -172,48 +193,42 @@ class Controller:
 
         Raises OSError or aiohttp.ClientError when the backend could not be reached.
         """
-        orch = self.orch
+        orch, roles = self.orch, self.roles
         async with self._renewing:
-            tenure = self.tenure
+            tenure = roles.tenure
             if tenure is None:
                 return False
+            asked_at = orch.monotonic()
             lease = await orch.lease.renew(tenure.lease, orch.clock(), orch.hub.synced())
-            if self.tenure is not tenure or orch.role is not Role.ACTIVE:
+            if roles.tenure is not tenure or roles.role is not Role.ACTIVE:
                 return False  # stepped down or stopping meanwhile
             if lease is None:
-                orch.step_down("the lease was taken by another orchestrator")
+                roles.step_down("the lease was taken by another orchestrator")
                 return False
-            tenure.renewed(lease)
+            tenure.renewed(lease, asked_at)
             # Tell the standbys at once whether they now count as in sync (peer backend:
             # that is what makes one eligible to take over).
-            orch.hub.beat(orch.engine.epoch, orch.lsn, orch.node, orch.url)
+            self._beat()
             return True
 
-    def _lease_synced(self) -> tuple[str, ...]:
-        return self.tenure.lease.synced if self.tenure is not None else ()
+    def _beat(self) -> None:
+        orch = self.orch
+        orch.hub.beat(orch.engine.epoch, orch.lsn, orch.node, orch.url, orch.monotonic())
 
     async def _beat_loop(self) -> None:
-        """Beat to the standbys; drop one that stopped answering, so that acknowledgements
-        waiting for it resume (degraded) after it could have taken over and called the
-        workers away from us."""
+        """Beat to the standbys. With a shared lease record, drop one that stopped
+        answering (the record then says it is out of sync, so it cannot take over), and
+        acknowledgements waiting for it resume. With the peer lease a silent standby may be
+        alive behind a cut link and about to take over: the acknowledgement rule (see
+        :mod:`.role`) steps this node down before it could."""
         orch = self.orch
         limit = self.ha.lease_duration + self.ha.step_down_margin
         while True:
-            orch.hub.beat(orch.engine.epoch, orch.lsn, orch.node, orch.url)
-            for replica in orch.hub.silent(orch.clock(), limit):
-                if orch.lease.shared_record:
+            self._beat()
+            if orch.lease.shared_record:
+                for replica in orch.hub.silent(orch.clock(), limit):
                     log.warning("standby %s silent for %.1fs: dropping it", replica.node, limit)
                     await replica.link.close(1001, "silent")
-                elif not replica.stalled:
-                    # With no shared record a silent standby may be alive behind a cut link and
-                    # about to take over: keep acknowledgements waiting rather than lose them.
-                    replica.stalled = True
-                    log.error(
-                        "standby %s silent for %.1fs: holding acknowledgements until it "
-                        "answers or a newer leader shows up (peer lease)",
-                        replica.node,
-                        limit,
-                    )
             await asyncio.sleep(min(0.5, self.ha.renew_interval))
 
     async def _call_workers(self, epoch: int) -> None:
@@ -244,7 +259,7 @@ class Controller:
         orch = self.orch
         if request.headers.get(protocol.JOIN_TOKEN_HEADER) != orch.join_token:
             raise AuthError("missing or wrong join token", field=protocol.JOIN_TOKEN_HEADER)
-        orch.require_active()
+        self.roles.require_active()
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
         try:
@@ -255,7 +270,7 @@ class Controller:
         except (ProtocolError, TimeoutError, TypeError) as exc:
             await ws.close(code=4400, message=str(exc)[:100].encode())
             return ws
-        if orch.role is not Role.ACTIVE:
+        if self.roles.role is not Role.ACTIVE:
             await ws.close(code=protocol.STALE_EPOCH_CLOSE, message=b"not the leader")
             return ws
         node = follow["node"]
@@ -280,7 +295,7 @@ class Controller:
                     break
                 ack = protocol.decode_standby_message(msg.data)
                 if ack["op"] == "ack":
-                    orch.hub.ack(node, ack["lsn"], orch.clock())
+                    orch.hub.ack(node, ack["lsn"], orch.clock(), ack["beat"], ack["eligible"])
         except ProtocolError as exc:
             log.warning("standby %s sent a bad message: %s", node, exc)
         finally:
@@ -288,23 +303,22 @@ class Controller:
         return ws
 
     async def _drop_replica(self, replica: Replica) -> None:
-        """Record in the lease that the standby is out of sync before going on without it.
+        """Record that the standby is out of sync before going on without it.
 
         Until then, acknowledgements that waited for the standby keep waiting: releasing them
         first would let that standby take over without records a client was told are safe.
+        With a shared lease record, a renewal records it. With the peer lease nothing outside
+        this process can, so this node waits until the standby's process is gone (its port
+        refuses us), it follows again (its new stream starts out of sync), or this node is
+        deposed: meanwhile a standby that may take over and hears nothing from us makes this
+        node step down (see :mod:`.role`).
         """
-        orch = self.orch
+        orch, roles = self.orch, self.roles
         orch.hub.leaving(replica.node, replica)
         await replica.link.close()
-        if not orch.lease.shared_record and replica.node in self._lease_synced():
-            # Nothing outside this process records that it left: it may be alive beyond a
-            # cut link and take over once our beats stop for a lease duration. Wait that out
-            # (or until we are deposed) before acknowledging anything it has not stored.
-            limit = self.ha.lease_duration + self.ha.step_down_margin
-            remaining = limit - (orch.clock() - replica.last_heard)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(orch.deposed.wait(), max(0.0, remaining))
-        while orch.role is Role.ACTIVE and self.tenure is not None:
+        if not orch.lease.shared_record:
+            await self._until_gone(replica)
+        while roles.role is Role.ACTIVE and roles.tenure is not None:
             try:
                 if await self.renew():
                     log.warning(
@@ -316,6 +330,29 @@ class Controller:
                 log.warning("cannot record that standby %s left: %s", replica.node, exc)
                 await asyncio.sleep(self.ha.retry_interval)
         orch.hub.forget(replica.node, replica)
+
+    async def _until_gone(self, replica: Replica) -> None:
+        """Peer lease: wait until ``replica`` can no longer take over (see _drop_replica)."""
+        orch, roles = self.orch, self.roles
+        timeout = aiohttp.ClientTimeout(total=max(0.2, self.ha.retry_interval))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while roles.role is Role.ACTIVE and orch.hub.replicas.get(replica.node) is replica:
+                try:
+                    async with http.get(replica.url.rstrip("/") + protocol.HA_PATH) as resp:
+                        view = await resp.json()
+                    if view.get("role") == "active" and view.get("epoch", 0) > orch.engine.epoch:
+                        roles.step_down(
+                            f"standby {replica.node} leads with epoch {view['epoch']}",
+                            view["epoch"],
+                        )
+                except aiohttp.ClientConnectorError as exc:
+                    if exc.os_error.errno == errno.ECONNREFUSED:
+                        log.warning("standby %s is gone (%s refused us)", replica.node, replica.url)
+                        orch.hub.witness.down(replica.node)
+                        return
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    pass  # cut off or hung: it may yet take over, so keep waiting
+                await asyncio.sleep(self.ha.retry_interval)
 
 
 def takeover_reason(previous: Lease | None, node: str, now: float) -> str:

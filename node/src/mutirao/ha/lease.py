@@ -90,22 +90,31 @@ def renewed(lease: Lease, now: float, synced: Sequence[str]) -> Lease:
 
 @dataclass
 class Tenure:
-    """The holder's side of a lease: when to renew, and when it must stop acting.
+    """The holder's side of a lease: when to renew, and until when it may acknowledge.
 
-    The holder steps down ``margin`` seconds before its lease could expire for others, so
-    a lease that cannot be renewed in time never leaves two nodes acting at once (given
-    clocks that advance at the same rate).
+    ``asked_at`` is this node's monotonic clock just before it sent the acquire or renewal
+    that returned ``lease``. Nobody saw that write earlier, so nobody may take over before
+    ``asked_at + duration``; the holder stops acknowledging ``margin`` seconds before that
+    (given clocks that advance at the same rate). A monotonic clock keeps running while the
+    process is paused (SIGSTOP, a VM or GC stall), so after a long pause the deadline is
+    already behind it, whatever the backend said before the pause.
     """
 
     lease: Lease
+    asked_at: float
     renew_interval: float
     margin: float
 
+    @property
+    def deadline(self) -> float:
+        return self.asked_at + self.lease.duration - self.margin
+
     def renew_due(self, now: float) -> bool:
-        return now >= self.lease.renewed_at + self.renew_interval
+        return now >= self.asked_at + self.renew_interval
 
-    def must_step_down(self, now: float) -> bool:
-        return now >= self.lease.expires_at - self.margin
+    def lapsed(self, now: float) -> bool:
+        return now >= self.deadline
 
-    def renewed(self, lease: Lease) -> None:
+    def renewed(self, lease: Lease, asked_at: float) -> None:
         self.lease = lease
+        self.asked_at = asked_at

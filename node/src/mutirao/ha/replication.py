@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from mutirao.ha.witness import Witness
 from mutirao.orchestrator.links import Link
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ class Replica:
     leaving: bool = False
     last_heard: float = 0.0
     """When the standby last answered (it acknowledges every beat)."""
-    stalled: bool = False
-    """Reported as silent (peer lease: its waiters are held, not released)."""
 
     @property
     def synced(self) -> bool:
@@ -45,6 +44,7 @@ class Replica:
 @dataclass
 class Hub:
     replicas: dict[str, Replica] = field(default_factory=dict)
+    witness: Witness = field(default_factory=Witness)
     _waiters: deque[tuple[int, asyncio.Future[None]]] = field(default_factory=deque)
 
     def subscribe(self, replica: Replica) -> None:
@@ -58,9 +58,11 @@ class Hub:
             if not replica.leaving:
                 replica.link.send({"op": "records", "lsn": lsn, "records": records})
 
-    def beat(self, epoch: int, lsn: int, node: str, url: str) -> None:
+    def beat(self, epoch: int, lsn: int, node: str, url: str, sent: float) -> None:
+        """``sent``: our monotonic clock, echoed back in acks (see :mod:`.witness`)."""
         for replica in self.replicas.values():
             if not replica.leaving:
+                self.witness.sent(replica.node, sent, replica.synced)
                 replica.link.send(
                     {
                         "op": "beat",
@@ -69,6 +71,7 @@ class Hub:
                         "epoch": epoch,
                         "lsn": lsn,
                         "synced": replica.synced,
+                        "sent": sent,
                     }
                 )
 
@@ -90,11 +93,15 @@ class Hub:
             if not future.done():
                 future.set_result(None)
 
-    def ack(self, node: str, lsn: int, now: float) -> None:
+    def ack(
+        self, node: str, lsn: int, now: float, beat: float = float("-inf"), eligible: bool = False
+    ) -> None:
+        """``node`` stored batch ``lsn``; it last heard the beat sent at ``beat``, which made
+        it ``eligible`` to take over or not (see :mod:`.witness`)."""
         replica = self.replicas.get(node)
         if replica is not None:
             replica.last_heard = now
-            replica.stalled = False
+            self.witness.confirmed(node, beat, eligible)
         if replica is not None and lsn > replica.acked:
             became_synced = not replica.synced
             replica.acked = lsn

@@ -17,6 +17,7 @@ import msgspec
 from mutirao import protocol
 from mutirao.errors import ProtocolError
 from mutirao.ha.lease import Lease
+from mutirao.ha.role import Role
 from mutirao.orchestrator.tasks import Snapshot
 
 if TYPE_CHECKING:
@@ -26,11 +27,17 @@ log = logging.getLogger(__name__)
 
 
 class _Acks:
-    """Sends the newest durable LSN to the leader, coalescing while a send is under way."""
+    """Sends the newest durable LSN to the leader, with the newest beat received (whose
+    ``sent`` tells the leader how long our view of its lease holds), coalescing while a send
+    is under way. Nothing is acknowledged once this node is no longer a standby: a node
+    taking over must not let the old leader count on it."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, orch: Orchestrator) -> None:
         self.ws = ws
+        self.orch = orch
         self.lsn = -1
+        self.beat = 0.0
+        self.eligible = False
         self._event = asyncio.Event()
         self.task = asyncio.create_task(self._loop(), name="replica-acks")
 
@@ -39,16 +46,23 @@ class _Acks:
             self.lsn = lsn
             self._event.set()
 
-    def touch(self) -> None:
+    def touch(self, sent: float, eligible: bool) -> None:
         """Answer a beat, so the leader knows this standby is still there."""
+        self.beat, self.eligible = sent, eligible
         self._event.set()
 
     async def _loop(self) -> None:
         while True:
             await self._event.wait()
             self._event.clear()
-            if self.lsn >= 0:
-                await self.ws.send_bytes(protocol.encode({"op": "ack", "lsn": self.lsn}))
+            if self.lsn >= 0 and self.orch.roles.role is Role.STANDBY:
+                ack: protocol.ReplicaAckMsg = {
+                    "op": "ack",
+                    "lsn": self.lsn,
+                    "beat": self.beat,
+                    "eligible": self.eligible,
+                }
+                await self.ws.send_bytes(protocol.encode(ack))
 
 
 class Standby:
@@ -87,7 +101,7 @@ class Standby:
     async def _session(self, ws: aiohttp.ClientWebSocketResponse, leader: str) -> None:
         orch = self.orch
         await ws.send_bytes(protocol.encode({"op": "follow", "node": orch.node, "url": orch.url}))
-        acks = _Acks(ws)
+        acks = _Acks(ws, orch)
         try:
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
@@ -122,7 +136,6 @@ class Standby:
                 len(orch.engine.table.tasks),
             )
         else:
-            acks.touch()
             orch.leader_lsn = msg["lsn"]
             holder = (msg["node"], orch.node) if msg["synced"] else (msg["node"],)
             orch.lease.observe(
@@ -135,3 +148,4 @@ class Standby:
                     holder,
                 )
             )
+            acks.touch(msg["sent"], msg["synced"])

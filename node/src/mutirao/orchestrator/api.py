@@ -19,10 +19,10 @@ from mutirao.errors import (
     MalformedError,
     MutiraoError,
     NotFoundError,
-    TemporaryError,
     TooLargeError,
     ValidationError,
 )
+from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
 from mutirao.orchestrator import session
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
@@ -48,9 +48,13 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     as each layer costs a little on every request (and one task per request is a benchmark
     workload)."""
     try:
-        _check_role(request)
+        leader_only = _check_role(request)
         _authenticate(request)
-        return await handler(request)
+        response = await handler(request)
+        if leader_only and not response.prepared:  # websockets answered as they went
+            # The answer goes out now: it must not if the lease lapsed while it was made.
+            request.app[ORCHESTRATOR].roles.require_active()
+        return response
     except MutiraoError as exc:
         return _json(exc.to_json(), exc.status)
     except web.HTTPRequestEntityTooLarge as exc:
@@ -65,10 +69,13 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return _json(INTERNAL_ERROR, 500)
 
 
-def _check_role(request: web.Request) -> None:
-    """Only the active orchestrator serves the API; a standby names the leader (HTTP 421)."""
+def _check_role(request: web.Request) -> bool:
+    """Only the active orchestrator serves the API; a standby names the leader (HTTP 421).
+    Returns whether the request is one that only the leader answers."""
     if request.path.startswith("/v1/") and request.path not in _NOT_LEADER_ONLY:
-        request.app[ORCHESTRATOR].require_active()
+        request.app[ORCHESTRATOR].roles.require_active()
+        return True
+    return False
 
 
 _NOT_LEADER_ONLY = frozenset({"/v1/openapi.json", "/v1/ha", protocol.REPLICATION_WS_PATH})
@@ -307,10 +314,7 @@ async def ha(request: web.Request) -> web.Response:
 
 
 async def replication_socket(request: web.Request) -> web.StreamResponse:
-    controller = request.app[ORCHESTRATOR].controller
-    if controller is None:
-        raise TemporaryError("orchestrator is starting", delay=0.2)
-    return await controller.replication_socket(request)
+    return await request.app[CONTROLLER].replication_socket(request)
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -332,8 +336,9 @@ def create_app(orch: Orchestrator) -> web.Application:
         client_max_size=orch.settings.limits.max_request_bytes,
     )
     app[ORCHESTRATOR] = orch
-    app.cleanup_ctx.append(orch.run)
-    app.on_shutdown.append(orch.stop)
+    controller = app[CONTROLLER] = Controller(orch)
+    app.cleanup_ctx.append(controller.serve)
+    app.on_shutdown.append(controller.stop)
     app.add_routes(
         [
             web.get("/healthz", healthz),

@@ -31,6 +31,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from mutirao.private import FILE_MODE, open_private, private_dir
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "state_checkpoint.json"
@@ -91,7 +93,7 @@ def _fsync_dir(directory: Path) -> None:
 
 def recover(directory: Path) -> Recovered:
     """Read the checkpoint and every later segment (blocking; call before serving)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     snapshot = None
     first = 0
     checkpoint = directory / CHECKPOINT_NAME
@@ -99,6 +101,9 @@ def recover(directory: Path) -> Recovered:
         doc = msgspec.json.decode(checkpoint.read_bytes(), type=_Checkpoint)
         snapshot, first = bytes(doc.state), doc.segment
     segments = sorted(directory.glob(_SEGMENT_GLOB), key=_segment_number)
+    for path in [checkpoint, *segments]:
+        if path.exists():  # written by a version that made them world-readable
+            os.chmod(path, FILE_MODE)
     records: list[dict[str, Any]] = []
     skipped = 0
     for path in segments:
@@ -128,7 +133,7 @@ class _Segment:
     def __init__(self, path: Path, reserve: int) -> None:
         # Never an existing file: writes start at offset 0 (a recovered journal always
         # goes on in a new segment).
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         self.offset = 0
         self.reserved = 0
         self.reserve = reserve
@@ -224,8 +229,14 @@ class Journal:
         if not records and not self._queue and not self._writing:
             future.set_result(None)  # nothing to write and nothing earlier still in flight
             return future
+        try:
+            data = [encode_record(r) for r in records]
+        except TypeError as exc:  # orjson.JSONEncodeError: a bug upstream, not the disk's
+            log.error("refusing records the journal cannot encode (%s): their command fails", exc)
+            future.set_exception(ValueError(f"record cannot be journaled: {exc}"))
+            return future
         group = self._open_group()
-        group.data.extend(encode_record(r) for r in records)
+        group.data.extend(data)
         group.waiters.append(future)
         self.records_since_checkpoint += len(records)
         self._wakeup.set()
@@ -310,7 +321,7 @@ class Journal:
     def _write_checkpoint(self, parts: list[bytes], first: int) -> None:
         target = self.directory / CHECKPOINT_NAME
         tmp = target.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
+        with os.fdopen(open_private(tmp), "wb") as fh:
             fh.write(b'{"version":1,"segment":%d,"state":' % first)
             fh.writelines(parts)
             fh.write(b"}")

@@ -9,7 +9,6 @@ messages keep their order too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -83,6 +82,6 @@ class Link:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        # Not ``suppress(CancelledError)``: that would also swallow a cancel of the caller.
+        await asyncio.gather(self._writer, return_exceptions=True)
         await self.ws.close(code=code, message=reason.encode()[:120])

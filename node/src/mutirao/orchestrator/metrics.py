@@ -239,8 +239,8 @@ class OrchestratorCollector:
             "Journal records written since the last checkpoint.",
         )
         if not empty:
-            for value in type(orch.role):
-                role.add_metric([str(value)], 1.0 if orch.role is value else 0.0)
+            for value in type(orch.roles.role):
+                role.add_metric([str(value)], 1.0 if orch.roles.role is value else 0.0)
             leader.add_metric([], 1.0 if orch.ready else 0.0)
             epoch.add_metric([], float(orch.engine.epoch))
             lsn.add_metric([], float(orch.lsn))

@@ -6,7 +6,8 @@ durable here *and* on every subscribed standby acknowledges results and wakes re
 waiters. So no client or worker is told something is recorded before it would survive the
 death of any single process, and no reader ever waits for the disk.
 
-Which role the process plays (active or standby) is decided by :mod:`mutirao.ha.controller`.
+Which role the process plays (active or standby) is decided by :mod:`mutirao.ha.controller`
+and held in :class:`~mutirao.ha.role.Roles`, whose rule gates every acknowledgement.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -32,44 +32,47 @@ from mutirao.auth import (
     UserStore,
     read_or_create_secret,
 )
-from mutirao.errors import AuthError, NotLeaderError, ProtocolError, TemporaryError
+from mutirao.errors import AuthError, ProtocolError, TemporaryError
 from mutirao.ha.lease import LeaseBackend
 from mutirao.ha.replication import Hub
+from mutirao.ha.role import Role, Roles
 from mutirao.orchestrator import journal as journal_mod
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
+from mutirao.private import write_private
 from mutirao.protocol import TERMINAL_STATES, TaskSpec
 from mutirao.settings import Settings
 
-if TYPE_CHECKING:
-    from mutirao.ha.controller import Controller
-
 log = logging.getLogger(__name__)
 
-
-class Role(StrEnum):
-    STARTING = "starting"
-    STANDBY = "standby"
-    ACTIVE = "active"
-    STOPPING = "stopping"
+LAPSED = "this orchestrator's lease may have lapsed: not acknowledged; retry"
 
 
 class Orchestrator:
     def __init__(
-        self, settings: Settings, lease: LeaseBackend, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        lease: LeaseBackend,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.node = settings.node_id
         self.url = settings.advertised_url
         self.lease = lease
         self.clock = clock
+        self.monotonic = monotonic
         self.metrics = OrchestratorMetrics(self)
         self.engine = self._new_engine()
         self.submissions = protocol.SubmissionParser(settings.tasks, settings.limits)
-        self.intake = Intake(lambda: self.engine, self.execute, clock, self.require_active)
+        self.hub = Hub()
+        self.roles = Roles(
+            self.node, self.hub, shared_record=lease.shared_record, monotonic=monotonic
+        )
+        self.intake = Intake(lambda: self.engine, self.execute, clock, self.roles.require_active)
         data = settings.data_dir
         self.users = UserStore(data / USERS_FILE)
         secret = read_or_create_secret(data / SECRET_FILE, given=settings.auth.token_secret)
@@ -81,70 +84,42 @@ class Orchestrator:
             shared / JOIN_TOKEN_FILE
         )
         self.journal: journal_mod.Journal | None = None
-        self.hub = Hub()
         self.links: dict[str, Link] = {}
         self.waiters: dict[str, list[_Countdown]] = {}
-        self.role = Role.STARTING
-        self.leader_url: str | None = None
         self.lsn = 0
         """Log sequence number of the last journal batch this node holds."""
         self.leader_lsn = 0
         """As a standby: the leader's LSN at its last beat (for replication lag)."""
-        self.seen_epoch = 0
-        """The newest epoch anyone has shown us (a worker, a peer); takeovers exceed it."""
-        self.deposed = asyncio.Event()
-        self.deposed_reason = ""
-        self.controller: Controller | None = None
-        self._roles: asyncio.Task[None] | None = None
         self._sessions = itertools.count(1)
 
     @property
     def ready(self) -> bool:
-        return self.role is Role.ACTIVE
-
-    def require_active(self) -> None:
-        if self.role is Role.ACTIVE:
-            return
-        if self.role is Role.STANDBY:
-            leader = self.leader_url or "unknown yet"
-            raise NotLeaderError(
-                f"{self.node} is a standby; the active orchestrator is {leader}",
-                leader=self.leader_url,
-                delay=0.1,
-            )
-        raise TemporaryError(f"orchestrator {self.node} is {self.role}", delay=0.2)
-
-    def step_down(self, reason: str, newer_epoch: int = 0) -> None:
-        """Stop acting as the leader at once; the controller turns us into a standby."""
-        self.seen_epoch = max(self.seen_epoch, newer_epoch)
-        if self.role is Role.ACTIVE and not self.deposed.is_set():
-            log.warning("stepping down as the active orchestrator: %s", reason)
-            self.deposed_reason = reason
-            self.deposed.set()
+        return self.roles.acknowledgeable()
 
     def standbys_in_lease(self) -> list[str]:
         """Standbys the lease records as holding every acknowledged record (may take over)."""
-        tenure = self.controller.tenure if self.controller is not None else None
+        tenure = self.roles.tenure
         if tenure is None:
             return []
         return [n for n in tenure.lease.synced if n != self.node]
 
     def ha_view(self) -> protocol.HaView:
+        active = self.roles.acknowledgeable()  # a lapsed lease steps down before it answers
         return {
             "node": self.node,
             "url": self.url,
-            "role": str(self.role),
+            "role": str(self.roles.role),
             "epoch": self.engine.epoch,
-            "leader": self.url if self.role is Role.ACTIVE else self.leader_url,
+            "leader": self.url if active else self.roles.leader_url,
             "lsn": self.lsn,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def run(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: recover, take a role, serve, then flush and stop."""
-        from mutirao.ha.controller import Controller
-
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        """Recover the state from the data dir and keep the journal open; a checkpoint at
+        the end."""
         recovered = await asyncio.to_thread(journal_mod.recover, self.settings.data_dir)
         snapshot = None if recovered.snapshot is None else decode_snapshot(recovered.snapshot)
         self.engine = self.restore(snapshot, recovered.records)
@@ -166,25 +141,10 @@ class Orchestrator:
         )
         async with journal:
             self.journal = journal
-            controller = self.controller = Controller(self)
-            self._roles = asyncio.create_task(controller.run(), name="roles")
             try:
                 yield
             finally:
-                await self.stop()
                 await self.checkpoint()
-
-    async def stop(self, app: web.Application | None = None) -> None:
-        """Stop acting at once and hand the lease over (SIGTERM). Also an ``on_shutdown``
-        hook: aiohttp runs it before it waits for open connections to finish."""
-        if self.role is Role.STOPPING or self.controller is None:
-            return
-        held = self.controller.tenure.lease if self.controller.tenure is not None else None
-        self.role = Role.STOPPING
-        if self._roles is not None:
-            self._roles.cancel()
-            await asyncio.gather(self._roles, return_exceptions=True)
-        await self.controller.shutdown(held)
 
     def _new_engine(self) -> Engine:
         settings = self.settings
@@ -211,8 +171,8 @@ class Orchestrator:
     def install_auth(self, material: protocol.AuthMaterial) -> None:
         """Take the leader's users, token secret and join token (a standby after a sync)."""
         data = self.settings.data_dir
-        (data / USERS_FILE).write_text(material["users"])
-        (data / SECRET_FILE).write_text(material["token_secret"])
+        write_private(data / USERS_FILE, [material["users"].encode()])
+        write_private(data / SECRET_FILE, [material["token_secret"].encode()])
         self.signer = TokenSigner(material["token_secret"])
         self.join_token = material["join_token"]
 
@@ -248,18 +208,38 @@ class Orchestrator:
                     acks.append((link, message))
                 else:
                     link.send(message)
-        if effects.records:
+        local = self.journal.append(effects.records)
+        if effects.records and not local.done():  # done already: refused, not replicated
             self.lsn += 1
             self.hub.publish(self.lsn, effects.records)
-        local = self.journal.append(effects.records)
-        durable = _both(local, self.hub.wait(self.lsn))
-        durable.add_done_callback(_retrieve)
+        durable = self._gated(_both(local, self.hub.wait(self.lsn)))
         for link, ack in acks:
             link.send_when(durable, ack)
         if effects.finished:
             finished = [task.id for task in effects.finished]
             durable.add_done_callback(lambda _: self._wake(finished))
         return durable
+
+    def _gated(self, durable: asyncio.Future[None]) -> asyncio.Future[None]:
+        """``durable``, failed instead if this node may no longer acknowledge by the time
+        it is (see :mod:`mutirao.ha.role`): every acknowledgement hangs off this future."""
+        gated: asyncio.Future[None] = durable.get_loop().create_future()
+        gated.add_done_callback(_retrieve)
+
+        def check(done: asyncio.Future[None]) -> None:
+            if gated.done():
+                return
+            if done.cancelled():
+                gated.cancel()
+            elif (error := done.exception()) is not None:
+                gated.set_exception(error)
+            elif not self.roles.acknowledgeable():
+                gated.set_exception(ConnectionError(LAPSED))
+            else:
+                gated.set_result(None)
+
+        durable.add_done_callback(check)
+        return gated
 
     async def commit(self, effects: Effects) -> None:
         """Execute and wait until durable; a step-down meanwhile is a retryable error."""
@@ -316,6 +296,8 @@ class Orchestrator:
         period = min(0.25, self.settings.heartbeat.interval / 2)
         while True:
             await asyncio.sleep(period)
+            if not self.roles.acknowledgeable():
+                return  # after a pause: nobody is declared dead by a node no longer leading
             effects = self.engine.tick(self.clock())
             self.execute(effects)
             for wid in effects.disconnect:
@@ -345,7 +327,7 @@ class Orchestrator:
     async def worker_socket(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get(protocol.JOIN_TOKEN_HEADER) != self.join_token:
             raise AuthError("missing or wrong worker join token", field=protocol.JOIN_TOKEN_HEADER)
-        self.require_active()
+        self.roles.require_active()
         ws = web.WebSocketResponse(max_msg_size=self.settings.limits.max_request_bytes)
         await ws.prepare(request)
         try:
@@ -361,12 +343,12 @@ class Orchestrator:
             await ws.close(code=4400, message=str(exc)[:100].encode())
             return ws
         if hello["epoch"] > self.engine.epoch:
-            self.step_down(
+            self.roles.step_down(
                 f"worker {hello['worker_id']} has seen epoch {hello['epoch']}", hello["epoch"]
             )
             await ws.close(code=protocol.STALE_EPOCH_CLOSE, message=b"stale epoch")
             return ws
-        if self.role is Role.ACTIVE:
+        if self.roles.role is Role.ACTIVE:
             await self._serve_worker(ws, hello)
         return ws
 
@@ -398,18 +380,18 @@ class Orchestrator:
             log.warning("worker %s sent a bad message: %s", wid, exc)
         finally:
             if ws.close_code == protocol.STALE_EPOCH_CLOSE:
-                self.step_down(
+                self.roles.step_down(
                     f"worker {wid} refused our epoch {self.engine.epoch}", self.engine.epoch + 1
                 )
             if self.links.get(wid) is link:
                 del self.links[wid]
             await link.close()
-            if self.role is Role.ACTIVE:
+            if self.roles.role is Role.ACTIVE:
                 self.execute(self.engine.worker_lost(wid, session, reason, self.clock()))
 
     def _on_worker_message(self, wid: str, session: int, data: Any) -> None:
         msg = protocol.decode_worker_message(data)
-        if self.role is not Role.ACTIVE:
+        if not self.roles.acknowledgeable():
             return
         now = self.clock()
         if msg["op"] == "heartbeat":
@@ -418,7 +400,7 @@ class Orchestrator:
             self.execute(self.engine.started(wid, session, msg["attempts"], now))
         elif msg["op"] == "results":
             if msg["epoch"] > self.engine.epoch:
-                self.step_down(f"worker {wid} reports epoch {msg['epoch']}", msg["epoch"])
+                self.roles.step_down(f"worker {wid} reports epoch {msg['epoch']}", msg["epoch"])
                 return
             self.execute(self.engine.results(wid, session, msg["items"], now))
         else:

@@ -20,7 +20,13 @@ from aiohttp import WSMsgType, web
 
 from mutirao import protocol
 from mutirao.auth import User
-from mutirao.errors import INTERNAL_ERROR, MalformedError, MutiraoError, ValidationError
+from mutirao.errors import (
+    INTERNAL_ERROR,
+    MalformedError,
+    MutiraoError,
+    UnstorableError,
+    ValidationError,
+)
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,7 @@ async def _answer(orch: Orchestrator, user: User, ws: web.WebSocketResponse, dat
         if wait:
             await orch.wait_finished(tasks, wait)
             await orch.barrier()
+        orch.roles.require_active()  # the answer goes out now: not if the lease lapsed
         reply: protocol.SessionReply = {
             "ref": ref,
             "status": 201 if created else 200,
@@ -93,3 +100,5 @@ def _decode(data: bytes) -> protocol.SessionCall:
         raise protocol.invalid(exc) from None
     except msgspec.DecodeError as exc:
         raise MalformedError(f"message is not valid JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise UnstorableError("body: nested too deeply", field="body") from None
