@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 
-from tests.integration.cluster import LocalCluster
+from tests.integration.cluster import LocalCluster, children_of
 
 MODULE = "tests.integration.fixtures.user_tasks"
 
@@ -21,11 +22,44 @@ async def test_user_task_module_sync_async_and_raising_handlers(cluster: LocalCl
         views = {v["type"]: v for v in await client.wait_many(
             [square["id"], upper["id"], bad["id"]], timeout=20)}  # fmt: skip
     assert views["blocking-square"]["result"]["square"] == 49
-    # Blocking handlers run in the worker's thread pool, not on its event loop.
-    assert views["blocking-square"]["result"]["thread"].startswith("task")
+    # Blocking handlers run in a slot process, not on the worker's event loop.
+    worker = next(p for p in cluster.procs if p.name == "worker-W1")
+    assert views["blocking-square"]["result"]["pid"] != worker.pid
     assert views["async-upper"]["result"] == "MUTIRÃO"
     assert views["raises"]["state"] == "failed"
     assert views["raises"]["attempts"][0]["error"] == "ValueError: bad value 3"
+
+
+async def test_a_time_limit_stops_a_blocking_handler_and_frees_its_slot(
+    cluster: LocalCluster,
+) -> None:
+    """Six 20 s blocking handlers with a 1 s time limit on a 2-slot worker: each attempt's
+    process is killed at its limit (reported in the error), so quick tasks submitted next
+    run at once on fresh processes instead of waiting for the stuck threads of old."""
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("W1", slots=2, extra=("--tasks", MODULE))
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        stuck = await client.submit_batch(
+            [{"type": "blocking-sleep", "payload": 20, "timeout": 1, "max_attempts": 1}] * 6
+        )
+        views = await client.wait_many([t["id"] for t in stuck], timeout=30)
+        assert {v["state"] for v in views} == {"failed"}
+        errors = {v["attempts"][0]["error"] for v in views}
+        assert errors == {"timed out after 1.0s; its process was killed"}, errors
+        started = time.monotonic()
+        quick = await client.submit_batch([{"type": "blocking-sleep", "payload": 0.1}] * 6)
+        done = await client.wait_many([t["id"] for t in quick], timeout=30)
+        took = time.monotonic() - started
+    assert {v["state"] for v in done} == {"succeeded"}
+    # Six 0.1 s tasks on two slots: ~0.3 s plus process starts; a stuck thread would
+    # have held each slot for the rest of its 20 s.
+    assert took < 10, f"quick tasks took {took:.1f}s behind killed ones"
+    # The killed processes are reaped: what is left is at most one process per slot (and
+    # multiprocessing's resource tracker).
+    worker = next(p for p in cluster.procs if p.name == "worker-W1")
+    assert len(children_of(worker.pid)) <= 3, children_of(worker.pid)
 
 
 async def test_one_task_can_be_followed_across_processes_in_json_logs(

@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--host", setting="host", help="interface of the worker's status server")
     _flag(p, "--port", setting="worker.port", type=int, help="status server port [free port]")
     _flag(p, "--slots", setting="worker.slots", type=int, help="tasks run at once [4]")
+    _flag(
+        p,
+        "--pool",
+        setting="worker.pool",
+        choices=["processes", "threads"],
+        help="where blocking handlers run: a process per slot, killed at its time limit, or "
+        "threads that cannot be stopped [processes]",
+    )
     p.add_argument(
         "--tasks",
         action="append",
@@ -409,12 +417,14 @@ def _run_worker(args: argparse.Namespace) -> int:
     from mutirao.worker.node import WorkerNode, create_app, default_worker_id
 
     assert builtins  # imported for its @task registrations
-    for module in args.tasks:
+    settings = _server_settings(args)
+    # The slot processes of blocking handlers import the same modules (worker.pool).
+    settings.worker.tasks = [*settings.worker.tasks, *args.tasks]
+    for module in settings.worker.tasks:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise SystemExit(f"error: cannot import task module {module!r}: {exc}") from None
-    settings = _server_settings(args)
     if args.spare:
         assigned = sys.stdin.readline()
         if not assigned:
@@ -442,6 +452,10 @@ def _run_worker(args: argparse.Namespace) -> int:
         )
     if settings.worker.slots < 1:
         raise SystemExit("error: --slots must be at least 1")
+    if settings.worker.pool not in ("processes", "threads"):
+        raise SystemExit(
+            f"error: --pool must be processes or threads, not {settings.worker.pool!r}"
+        )
     node = WorkerNode(settings, REGISTRY, token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -1,8 +1,9 @@
 """Task handlers by name: ``@mutirao.task("name")`` registers a function workers can run.
 
 A handler takes the task's JSON payload and returns a JSON-serialisable result. ``async def``
-handlers run on the worker's event loop; plain functions run in its thread pool, so blocking
-code never stalls heartbeats. An exception marks the attempt failed with its text.
+handlers run on the worker's event loop; plain functions run in a slot process (see
+:mod:`mutirao.worker.pool`), so blocking code never stalls heartbeats and a time limit stops
+it. An exception marks the attempt failed with its text.
 """
 
 from __future__ import annotations

@@ -118,6 +118,10 @@ class WorkerSettings:
     """Python modules to import for ``@mutirao.task`` handlers, besides the built-ins."""
     allow_crash: bool = False
     """Obey ``"crash"`` in payloads by exiting abruptly (for failure drills only)."""
+    pool: str = "processes"
+    """Where blocking (non-async) handlers run: ``processes``, one per slot, killed and
+    replaced when a time limit or a cancel must stop one; or ``threads``, cheaper, but a
+    thread past its time limit runs on to its end."""
     reconnect_max: float = 2.0
     """Longest pause between two attempts to reach an orchestrator, in seconds."""
 

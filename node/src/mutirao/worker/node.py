@@ -26,6 +26,7 @@ from mutirao.protocol import AttemptRef, ResultItem
 from mutirao.registry import Registry
 from mutirao.settings import Settings
 from mutirao.worker.metrics import WorkerMetrics
+from mutirao.worker.pool import ProcessPool
 from mutirao.worker.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ class WorkerNode:
             allow_crash=settings.worker.allow_crash,
             on_result=self._on_result,
             on_outcome=self.metrics.ran,
+            processes=(
+                ProcessPool(settings.worker.slots, settings.worker.tasks)
+                if settings.worker.pool == "processes"
+                else None
+            ),
         )
 
     def _on_result(self, item: ResultItem) -> None:

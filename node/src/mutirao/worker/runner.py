@@ -1,4 +1,5 @@
-"""Runs assigned attempts: async handlers on the loop, blocking ones in a thread pool.
+"""Runs assigned attempts: async handlers on the loop, blocking ones in a slot process (see
+:mod:`.pool`; a thread with ``--pool threads``, which a timeout cannot stop).
 
 The runner owns every attempt task it starts and cancels them on close. A payload with
 ``"crash"`` makes the process exit abruptly mid-task (the seed's worker-failure test), but
@@ -21,6 +22,7 @@ import orjson
 
 from mutirao.protocol import AssignItem, AttemptRef, ResultItem
 from mutirao.registry import Registry
+from mutirao.worker.pool import HandlerFailed, ProcessPool
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class Runner:
         allow_crash: bool,
         on_result: Callable[[ResultItem], None],
         on_outcome: Callable[[str, str], None] | None = None,
+        processes: ProcessPool | None = None,
     ) -> None:
         self.registry = registry
         self.allow_crash = allow_crash
@@ -57,6 +60,8 @@ class Runner:
         """Told ``(task type, outcome)`` of every attempt: succeeded, failed, timed_out or
         cancelled (metrics)."""
         self.running: dict[AttemptRef, asyncio.Task[None]] = {}
+        self.processes = processes
+        """Where blocking handlers run; None: in this thread pool instead."""
         self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="task")
         # Attempt timeouts: one timer for the earliest deadline of every running attempt, not
         # an ``asyncio.timeout`` (an object and a timer handle) per attempt; most attempts end
@@ -126,6 +131,8 @@ class Runner:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.running.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.processes is not None:
+            self.processes.close()
 
     async def _attempt(self, ref: AttemptRef, task_type: str, payload: Any, timeout: float) -> None:
         """Run one attempt and report it. It forgets itself as it ends (no done callback),
@@ -150,7 +157,9 @@ class Runner:
                     raise TimeoutError
             orjson.dumps(value)
         except TimeoutError:
-            error, outcome = f"timed out after {timeout}s", "timed_out"
+            error, outcome = f"timed out after {timeout}s{self._stopped(task_type)}", "timed_out"
+        except HandlerFailed as exc:
+            error, outcome = str(exc), "failed"
         except asyncio.CancelledError:
             self._forget(ref)
             self._outcome(task_type, "cancelled")
@@ -178,6 +187,15 @@ class Runner:
         task = asyncio.current_task()
         return task is not None and task.uncancel() == 0
 
+    def _stopped(self, task_type: str) -> str:
+        """How a timed-out attempt was stopped, for its error."""
+        handler = self.registry.get(task_type)
+        if handler is None or handler.is_async:
+            return ""
+        if self.processes is not None:
+            return "; its process was killed"
+        return "; its thread could not be stopped and runs on (--pool threads)"
+
     def _outcome(self, task_type: str, outcome: str) -> None:
         if self.on_outcome is not None:
             self.on_outcome(task_type, outcome)
@@ -201,4 +219,6 @@ class Runner:
         if handler.is_async:
             awaitable: Awaitable[Any] = handler.fn(payload)
             return awaitable
+        if self.processes is not None:
+            return self.processes.run(task_type, payload)
         return asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, payload)
