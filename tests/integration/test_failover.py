@@ -14,7 +14,7 @@ import pytest
 from mutirao.auth import JOIN_TOKEN_FILE, SECRET_FILE, USERS_FILE
 from mutirao.client.http import Client, Unreachable
 from mutirao.client.session import Session
-from mutirao.orchestrator.journal import CHECKPOINT_NAME
+from mutirao.orchestrator.checkpoint import CHECKPOINT_NAME
 from mutirao.protocol import TaskView
 from tests.integration.cluster import LocalCluster, Proc, eventually
 

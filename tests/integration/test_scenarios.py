@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from mutirao.client.http import ApiError, Client
+from mutirao.orchestrator.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 from mutirao.protocol import TaskView
 from tests.integration.cluster import HEARTBEAT_TIMEOUT, LocalCluster, eventually
 
@@ -224,6 +225,57 @@ async def test_cancel_running_and_pending(cluster: LocalCluster) -> None:
         final = await client.get(running["id"])
     assert final["state"] == "cancelled"
     assert final["attempts"][0]["outcome"] == "cancelled"
+
+
+async def test_a_damaged_checkpoint_is_named_in_one_line_and_recovery_falls_back(
+    cluster: LocalCluster,
+) -> None:
+    """A damaged checkpoint: the restart says so in one line naming the file and recovers
+    everything from the previous checkpoint plus the journal. With both damaged and the
+    journal before them compacted away, the node refuses to start, in one line, instead of
+    serving a partial state."""
+    cluster.start_orchestrator("--checkpoint-interval", "1")
+    await cluster.wait_ready()
+    cluster.start_worker("W1")
+    await cluster.wait_workers("W1")
+    current = cluster.data_dir / CHECKPOINT_NAME
+    previous = cluster.data_dir / PREVIOUS_NAME
+    ids = []
+    async with cluster.client() as client:
+        for batch in range(3):  # each batch is followed by a checkpoint within a second
+            tasks = await client.submit_batch([{"type": "echo", "payload": batch}] * 20)
+            ids += [t["id"] for t in tasks]
+            await client.wait_many(ids, timeout=20)
+            written = current.stat().st_mtime_ns if current.exists() else 0
+
+            async def newer(since: int = written) -> bool:
+                return current.exists() and current.stat().st_mtime_ns > since
+
+            await eventually(newer, timeout=10, what=f"a checkpoint after batch {batch}")
+        assert previous.exists()
+        cluster.procs[0].kill()
+        raw = bytearray(current.read_bytes())
+        raw[len(raw) // 2] ^= 0x20  # one flipped bit in the middle of the state
+        current.write_bytes(bytes(raw))
+        restarted = cluster.start_orchestrator()
+        await cluster.wait_ready()
+        views = await client.wait_many(ids, timeout=20)
+    assert [v["result"] for v in views] == [n for n in range(3) for _ in range(20)]
+    output = restarted.output()
+    assert f"checkpoint {current} is damaged" in output
+    assert "Traceback" not in output
+
+    restarted.kill()
+    for path in (current, previous):
+        path.write_bytes(path.read_bytes()[:100])
+    refused = cluster.start_orchestrator()
+    assert refused.popen is not None
+    assert refused.popen.wait(timeout=30) != 0
+    lines = [ln for ln in refused.output().splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, refused.output()[-2000:]
+    assert "cannot recover" in lines[0]
+    assert "compacted away" in lines[0]
+    assert "Traceback" not in refused.output()
 
 
 async def test_restart_recovers_from_checkpoint_plus_journal_tail(cluster: LocalCluster) -> None:

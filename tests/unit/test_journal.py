@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
+from mutirao.orchestrator.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME, RecoveryError
 from mutirao.orchestrator.journal import (
-    CHECKPOINT_NAME,
     Journal,
     Recovered,
     encode_record,
@@ -247,7 +247,7 @@ def state(recovered: Recovered) -> Any:
     return orjson.loads(recovered.snapshot)
 
 
-async def test_checkpoint_compacts_the_journal(tmp_path: Path) -> None:
+async def test_a_checkpoint_records_where_replay_starts_and_a_checksum(tmp_path: Path) -> None:
     async with Journal(tmp_path, 1) as journal:
         await journal.append(records(3))
         await journal.checkpoint(pieces({"tasks": ["snapshot of the first three"]}))
@@ -255,17 +255,16 @@ async def test_checkpoint_compacts_the_journal(tmp_path: Path) -> None:
         assert journal.records_since_checkpoint == 0
         await journal.append(records(2, start=3))
 
-    checkpoint = orjson.loads((tmp_path / CHECKPOINT_NAME).read_bytes())
-    assert checkpoint == {
-        "version": 1,
+    raw = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    state_bytes = orjson.dumps({"tasks": ["snapshot of the first three"]})
+    assert orjson.loads(raw) == {
+        "version": 2,
         "segment": 2,
+        "crc": zlib.crc32(state_bytes),
         "state": {"tasks": ["snapshot of the first three"]},
     }
-    assert not segment(tmp_path, 1).exists()
-    assert listing(tmp_path) == [
-        "journal-00000002.log",
-        CHECKPOINT_NAME,
-    ]
+    # With no earlier checkpoint to fall back to, the first one keeps the whole journal.
+    assert listing(tmp_path) == ["journal-00000001.log", "journal-00000002.log", CHECKPOINT_NAME]
 
     recovered = recover(tmp_path)
     assert state(recovered) == {"tasks": ["snapshot of the first three"]}
@@ -273,17 +272,54 @@ async def test_checkpoint_compacts_the_journal(tmp_path: Path) -> None:
     assert recovered.next_segment == 3
 
 
-async def test_a_second_checkpoint_deletes_the_segments_before_it(tmp_path: Path) -> None:
-    async with Journal(tmp_path, 1) as journal:
-        await journal.append(records(1))
-        await journal.checkpoint(pieces({"n": 1}))
-        await journal.append(records(1, start=1))
-        await journal.checkpoint(pieces({"n": 2}))
-        await journal.append(records(1, start=2))
-    assert listing(tmp_path, "journal-*.log") == ["journal-00000003.log"]
+async def _three_checkpoints(directory: Path) -> None:
+    async with Journal(directory, 1) as journal:
+        for n in range(3):
+            await journal.append(records(1, start=n))
+            await journal.checkpoint(pieces({"n": n + 1}))
+        await journal.append(records(1, start=3))
+
+
+async def test_a_checkpoint_keeps_the_segments_from_the_previous_one_on(tmp_path: Path) -> None:
+    await _three_checkpoints(tmp_path)
+    # Checkpoints 2 (previous, replays from segment 3) and 3 (replays from segment 4).
+    assert listing(tmp_path, "journal-*.log") == ["journal-00000003.log", "journal-00000004.log"]
+    recovered = recover(tmp_path)
+    assert state(recovered) == {"n": 3}
+    assert recovered.records == records(1, start=3)
+
+
+async def test_a_damaged_checkpoint_falls_back_to_the_previous_one_plus_the_journal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _three_checkpoints(tmp_path)
+    current = tmp_path / CHECKPOINT_NAME
+    current.write_bytes(current.read_bytes().replace(b'"n":3', b'"n":7'))  # a flipped byte
     recovered = recover(tmp_path)
     assert state(recovered) == {"n": 2}
-    assert recovered.records == records(1, start=2)
+    assert recovered.records == records(2, start=2)  # what the damaged one held, replayed
+    damaged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert damaged == [
+        f"checkpoint {current} is damaged (its checksum does not match its content): "
+        "trying an earlier state"
+    ]
+
+
+async def test_damaged_checkpoints_with_the_journal_compacted_refuse_to_start(
+    tmp_path: Path,
+) -> None:
+    """Never a silent partial state: with both checkpoints damaged and the journal before
+    them gone, recovery stops with one line saying why and what to do."""
+    await _three_checkpoints(tmp_path)
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b'{"version":2,"segment":4,"crc":1,"sta')
+    (tmp_path / PREVIOUS_NAME).write_bytes(b"\0" * 10)
+    with pytest.raises(RecoveryError) as refused:
+        recover(tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert f"{CHECKPOINT_NAME} is damaged" in message
+    assert f"{PREVIOUS_NAME} is damaged" in message
+    assert "compacted away" in message
 
 
 async def test_records_appended_right_after_the_checkpoint_call_land_after_it(
@@ -328,3 +364,19 @@ async def test_a_record_it_cannot_encode_fails_only_its_own_append(
             await bad
     assert [r["i"] for r in recover(tmp_path).records] == [1, 3]
     assert "cannot encode" in caplog.text
+
+
+async def test_a_fresh_checkpoint_leaves_no_fallback_into_the_old_history(
+    tmp_path: Path,
+) -> None:
+    """A standby that installed a leader's snapshot: replaying its older journal under an
+    earlier checkpoint would rebuild a history it no longer follows, so none is kept."""
+    await _three_checkpoints(tmp_path)
+    async with Journal(tmp_path, 5) as journal:
+        await journal.checkpoint(pieces({"from": "the leader"}), fresh=True)
+    assert not (tmp_path / PREVIOUS_NAME).exists()
+    assert listing(tmp_path, "journal-*.log") == ["journal-00000006.log"]
+    assert state(recover(tmp_path)) == {"from": "the leader"}
+    (tmp_path / CHECKPOINT_NAME).write_bytes(b"{}")
+    with pytest.raises(RecoveryError):
+        recover(tmp_path)

@@ -348,6 +348,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
 
     from mutirao.ha.backends import make_lease
     from mutirao.orchestrator.api import create_app
+    from mutirao.orchestrator.checkpoint import RecoveryError
     from mutirao.orchestrator.service import Orchestrator
 
     settings = from_env()
@@ -377,14 +378,18 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
         settings.data_dir.resolve(),
     )
     _tune_gc()
-    web.run_app(
-        create_app(orch),
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        access_log=None,
-        shutdown_timeout=5,
-    )
+    try:
+        web.run_app(
+            create_app(orch),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            shutdown_timeout=5,
+        )
+    except RecoveryError as exc:
+        log.critical("%s", exc)
+        raise SystemExit(f"error: {exc}") from None
     log.info("orchestrator %s stopped", settings.node_id)
     lock.close()
     return 0

@@ -127,7 +127,7 @@ class Standby:
             orch.engine = orch.restore(msgspec.convert(msg["state"], Snapshot), [])
             orch.lsn = msg["lsn"]
             orch.install_auth(msg["auth"])
-            await orch.checkpoint()
+            await orch.checkpoint(fresh=True)
             acks.ack(msg["lsn"])
             log.info(
                 "synchronised with the leader at LSN %d, epoch %d: %d task(s)",

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 
+from mutirao.orchestrator import checkpoint
 from mutirao.private import FILE_MODE, open_private, private_dir
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "state_checkpoint.json"
 _SEGMENT_GLOB = "journal-*.log"
 RESERVE = 16 << 20
 """Bytes of a segment reserved at a time, ahead of its writes."""
@@ -76,13 +75,6 @@ class Recovered:
     next_segment: int
 
 
-class _Checkpoint(msgspec.Struct):
-    version: int
-    segment: int
-    state: msgspec.Raw
-    """Left undecoded here: only its span is found."""
-
-
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -92,18 +84,14 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def recover(directory: Path) -> Recovered:
-    """Read the checkpoint and every later segment (blocking; call before serving)."""
+    """Read the newest usable checkpoint and every later segment (blocking; call before
+    serving). Raises :class:`~mutirao.orchestrator.checkpoint.RecoveryError`."""
     private_dir(directory)
-    snapshot = None
-    first = 0
-    checkpoint = directory / CHECKPOINT_NAME
-    if checkpoint.exists():
-        doc = msgspec.json.decode(checkpoint.read_bytes(), type=_Checkpoint)
-        snapshot, first = bytes(doc.state), doc.segment
     segments = sorted(directory.glob(_SEGMENT_GLOB), key=_segment_number)
-    for path in [checkpoint, *segments]:
-        if path.exists():  # written by a version that made them world-readable
-            os.chmod(path, FILE_MODE)
+    for path in [*directory.glob("state_checkpoint*.json"), *segments]:
+        os.chmod(path, FILE_MODE)  # written by a version that made them world-readable
+    loaded = checkpoint.load(directory, _segment_number(segments[0]) if segments else None)
+    snapshot, first = loaded.snapshot, loaded.segment
     records: list[dict[str, Any]] = []
     skipped = 0
     for path in segments:
@@ -301,8 +289,12 @@ class Journal:
         if group.data and self.on_write is not None:
             self.on_write(self.last_fsync_seconds)
 
-    async def checkpoint(self, pieces: Iterable[bytes]) -> None:
+    async def checkpoint(self, pieces: Iterable[bytes], *, fresh: bool = False) -> None:
         """Persist a snapshot and drop the segments it makes redundant.
+
+        ``fresh``: the state does not follow from the journal before it (a standby installed
+        a leader's snapshot), so the previous checkpoint and every older segment go: no
+        fallback may replay this node's old history under the new state.
 
         ``pieces`` make up the snapshot's JSON; the loop runs between two of them, so a big
         snapshot does not stall it (a fuzzy snapshot: see ``TaskTable.snapshot_pieces``).
@@ -316,20 +308,21 @@ class Journal:
             parts.append(piece)
             await asyncio.sleep(0)
         await rotated
-        await asyncio.get_running_loop().run_in_executor(None, self._write_checkpoint, parts, first)
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._write_checkpoint, parts, first, fresh
+        )
 
-    def _write_checkpoint(self, parts: list[bytes], first: int) -> None:
-        target = self.directory / CHECKPOINT_NAME
-        tmp = target.with_suffix(".tmp")
-        with os.fdopen(open_private(tmp), "wb") as fh:
-            fh.write(b'{"version":1,"segment":%d,"state":' % first)
-            fh.writelines(parts)
-            fh.write(b"}")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(target)
+    def _write_checkpoint(self, parts: list[bytes], first: int, fresh: bool) -> None:
+        checkpoint.write(self.directory, parts, first)
+        previous = self.directory / checkpoint.PREVIOUS_NAME
+        if fresh:
+            previous.unlink(missing_ok=True)
         _fsync_dir(self.directory)
-        for path in self.directory.glob(_SEGMENT_GLOB):
-            if _segment_number(path) < first:
-                path.unlink()
-        log.info("checkpoint written; journal compacted to segment %d", first)
+        # Kept from the previous checkpoint on: recovery falls back to it if this one is
+        # ever found damaged.
+        keep = first if fresh else checkpoint.segment_of(previous)
+        if keep is not None:
+            for path in self.directory.glob(_SEGMENT_GLOB):
+                if _segment_number(path) < keep:
+                    path.unlink()
+        log.info("checkpoint written; journal kept from segment %d", keep or 1)

@@ -164,9 +164,10 @@ class Orchestrator:
                 log.warning("skipping journal record that does not apply: %s", exc)
         return engine
 
-    async def checkpoint(self) -> None:
+    async def checkpoint(self, *, fresh: bool = False) -> None:
+        """``fresh``: the state came from a leader's snapshot (see Journal.checkpoint)."""
         assert self.journal is not None
-        await self.journal.checkpoint(self.engine.table.snapshot_pieces())
+        await self.journal.checkpoint(self.engine.table.snapshot_pieces(), fresh=fresh)
 
     def install_auth(self, material: protocol.AuthMaterial) -> None:
         """Take the leader's users, token secret and join token (a standby after a sync)."""
