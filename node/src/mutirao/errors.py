@@ -107,6 +107,13 @@ class NotLeaderError(TemporaryError):
     code = "not_leader"
 
 
+class NoSpaceError(TemporaryError):
+    """The journal's disk is full: writes are refused until space frees; reads go on."""
+
+    status = 507
+    code = "no_space"
+
+
 INTERNAL_ERROR: dict[str, Any] = {
     "error": "internal",
     "message": "internal error; see the server log",

@@ -249,6 +249,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     task = _visible(request, request.match_info["id"])
     if task.state.terminal:
         raise ValidationError(f"task {task.id} is already {task.state}", field="id")
+    orch.require_writable()
     await orch.commit(orch.engine.cancel(task, orch.clock()))
     log.info(
         "cancelled task %s at the request of %s",

@@ -18,6 +18,7 @@ recovery reads as the end of the segment.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import math
 import os
@@ -127,19 +128,28 @@ class _Segment:
         self.reserve = reserve
 
     def write(self, data: bytes) -> None:
+        """Append ``data``; on an error nothing counts as written, and writing the same
+        bytes again (a retry) overwrites whatever part of them reached the file."""
         end = self.offset + len(data)
         if end > self.reserved and self.reserve:
             try:
                 os.posix_fallocate(self.fd, 0, end + self.reserve)
                 self.reserved = end + self.reserve
-            except OSError as exc:  # a filesystem without it: plain appends, as before
-                log.warning("cannot reserve journal space (%s); appending without", exc)
-                self.reserve = 0
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:  # a filesystem without it: plain appends
+                    log.warning("cannot reserve journal space (%s); appending without", exc)
+                    self.reserve = 0
+                # Out of space: no room ahead, but what fits may still be written.
+        start = self.offset
         view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, self.offset)
-            self.offset += written
-            view = view[written:]
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, self.offset)
+                self.offset += written
+                view = view[written:]
+        except OSError:
+            self.offset = start
+            raise
 
     def sync(self) -> None:
         os.fsync(self.fd)
@@ -155,6 +165,8 @@ class _Group:
     data: list[bytes] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     rotate_to: int | None = None
+    written: bool = False
+    """Its data reached the file (a retry after a failed fsync must not write it twice)."""
 
 
 class Journal:
@@ -185,6 +197,10 @@ class Journal:
         self._writing = False
         self.last_fsync_seconds = math.inf
         """How long the last group took to write and fsync; unknown at first."""
+        self.no_space = False
+        """Set while the disk is full: writes are refused, the stuck group is retried."""
+        self.retry_interval = 0.5
+        """Seconds between two tries to write a group while the disk is full."""
         self.inline_below = inline_below
         """Write a group on the event loop itself while the last one took less than this:
         a fast disk's fsync (~0.2 ms) is cheaper than handing it to a thread and back (two
@@ -242,7 +258,6 @@ class Journal:
         return future
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             # One more loop iteration before blocking on an inline fsync: the links then
@@ -253,15 +268,8 @@ class Journal:
             while self._queue:
                 group = self._queue.pop(0)
                 self._writing = True
-                failure: OSError | None = None
                 try:
-                    if self.last_fsync_seconds < self.inline_below:
-                        self._write_group(group)
-                    else:
-                        await loop.run_in_executor(None, self._write_group, group)
-                except OSError as exc:
-                    log.critical("journal write failed: %s", exc)
-                    failure = exc
+                    failure = await self._write_durably(group)
                 finally:
                     self._writing = False
                 for waiter in group.waiters:
@@ -274,10 +282,44 @@ class Journal:
             if self._closed:
                 return
 
+    async def _write_durably(self, group: _Group) -> OSError | None:
+        """Write ``group``; while the disk is full, again every ``retry_interval``: its
+        records are applied in memory and their writers wait (etcd's NOSPACE alarm).
+        Returns the error that failed it, if any."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if self.last_fsync_seconds < self.inline_below:
+                    self._write_group(group)
+                else:
+                    await loop.run_in_executor(None, self._write_group, group)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC and not self._closed:
+                    self._out_of_space(exc)
+                    await asyncio.sleep(self.retry_interval)
+                    continue
+                log.critical("journal write failed: %s", exc)
+                return exc
+            if self.no_space:
+                self.no_space = False
+                log.warning("journal: space is available again; writes resume")
+            return None
+
+    def _out_of_space(self, exc: OSError) -> None:
+        if not self.no_space:
+            self.no_space = True
+            log.error(
+                "journal: no space left on device (%s): new writes are refused (507) and "
+                "what was accepted waits until space frees; reads go on",
+                self.directory,
+            )
+
     def _write_group(self, group: _Group) -> None:
         started = time.monotonic()
         if group.data:
-            self._file.write(b"".join(group.data))
+            if not group.written:
+                self._file.write(b"".join(group.data))
+                group.written = True
             if self.fsync:
                 self._file.sync()
         if group.rotate_to is not None:

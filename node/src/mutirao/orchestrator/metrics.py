@@ -238,6 +238,10 @@ class OrchestratorCollector:
             "mutirao_journal_records_since_checkpoint",
             "Journal records written since the last checkpoint.",
         )
+        no_space = gauge(
+            "mutirao_journal_no_space",
+            "1 while the journal's disk is full: writes are refused (507) until space frees.",
+        )
         if not empty:
             for value in type(orch.roles.role):
                 role.add_metric([str(value)], 1.0 if orch.roles.role is value else 0.0)
@@ -249,7 +253,8 @@ class OrchestratorCollector:
             interval.add_metric([], orch.settings.heartbeat.interval)
             journal = orch.journal
             backlog.add_metric([], float(journal.records_since_checkpoint if journal else 0))
-        yield from (role, leader, epoch, lsn, degraded, timeout, interval, backlog)
+            no_space.add_metric([], 1.0 if journal is not None and journal.no_space else 0.0)
+        yield from (role, leader, epoch, lsn, degraded, timeout, interval, backlog, no_space)
 
     def _cluster(self, *, empty: bool) -> Iterator[Metric]:
         yield from self._tasks(empty=empty)

@@ -32,7 +32,7 @@ from mutirao.auth import (
     UserStore,
     read_or_create_secret,
 )
-from mutirao.errors import AuthError, ProtocolError, TemporaryError
+from mutirao.errors import AuthError, NoSpaceError, ProtocolError, TemporaryError
 from mutirao.ha.lease import LeaseBackend
 from mutirao.ha.replication import Hub
 from mutirao.ha.role import Role, Roles
@@ -72,7 +72,7 @@ class Orchestrator:
         self.roles = Roles(
             self.node, self.hub, shared_record=lease.shared_record, monotonic=monotonic
         )
-        self.intake = Intake(lambda: self.engine, self.execute, clock, self.roles.require_active)
+        self.intake = Intake(lambda: self.engine, self.execute, clock, self.require_writable)
         data = settings.data_dir
         self.users = UserStore(data / USERS_FILE)
         secret = read_or_create_secret(data / SECRET_FILE, given=settings.auth.token_secret)
@@ -91,6 +91,12 @@ class Orchestrator:
         self.leader_lsn = 0
         """As a standby: the leader's LSN at its last beat (for replication lag)."""
         self._sessions = itertools.count(1)
+
+    def require_writable(self) -> None:
+        """Raises unless this node may take a write now: it leads, and its disk has room."""
+        self.roles.require_active()
+        if self.journal is not None and self.journal.no_space:
+            raise NoSpaceError("journal: no space left on device; writes resume once space frees")
 
     @property
     def ready(self) -> bool:
@@ -255,7 +261,10 @@ class Orchestrator:
 
     async def barrier(self) -> None:
         """Wait until every change made so far is durable, before showing state to a client:
-        the engine applies records before they reach the disk."""
+        the engine applies records before they reach the disk. While the disk is full
+        reads go on at once, showing what is in memory (writes are refused meanwhile)."""
+        if self.journal is not None and self.journal.no_space:
+            return
         await self.commit(Effects())
 
     def _wake(self, task_ids: Sequence[str]) -> None:
