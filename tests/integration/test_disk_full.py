@@ -126,3 +126,34 @@ async def test_a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself(
     assert "journal: no space left on device" in log
     assert "space is available again" in log
     assert "Traceback" not in log
+
+
+async def test_a_restart_on_a_full_disk_says_why_in_one_line_and_waits_for_space(
+    cluster: LocalCluster, small_disk: Path
+) -> None:
+    """The lease file lives on the full disk too: the orchestrator comes up (health 200,
+    not ready), says once why it cannot lead, and takes the lead once space frees."""
+    lease_dir = small_disk / "lease"
+    lease_dir.mkdir()
+    cluster.env_extra["MUTIRAO_HA_LEASE_DIR"] = str(lease_dir)
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.procs[0].kill()
+    filler = _fill(small_disk)
+    restarted = cluster.start_orchestrator()
+
+    async def said_why() -> bool:
+        return "cannot hold a role" in restarted.output()
+
+    await eventually(said_why, timeout=20, what="the reason it cannot lead, in its log")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(cluster.url + "/healthz") as resp:
+            assert resp.status == 200
+        async with http.get(cluster.url + "/readyz") as resp:
+            assert resp.status == 503
+    filler.unlink()
+    await cluster.wait_ready()
+    output = restarted.output()
+    assert output.count("cannot hold a role") == 1, output[-3000:]
+    assert "No space left on device" in output
+    assert "Traceback" not in output

@@ -71,12 +71,21 @@ class Controller:
             orch.lease.observe(
                 Lease(table.leader, "", table.epoch, 0.0, self.ha.lease_duration, (table.leader,))
             )
+        said = ""
         while True:
             try:
                 lease, asked_at = await self._stand_by()
                 await self._lead(lease, asked_at)
-            except (OSError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
-                # A bug or a broken disk must not leave the process serving with no role.
+            except OSError as exc:
+                # A full or broken disk (the lease file): one line, said again only when
+                # it changes, not a traceback at every retry.
+                if str(exc) != said:
+                    said = str(exc)
+                    log.error("cannot hold a role: %s; standing by and retrying", exc)
+                self.roles.step_down(f"role loop failed: {exc}")
+                await asyncio.sleep(self.ha.retry_interval)
+            except (aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+                # A bug must not leave the process serving with no role.
                 log.exception("role loop failed (%s); standing by again", exc)
                 self.roles.step_down(f"role loop failed: {exc}")
                 await asyncio.sleep(self.ha.retry_interval)
