@@ -70,6 +70,9 @@ class Load:
 
         await eventually(grown, timeout=timeout, what=what)
 
+    def summary(self, lost: list[tuple[str, str]]) -> str:
+        return f"{len(self.acked)} acknowledged, {len(lost)} lost, {self.refused} refused/retried"
+
     async def halt(self, submitters: list[asyncio.Task[None]]) -> None:
         self.stop.set()
         results = await asyncio.gather(*submitters, return_exceptions=True)
@@ -192,11 +195,8 @@ async def test_a_paused_active_never_acknowledges_after_its_lease_lapsed(
             await load.halt(submitters)
         lost, wrong = await load.check(admin)
     with capsys.disabled():
-        print(
-            f"\n[pause] {backend} lease: {ROUNDS} SIGSTOP round(s) past a {LEASE:g}s lease, "
-            "under load: "
-            f"{len(load.acked)} acknowledged, {len(lost)} lost, {load.refused} refused/retried"
-        )
+        print(f"\n[pause] {backend} lease: {ROUNDS} SIGSTOP round(s) past a {LEASE:g}s lease, "
+              f"under load: {load.summary(lost)}")  # fmt: skip
     assert (lost, wrong) == ([], []), "acknowledged then lost, or not recorded once"
 
 

@@ -289,10 +289,8 @@ async def test_partition_rounds_under_load_lose_no_acknowledged_task(
             await load.halt(submitters)
         lost, wrong = await load.check(admin)
     with capsys.disabled():
-        print(
-            f"\n[partition] {ROUNDS} cut/heal round(s) between the orchestrators (peer lease "
-            f"{LEASE:g}s) under load: {len(load.acked)} acknowledged, {len(lost)} lost"
-        )
+        print(f"\n[partition] {ROUNDS} cut/heal round(s) between the orchestrators (peer "
+              f"lease {LEASE:g}s) under load: {load.summary(lost)}")  # fmt: skip
     assert (lost, wrong) == ([], []), "acknowledged then lost, or not recorded once"
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from mutirao.worker.pool import HandlerFailed, ProcessDied, ProcessPool
+from tests.integration.cluster import eventually
 
 MODULES = ["tests.integration.fixtures.user_tasks"]
 
@@ -19,6 +20,15 @@ def pool() -> Iterator[ProcessPool]:
     one = ProcessPool(1, MODULES)
     yield one
     one.close()
+
+
+async def _running(pool: ProcessPool) -> None:
+    """Wait until a call was handed to a slot process (bounded poll)."""
+
+    async def handed() -> bool:
+        return any(slot.reading for slot in pool._slots)
+
+    await eventually(handed, timeout=10, what="a call handed to a slot process")
 
 
 async def test_a_call_runs_in_a_child_and_errors_read_as_in_a_thread(pool: ProcessPool) -> None:
@@ -36,7 +46,7 @@ async def test_cancelling_a_call_kills_its_process_and_the_next_call_gets_a_fres
 ) -> None:
     first = await pool.run("blocking-sleep", 0)
     call = asyncio.create_task(pool.run("blocking-sleep", 30))
-    await asyncio.sleep(0.2)  # let it reach the child; nothing depends on the exact time
+    await _running(pool)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -49,7 +59,7 @@ async def test_cancelling_a_call_kills_its_process_and_the_next_call_gets_a_fres
 async def test_a_child_that_dies_mid_call_is_reported_and_replaced(pool: ProcessPool) -> None:
     first = await pool.run("blocking-sleep", 0)
     call = asyncio.create_task(pool.run("blocking-sleep", 30))
-    await asyncio.sleep(0.2)  # most likely mid-call; before it, the pipe breaks: the same
+    await _running(pool)
     os.kill(first["pid"], 9)
     with pytest.raises(ProcessDied, match="exit code -9"):
         await asyncio.wait_for(call, 20)

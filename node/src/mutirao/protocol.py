@@ -144,17 +144,22 @@ class SubmissionParser:
             # What the journal will encode, checked now: a payload it cannot take (an
             # integer beyond 64 bits, nesting too deep) is this request's error, not the
             # journal's. Small payloads encode in ~0.2 µs.
-            where = f"tasks[{i}].payload" if batch else "payload"
             try:
                 size = len(orjson.dumps(spec.payload))
             except orjson.JSONEncodeError as exc:
+                where = _payload_field(i, batch)
                 problem = _too_deep(where) if "Recursion" in str(exc) else f"{where}: {exc}"
                 raise UnstorableError(problem, field=where) from None
             if size > limits.max_payload_bytes:
                 raise TooLargeError(
-                    f"payload exceeds {limits.max_payload_bytes} bytes", field=where
+                    f"payload exceeds {limits.max_payload_bytes} bytes",
+                    field=_payload_field(i, batch),
                 )
         return specs, batch
+
+
+def _payload_field(index: int, batch: bool) -> str:
+    return f"tasks[{index}].payload" if batch else "payload"
 
 
 def _too_deep(where: str) -> str:

@@ -144,7 +144,6 @@ class Controller:
 
     async def _lead(self, lease: Lease, asked_at: float) -> None:
         orch, roles = self.orch, self.roles
-        orch.hub.witness.clear()
         roles.lead(
             Tenure(lease, asked_at, self.ha.renew_interval, self.ha.step_down_margin), orch.url
         )

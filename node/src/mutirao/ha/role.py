@@ -56,6 +56,8 @@ class Roles:
         self.deposed_reason = ""
 
     def lead(self, tenure: Tenure, url: str) -> None:
+        """Become active; a new tenure starts knowing no standby's view of it."""
+        self.hub.witness.clear()
         self.deposed.clear()
         self.deposed_reason = ""
         self.tenure = tenure

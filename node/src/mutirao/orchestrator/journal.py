@@ -89,7 +89,8 @@ def recover(directory: Path) -> Recovered:
     serving). Raises :class:`~mutirao.orchestrator.checkpoint.RecoveryError`."""
     private_dir(directory)
     segments = sorted(directory.glob(_SEGMENT_GLOB), key=_segment_number)
-    for path in [*directory.glob("state_checkpoint*.json"), *segments]:
+    checkpoints = [directory / checkpoint.CHECKPOINT_NAME, directory / checkpoint.PREVIOUS_NAME]
+    for path in [*segments, *filter(Path.exists, checkpoints)]:
         os.chmod(path, FILE_MODE)  # written by a version that made them world-readable
     loaded = checkpoint.load(directory, _segment_number(segments[0]) if segments else None)
     snapshot, first = loaded.snapshot, loaded.segment
