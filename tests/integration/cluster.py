@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mutirao.auth import SECRET_FILE, USERS_FILE, TokenSigner, User, UserStore
+from mutirao.auth import ADMIN, SECRET_FILE, SUBMITTER, USERS_FILE, TokenSigner, User, UserStore
 from mutirao.client.http import Client
 from mutirao.protocol import HaView
 
@@ -174,15 +174,40 @@ class LocalCluster:
         return self._spawn(f"worker-{wid}", args)
 
     def token(self, user: str = "admin", admin: bool = True) -> str:
-        """A token signed with the orchestrator's secret (which exists once it started)."""
+        """A token minted with the cluster's first secret (which exists once the first
+        orchestrator started), trusted on its claims like the operator's."""
         secret = (self.data_dir / SECRET_FILE).read_text().strip()
-        return TokenSigner(secret).issue(User(user, admin), time.time(), 3600)
+        role = ADMIN if admin else SUBMITTER
+        return TokenSigner(secret).mint(User(user, role), time.time(), 3600)
 
-    def add_user(self, name: str, password: str, *, admin: bool = False) -> None:
-        UserStore(self.data_dir / USERS_FILE).add(name, password, admin=admin)
+    def bootstrap_user(self, name: str, password: str, *, admin: bool = False) -> None:
+        """A user in the bootstrap file, imported by the first leader (before start)."""
+        role = ADMIN if admin else SUBMITTER
+        UserStore(self.data_dir / USERS_FILE).add(name, password, role=role)
+
+    async def add_user(self, name: str, password: str, *, role: str = SUBMITTER) -> None:
+        """A user added to the running cluster over its API, as an admin would."""
+        async with self.client() as client:
+            await client.add_user(name, password, role)
 
     def client(self, token: str | None = None, **kw: Any) -> Client:
         return Client(self.urls, self.token() if token is None else token, **kw)
+
+    def proc(self, name: str) -> Proc:
+        """The process last started as ``name`` (orchestrator, backup, worker-W1...)."""
+        return [p for p in self.procs if p.name == name][-1]
+
+    async def start_ha(self, *workers: str) -> None:
+        """The active, then its standby once the active is ready, then the workers; returns
+        once the standby is in sync and the workers registered."""
+        self.start_orchestrator()
+        await self.wait_ready()
+        self.start_backup()
+        async with self.client() as client:
+            await standby_synced(client, "backup")
+        for wid in workers:
+            self.start_worker(wid)
+        await self.wait_workers(*workers)
 
     async def wait_ready(self, timeout: float = 20.0) -> None:
         import aiohttp
@@ -219,6 +244,16 @@ class LocalCluster:
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} =====\n{p.output()[-4000:]}" for p in self.procs)
+
+
+async def standby_synced(client: Client, node: str) -> None:
+    """Wait until the active names ``node`` as a standby in sync (which may take over)."""
+
+    async def synced() -> bool:
+        info = await client.cluster()
+        return any(s["node"] == node and s["synced"] for s in info["standbys"])
+
+    await eventually(synced, timeout=20, what=f"standby {node} in sync")
 
 
 def children_of(pid: int) -> list[int]:

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from mutirao.auth import SECRET_FILE, TokenSigner, User
+from mutirao.auth import ADMIN, SECRET_FILE, TokenSigner, User
 from mutirao.client.http import ApiError, Client
 from mutirao.protocol import JOIN_TOKEN_HEADER, SESSION_PATH, WORKER_WS_PATH, TaskView
 from tests.integration.cluster import LocalCluster, Proc, eventually, free_port
@@ -111,11 +111,11 @@ async def test_requests_without_valid_token_are_rejected(
     for tampered in (forged, flipped, good + "x", "." + signature, body + "."):
         assert_error(await call(http, "GET", tasks, token=tampered), 401)
 
-    expired = _signer(cluster).issue(User("admin", True), time.time(), -10)
+    expired = _signer(cluster).mint(User("admin", ADMIN), time.time(), -10)
     reply = await call(http, "GET", tasks, token=expired)
     assert_error(reply, 401)
     assert "expired" in reply.body["message"]
-    other_secret = TokenSigner("not-the-cluster-secret").issue(User("admin", True), time.time(), 60)
+    other_secret = TokenSigner("not-the-cluster-secret").mint(User("admin", ADMIN), time.time(), 60)
     assert_error(await call(http, "GET", tasks, token=other_secret), 401)
 
     ok = await call(http, "GET", tasks, token=good)
@@ -125,7 +125,7 @@ async def test_requests_without_valid_token_are_rejected(
 
 async def test_login(cluster: LocalCluster, http: aiohttp.ClientSession) -> None:
     await cluster.start("W1")
-    cluster.add_user("alice", "alice-password")
+    await cluster.add_user("alice", "alice-password")
     login = cluster.url + "/v1/login"
 
     reply = await call(
@@ -508,7 +508,7 @@ async def test_public_endpoints(cluster: LocalCluster, http: aiohttp.ClientSessi
     assert spec.status == 200
     assert spec.content_type == "application/json"
     assert spec.body["openapi"].startswith("3.")
-    for path in ("/v1/tasks", "/v1/tasks/{id}", "/v1/login"):
+    for path in ("/v1/tasks", "/v1/tasks/{id}", "/v1/login", "/v1/users/{name}", "/v1/ha"):
         assert path in spec.body["paths"], sorted(spec.body["paths"])
 
 

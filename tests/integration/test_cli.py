@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mutirao.auth import SECRET_FILE
 from tests.integration.cluster import LocalCluster, UpCluster, eventually, free_port
 
 MUTIRAO = [sys.executable, "-m", "mutirao"]
@@ -103,6 +104,12 @@ _COMMANDS = [
     ["up"],
     ["user"],
     ["user", "add"],
+    ["user", "list"],
+    ["user", "remove"],
+    ["user", "passwd"],
+    ["user", "role"],
+    ["user", "revoke"],
+    ["logout"],
     ["login"],
     ["submit"],
     ["status"],
@@ -138,12 +145,11 @@ async def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
 
 
 async def _add_user_and_login(cli: Cli, cluster: LocalCluster) -> None:
-    data = str(cluster.data_dir)
-    added = await cli(
-        "user", "add", "carla", "--password-stdin", "--data-dir", data, stdin="carla-secret\n"
-    )
+    """An admin adds carla to the running cluster; carla logs in."""
+    admin = ("--url", cluster.url, "--token", cluster.token())
+    added = await cli("user", "add", "carla", "--password-stdin", *admin, stdin="carla-secret\n")
     assert added.code == 0, added
-    assert "carla" in added.out
+    assert "user carla added (submitter)" in added.err
     saved_path = Path(cli.env["MUTIRAO_CONFIG_DIR"]) / "credentials.json"
 
     login = ("login", "--user", "carla", "--password-stdin", "--url", cluster.url)
@@ -209,6 +215,100 @@ async def test_user_login_submit_and_inspect(cluster: LocalCluster, tmp_path: Pa
     assert admin.code == 0, admin
     assert "W1" in admin.out, admin
     assert "succeeded=52" in admin.out, admin
+
+
+async def test_users_are_managed_on_the_running_cluster(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`mutirao user add|list|passwd|role|revoke|remove` and `logout` against the active
+    orchestrator: each takes effect at once, on logins and on tokens already out. The admin
+    here holds the token secret instead of a login (as on an orchestrator pod)."""
+    await cluster.start("W1")
+    # As on an orchestrator pod: no login, but the cluster's token secret in the environment.
+    secret = (cluster.data_dir / SECRET_FILE).read_text().strip()
+    admin = Cli(
+        cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_AUTH_TOKEN_SECRET=secret), tmp_path
+    )
+    dana = Cli(cli_env(tmp_path / "dana", MUTIRAO_URL=cluster.url), tmp_path)
+    login = ("login", "--user", "dana", "--password-stdin")
+
+    added = await admin("user", "add", "dana", "--admin", "--password-stdin", stdin="dana-pw-1\n")
+    assert added.code == 0, added
+    assert_clean_error(await admin("user", "role", "dana", "viewer"), "only admin", "409")
+    root = await admin("user", "add", "root", "--role", "admin", "--password-stdin", stdin="r" * 9)
+    assert root.code == 0, root
+    assert_clean_error(
+        await admin("user", "add", "dana", "--password-stdin", stdin="dana-pw-1\n"),
+        "already exists",
+        "409",
+    )
+    assert_clean_error(
+        await admin("user", "add", "eve", "--password-stdin", stdin="short\n"),
+        "at least 8 characters",
+        "field password",
+    )
+    listed = await admin("user", "list", "--json")
+    assert [(u["name"], u["role"]) for u in json.loads(listed.out)] == [
+        ("dana", "admin"),
+        ("root", "admin"),
+    ], listed
+
+    assert (await dana(*login, stdin="dana-pw-1\n")).code == 0
+    assert (await dana("cluster")).code == 0, "dana is an admin"
+    demoted = await admin("user", "role", "dana", "viewer")
+    assert demoted.code == 0, demoted
+    assert_clean_error(await dana("cluster"), "403")  # her token is unchanged: her role is not
+    assert_clean_error(await dana("submit", "echo"), "viewer", "403")
+
+    changed = await dana("user", "passwd", "--password-stdin", stdin="dana-pw-2\n")
+    assert changed.code == 0, changed
+    assert_clean_error(await dana("tasks"), "revoked", "401")  # the password change signs out
+    assert_clean_error(await dana(*login, stdin="dana-pw-1\n"), "wrong user name or password")
+    assert (await dana(*login, stdin="dana-pw-2\n")).code == 0
+    assert (await dana("tasks")).code == 0
+
+    out = await dana("logout")
+    assert out.code == 0, out
+    assert not (tmp_path / "dana" / "config" / "credentials.json").exists()
+    assert (await dana(*login, stdin="dana-pw-2\n")).code == 0
+    revoked = await admin("user", "revoke", "dana")
+    assert revoked.code == 0, revoked
+    assert_clean_error(await dana("tasks"), "revoked", "401")
+
+    assert (await dana(*login, stdin="dana-pw-2\n")).code == 0
+    removed = await admin("user", "remove", "dana")
+    assert removed.code == 0, removed
+    assert_clean_error(await dana("tasks"), "no longer exists", "401")
+    assert_clean_error(await dana(*login, stdin="dana-pw-2\n"), "wrong user name or password")
+    assert_clean_error(await admin("user", "remove", "dana"), "no user 'dana'", "404")
+    assert [u["name"] for u in json.loads((await admin("user", "list", "--json")).out)] == ["root"]
+
+
+async def test_the_bootstrap_users_file_is_imported_by_the_first_leader(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """`user add --data-dir` before the first start: the first leader imports the file into
+    the journal (and renames it); adding to the file of a running cluster says why not."""
+    cli = Cli(cli_env(tmp_path, MUTIRAO_URL=cluster.url), tmp_path)
+    data = str(cluster.data_dir)
+    first = await cli(
+        "user", "add", "root", "--admin", "--password-stdin", "--data-dir", data,
+        stdin="root-password\n",
+    )  # fmt: skip
+    assert first.code == 0, first
+    assert "the first orchestrator to lead a cluster with no users imports it" in first.out
+    await cluster.start("W1")
+    imported = cluster.data_dir / "users.json.imported"
+
+    async def renamed() -> bool:
+        return imported.exists()
+
+    await eventually(renamed, timeout=10, what=f"{imported} after the import")
+    assert not (cluster.data_dir / "users.json").exists()
+    logged_in = await cli("login", "--user", "root", "--password-stdin", stdin="root-password\n")
+    assert logged_in.code == 0, logged_in
+    listed = await cli("user", "list")
+    assert listed.out.split() == ["USER", "ROLE", "root", "admin"], listed
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -16,13 +16,15 @@ from mutirao.client.http import Client, Unreachable
 from mutirao.client.session import Session
 from mutirao.orchestrator.checkpoint import CHECKPOINT_NAME
 from mutirao.protocol import TaskView
-from tests.integration.cluster import LocalCluster, Proc, eventually
+from tests.integration.cluster import LocalCluster, eventually, standby_synced
 
-PRIVATE_FILES = {SECRET_FILE, USERS_FILE, JOIN_TOKEN_FILE, CHECKPOINT_NAME}
-
-
-def _proc(cluster: LocalCluster, name: str) -> Proc:
-    return [p for p in cluster.procs if p.name == name][-1]
+PRIVATE_FILES = {
+    SECRET_FILE,
+    USERS_FILE,
+    f"{USERS_FILE}.imported",
+    JOIN_TOKEN_FILE,
+    CHECKPOINT_NAME,
+}
 
 
 def _done_once(view: TaskView) -> bool:
@@ -30,34 +32,15 @@ def _done_once(view: TaskView) -> bool:
     return view["state"] == "succeeded" and outcomes.count("succeeded") == 1
 
 
-async def _standby_synced(client: Client, node: str) -> None:
-    async def synced() -> bool:
-        info = await client.cluster()
-        return any(s["node"] == node and s["synced"] for s in info["standbys"])
-
-    await eventually(synced, timeout=20, what=f"standby {node} in sync")
-
-
 async def _leader(client: Client) -> dict[str, Any]:
     return await client.cluster()
-
-
-async def _ha_cluster(cluster: LocalCluster, *workers: str) -> None:
-    cluster.start_orchestrator()
-    await cluster.wait_ready()
-    cluster.start_backup()
-    async with cluster.client() as client:
-        await _standby_synced(client, "backup")
-    for wid in workers:
-        cluster.start_worker(wid)
-    await cluster.wait_workers(*workers)
 
 
 async def test_failover_under_a_stream_of_submissions_loses_nothing(
     cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await _ha_cluster(cluster, "W1", "W2")
-    primary = _proc(cluster, "orchestrator")
+    await cluster.start_ha("W1", "W2")
+    primary = cluster.proc("orchestrator")
     acked: dict[int, str] = {}
     async with cluster.client(retry_for=30) as client:
         others = await client.submit_batch([{"type": "sleep", "payload": 0.3}] * 16)
@@ -112,17 +95,17 @@ async def _async(value: bool) -> bool:
 async def test_old_active_rejoins_as_standby_and_a_second_failover_returns_to_it(
     cluster: LocalCluster,
 ) -> None:
-    await _ha_cluster(cluster, "W1")
+    await cluster.start_ha("W1")
     async with cluster.client(retry_for=30) as client:
         first = await client.submit_batch([{"type": "sleep", "payload": 0.2}] * 8)
-        _proc(cluster, "orchestrator").kill()
+        cluster.proc("orchestrator").kill()
         second = await client.submit_batch([{"type": "echo", "payload": n} for n in range(8)])
         assert (await _leader(client))["node"] == "backup"
 
         cluster.start_orchestrator()  # the old active, on its old data dir
-        await _standby_synced(client, "orchestrator")
+        await standby_synced(client, "orchestrator")
         third = await client.submit_batch([{"type": "echo", "payload": n} for n in range(8)])
-        _proc(cluster, "backup").kill()
+        cluster.proc("backup").kill()
         fourth = await client.submit_batch([{"type": "sleep", "payload": 0.1}] * 8)
         info = await _leader(client)
         ids = [t["id"] for batch in (first, second, third, fourth) for t in batch]
@@ -135,9 +118,9 @@ async def test_old_active_rejoins_as_standby_and_a_second_failover_returns_to_it
 async def test_active_runs_degraded_without_standby_and_the_standby_catches_up(
     cluster: LocalCluster,
 ) -> None:
-    await _ha_cluster(cluster, "W1")
+    await cluster.start_ha("W1")
     async with cluster.client(retry_for=30) as client:
-        _proc(cluster, "backup").kill()
+        cluster.proc("backup").kill()
 
         async def degraded() -> bool:
             return not (await client.cluster())["standbys"]
@@ -151,8 +134,8 @@ async def test_active_runs_degraded_without_standby_and_the_standby_catches_up(
         assert ready["degraded"] is True
         during = await client.submit_batch([{"type": "echo", "payload": n} for n in range(20)])
         cluster.start_backup()
-        await _standby_synced(client, "backup")
-        _proc(cluster, "orchestrator").kill()
+        await standby_synced(client, "backup")
+        cluster.proc("orchestrator").kill()
         views = await client.wait_many([t["id"] for t in during], timeout=30)
         info = await _leader(client)
     assert info["node"] == "backup", "the caught-up standby must take over"
@@ -165,8 +148,8 @@ async def test_sigterm_of_the_active_hands_the_lease_over_at_once(
 ) -> None:
     """A clean stop releases the lease: the standby takes over at its next poll instead of
     waiting for the lease to expire, and nothing acknowledged is lost."""
-    await _ha_cluster(cluster, "W1")
-    primary = _proc(cluster, "orchestrator")
+    await cluster.start_ha("W1")
+    primary = cluster.proc("orchestrator")
     async with cluster.client(retry_for=30) as client:
         before = await client.submit_batch([{"type": "sleep", "payload": 0.2}] * 6)
         primary.signal(signal.SIGTERM)
@@ -186,11 +169,11 @@ async def test_a_session_fails_over_by_reconnecting_and_resubmitting(cluster: Lo
     """A session talks to one orchestrator: when the active dies, its calls in flight fail
     with Unreachable (never a silent loss), a standby refuses a new session until it leads,
     and resubmitting with the same keys on a new session makes no second task."""
-    await _ha_cluster(cluster, "W1")
+    await cluster.start_ha("W1")
     async with cluster.client(retry_for=30) as client:
         async with client.session() as session:
             before = [await session.submit("echo", n, key=f"s-{n}") for n in range(20)]
-            _proc(cluster, "orchestrator").kill()
+            cluster.proc("orchestrator").kill()
             with pytest.raises(Unreachable):
                 await _submit_until_it_fails(session, 20)
         async with client.session() as again:  # on the backup once it took over
@@ -209,14 +192,15 @@ async def _submit_until_it_fails(session: Session, start: int) -> None:
 async def test_every_file_with_secrets_or_task_data_is_private_on_both_orchestrators(
     cluster: LocalCluster,
 ) -> None:
-    """Journal segments, checkpoints, the users file and the secrets: 0600 on the active and
-    on the standby (which writes its copies when it syncs), in data dirs that are 0700."""
-    cluster.add_user("alice", "pw-alice-123")
-    await _ha_cluster(cluster, "W1")
+    """Journal segments and checkpoints (which hold users and secrets too), the imported
+    bootstrap users file and the first secrets: 0600 on the active and on the standby, in
+    data dirs that are 0700."""
+    cluster.bootstrap_user("alice", "pw-alice-123")
+    await cluster.start_ha("W1")
     async with cluster.client() as client:
         task = await client.submit("echo", {"secret": "payload"})
         await client.wait(task["id"], timeout=10)
-        await _standby_synced(client, "backup")
+        await standby_synced(client, "backup")
     checked = []
     for data in (cluster.data_dir, cluster.root / "backup-data"):
         assert stat.S_IMODE(data.stat().st_mode) == 0o700, data
@@ -224,8 +208,8 @@ async def test_every_file_with_secrets_or_task_data_is_private_on_both_orchestra
             if path.name.startswith("journal-") or path.name in PRIVATE_FILES:
                 checked.append(f"{data.name}/{path.name}")
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    for expected in (f"data/{SECRET_FILE}", f"data/{USERS_FILE}", f"backup-data/{SECRET_FILE}",
-                     f"backup-data/{USERS_FILE}", f"backup-data/{CHECKPOINT_NAME}"):  # fmt: skip
+    for expected in (f"data/{SECRET_FILE}", f"data/{USERS_FILE}.imported",
+                     f"backup-data/{SECRET_FILE}", f"backup-data/{CHECKPOINT_NAME}"):  # fmt: skip
         assert expected in checked, checked
     assert any(c.startswith("data/journal-") for c in checked), checked
     assert any(c.startswith("backup-data/journal-") for c in checked), checked

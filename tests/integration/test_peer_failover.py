@@ -170,10 +170,10 @@ async def _worker_status(url: str) -> dict[str, object]:
 
 
 def _token(data_dir: Path) -> str:
-    from mutirao.auth import SECRET_FILE, TokenSigner, User
+    from mutirao.auth import ADMIN, SECRET_FILE, TokenSigner, User
 
     secret = (data_dir / SECRET_FILE).read_text().strip()
-    return TokenSigner(secret).issue(User("admin", True), time.time(), 3600)
+    return TokenSigner(secret).mint(User("admin", ADMIN), time.time(), 3600)
 
 
 async def test_a_standby_that_never_synced_does_not_take_over_with_the_peer_lease(

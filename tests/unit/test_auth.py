@@ -1,4 +1,4 @@
-"""Users (scrypt-hashed passwords in a private file) and signed bearer tokens."""
+"""Passwords (scrypt), the bootstrap users file, and signed bearer tokens."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from mutirao.auth import TokenSigner, User, UserStore, read_or_create_secret
+from mutirao.auth import (
+    ADMIN,
+    SUBMITTER,
+    Claims,
+    TokenSigner,
+    User,
+    UserStore,
+    read_or_create_secret,
+)
 from mutirao.errors import AuthError, ConflictError, ValidationError
 
 NOW = 1_700_000_000.0
@@ -21,12 +29,12 @@ def store(tmp_path: Path) -> UserStore:
 
 
 def test_add_then_verify(store: UserStore) -> None:
-    assert store.add("alice", "correct horse") == User("alice", admin=False)
-    assert store.add("root.admin_1-x", "battery staple", admin=True) == User(
-        "root.admin_1-x", admin=True
+    assert store.add("alice", "correct horse") == User("alice", SUBMITTER)
+    assert store.add("root.admin_1-x", "battery staple", role=ADMIN) == User(
+        "root.admin_1-x", ADMIN
     )
-    assert store.verify("alice", "correct horse") == User("alice", admin=False)
-    assert store.verify("root.admin_1-x", "battery staple") == User("root.admin_1-x", admin=True)
+    assert store.verify("alice", "correct horse") == User("alice", SUBMITTER)
+    assert store.verify("root.admin_1-x", "battery staple") == User("root.admin_1-x", ADMIN)
 
 
 def test_the_users_file_is_private_and_holds_no_password(store: UserStore) -> None:
@@ -35,7 +43,19 @@ def test_the_users_file_is_private_and_holds_no_password(store: UserStore) -> No
     raw = store.path.read_bytes()
     assert b"correct horse" not in raw
     entry = orjson.loads(raw)["alice"]
-    assert set(entry) == {"salt", "hash", "admin"}
+    assert set(entry) == {"salt", "hash", "role"}
+
+
+def test_an_older_file_with_an_admin_flag_reads_as_roles(store: UserStore) -> None:
+    store.add("alice", "correct horse", role=ADMIN)
+    store.add("bob", "battery staple")
+    entries = orjson.loads(store.path.read_bytes())
+    for entry, admin in ((entries["alice"], True), (entries["bob"], False)):
+        del entry["role"]
+        entry["admin"] = admin
+    store.path.write_bytes(orjson.dumps(entries))
+    assert store.verify("alice", "correct horse") == User("alice", ADMIN)
+    assert store.verify("bob", "battery staple") == User("bob", SUBMITTER)
 
 
 def test_wrong_password_or_unknown_user_is_an_auth_error(store: UserStore) -> None:
@@ -57,8 +77,8 @@ def test_adding_an_existing_user_conflicts_unless_replacing(store: UserStore) ->
     with pytest.raises(ConflictError) as info:
         store.add("alice", "second password")
     assert info.value.field == "name"
-    store.add("alice", "second password", admin=True, replace=True)
-    assert store.verify("alice", "second password") == User("alice", admin=True)
+    store.add("alice", "second password", role=ADMIN, replace=True)
+    assert store.verify("alice", "second password") == User("alice", ADMIN)
     with pytest.raises(AuthError):
         store.verify("alice", "first password")
 
@@ -84,18 +104,33 @@ def test_add_validates_name_and_password(
 # -- tokens ---------------------------------------------------------------------------------
 
 
+ALICE = User("alice", SUBMITTER)
+
+
 def test_issue_then_verify() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(User("alice", admin=True), NOW, ttl=60.0)
-    assert signer.verify(token, NOW) == User("alice", admin=True)
-    assert signer.verify(token, NOW + 60.0) == User("alice", admin=True)
+    token = signer.issue(User("alice", ADMIN), NOW, ttl=60.0)
+    claims = signer.verify(token, NOW)
+    assert (claims.user, claims.expires, claims.issued) == (User("alice", ADMIN), NOW + 60, NOW)
+    assert claims.token_id
+    assert not claims.minted
+    assert signer.verify(token, NOW + 60.0) == claims
     # Another orchestrator sharing the secret accepts it.
-    assert TokenSigner("s3cret").verify(token, NOW + 1) == User("alice", admin=True)
+    assert TokenSigner("s3cret").verify(token, NOW + 1) == claims
+    # Each login token has its own id (what a logout revokes).
+    assert signer.verify(signer.issue(ALICE, NOW, 60.0), NOW).token_id != claims.token_id
+
+
+def test_a_minted_token_is_marked_so() -> None:
+    signer = TokenSigner("s3cret")
+    claims = signer.verify(signer.mint(ALICE, NOW, 60.0), NOW)
+    assert claims == Claims(ALICE, NOW + 60.0)
+    assert claims.minted
 
 
 def test_an_expired_token_is_rejected() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    token = signer.issue(ALICE, NOW, ttl=60.0)
     with pytest.raises(AuthError, match="expired"):
         signer.verify(token, NOW + 60.001)
 
@@ -104,15 +139,23 @@ def test_a_token_checked_before_is_still_rejected_once_expired() -> None:
     # Verified tokens are remembered (a client sends one with every request), with their
     # expiry: the remembered answer must not outlive the token.
     signer = TokenSigner("s3cret")
-    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
-    assert signer.verify(token, NOW) == User("alice", admin=False)
-    assert signer.verify(token, NOW + 30.0) == User("alice", admin=False)
+    token = signer.issue(ALICE, NOW, ttl=60.0)
+    assert signer.verify(token, NOW).user == ALICE
+    assert signer.verify(token, NOW + 30.0).user == ALICE
     with pytest.raises(AuthError, match="expired"):
         signer.verify(token, NOW + 60.001)
 
 
+def test_a_token_of_an_older_version_is_refused_with_a_hint() -> None:
+    body = orjson.dumps({"sub": "alice", "adm": True, "exp": NOW + 60})
+    signer = TokenSigner("s3cret")
+    token = f"{_b64(body)}.{signer._sign(body)}"
+    with pytest.raises(AuthError, match="older version: log in again"):
+        signer.verify(token, NOW)
+
+
 def test_a_token_signed_with_another_secret_is_rejected() -> None:
-    token = TokenSigner("other").issue(User("alice", admin=False), NOW, ttl=60.0)
+    token = TokenSigner("other").issue(ALICE, NOW, ttl=60.0)
     with pytest.raises(AuthError, match="invalid token signature"):
         TokenSigner("s3cret").verify(token, NOW)
 
@@ -123,7 +166,7 @@ def _b64(data: bytes) -> str:
 
 def test_a_tampered_token_is_rejected() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    token = signer.issue(ALICE, NOW, ttl=60.0)
     body, signature = token.split(".")
 
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
@@ -131,7 +174,7 @@ def test_a_tampered_token_is_rejected() -> None:
         signer.verify(f"{body}.{flipped}", NOW)
 
     # Granting oneself admin (or more time) breaks the signature.
-    forged = _b64(orjson.dumps({"sub": "alice", "adm": True, "exp": NOW + 1e9}))
+    forged = _b64(orjson.dumps({"sub": "alice", "role": ADMIN, "exp": NOW + 1e9, "svc": 1}))
     with pytest.raises(AuthError, match="invalid token signature"):
         signer.verify(f"{forged}.{signature}", NOW)
 
@@ -147,7 +190,7 @@ def test_malformed_tokens_are_auth_errors(token: str) -> None:
 
 def test_a_non_ascii_signature_is_an_auth_error_not_a_crash() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(User("alice", admin=False), NOW, ttl=60.0)
+    token = signer.issue(ALICE, NOW, ttl=60.0)
     with pytest.raises(AuthError, match="invalid token signature"):
         signer.verify(token[:-1] + "é", NOW)
 

@@ -1,9 +1,17 @@
-"""Users, passwords and tokens.
+"""Passwords, roles and signed bearer tokens.
 
-Passwords are stored as scrypt hashes in a JSON users file (``mutirao user add``). Login
-returns a bearer token ``<base64 claims>.<base64 HMAC-SHA256>`` signed with a secret kept
-in the orchestrator's data dir, so any orchestrator sharing that dir (or a copy of the
-secret) accepts it. Workers authenticate separately, with the cluster's join token.
+The cluster's users live in its journal (:mod:`mutirao.orchestrator.accounts`); this module
+holds what both that state and the clients need: scrypt password hashes, the roles, and
+tokens ``<base64 claims>.<base64 HMAC-SHA256>`` signed with the cluster's token secret.
+
+A token from ``/v1/login`` names its user, when it was issued and a unique id: the
+orchestrator checks it against the current user record (removed, demoted, signed out), so
+a revocation takes effect at once. A token *minted* offline by a holder of the secret (the
+operator, ``mutirao up`` for its banner) is marked so and trusted on its claims: whoever
+has the key could sign anything anyway.
+
+``UserStore`` is the bootstrap file (``mutirao user add --data-dir``): an orchestrator that
+takes the lead of a cluster with no users yet imports it into the journal.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -25,17 +34,85 @@ USERS_FILE = "users.json"
 SECRET_FILE = "token.secret"
 JOIN_TOKEN_FILE = "join.token"
 
+ADMIN, SUBMITTER, VIEWER = "admin", "submitter", "viewer"
+ROLES = (ADMIN, SUBMITTER, VIEWER)
+"""An admin sees every task and manages users; a submitter submits and sees its own tasks;
+a viewer only reads its own."""
+
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+MIN_PASSWORD = 8
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class User:
     name: str
-    admin: bool
+    role: str = SUBMITTER
+
+    @property
+    def admin(self) -> bool:
+        return self.role == ADMIN
+
+    @property
+    def may_submit(self) -> bool:
+        return self.role != VIEWER
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a token with a valid signature says."""
+
+    user: User
+    expires: float
+    issued: float = 0.0
+    token_id: str | None = None
+    """Set on login tokens (what a logout revokes); None on minted ones."""
+
+    @property
+    def minted(self) -> bool:
+        return self.token_id is None
 
 
 def _hash(password: str, salt: bytes) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+
+
+def check_name(name: object) -> str:
+    if (
+        not isinstance(name, str)
+        or not name
+        or len(name) > 64
+        or not name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+        or not name.isascii()
+    ):
+        raise ValidationError(
+            "user name must be 1-64 ASCII letters, digits, '-', '_' or '.'", field="name"
+        )
+    return name
+
+
+def check_role(role: object) -> str:
+    if role not in ROLES:
+        raise ValidationError(f"role must be one of {', '.join(ROLES)}", field="role")
+    return str(role)
+
+
+def hash_password(password: str) -> tuple[str, str]:
+    """``(salt, hash)`` in hex for a new password (slow on purpose: call it off the loop)."""
+    if len(password) < MIN_PASSWORD:
+        raise ValidationError(
+            f"password must have at least {MIN_PASSWORD} characters", field="password"
+        )
+    salt = os.urandom(16)
+    return salt.hex(), _hash(password, salt).hex()
+
+
+def password_matches(password: str, salt: str | None, digest: str | None) -> bool:
+    """Whether ``password`` has this salt and hash; with none (an unknown user) it hashes
+    anyway, so a wrong user name costs as much time as a wrong password."""
+    if salt is None or digest is None:
+        _hash(password, b"0" * 16)
+        return False
+    return hmac.compare_digest(_hash(password, bytes.fromhex(salt)), bytes.fromhex(digest))
 
 
 def read_or_create_secret(path: Path, make: int = 32, *, given: str = "") -> str:
@@ -53,42 +130,40 @@ def read_or_create_secret(path: Path, make: int = 32, *, given: str = "") -> str
 
 
 class UserStore:
-    """The users file: ``{name: {salt, hash, admin}}`` with hex-encoded bytes."""
+    """The bootstrap users file: ``{name: {salt, hash, role}}`` (hex-encoded bytes)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _load(self) -> dict[str, dict[str, object]]:
+    def entries(self) -> dict[str, dict[str, Any]]:
+        """Each user's ``salt``, ``hash`` and ``role`` (an older file's ``admin`` flag read
+        as a role)."""
         if not self.path.exists():
             return {}
-        data: dict[str, dict[str, object]] = orjson.loads(self.path.read_bytes())
+        data: dict[str, dict[str, Any]] = orjson.loads(self.path.read_bytes())
+        for entry in data.values():
+            if "role" not in entry:
+                entry["role"] = ADMIN if entry.pop("admin", False) else SUBMITTER
         return data
 
-    def add(self, name: str, password: str, *, admin: bool = False, replace: bool = False) -> User:
-        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ValidationError(
-                "user name must be letters, digits, '-', '_' or '.'", field="name"
-            )
-        if len(password) < 8:
-            raise ValidationError("password must have at least 8 characters", field="password")
-        users = self._load()
+    def add(
+        self, name: str, password: str, *, role: str = SUBMITTER, replace: bool = False
+    ) -> User:
+        check_name(name)
+        check_role(role)
+        users = self.entries()
         if name in users and not replace:
             raise ConflictError(f"user {name!r} already exists", field="name")
-        salt = os.urandom(16)
-        users[name] = {"salt": salt.hex(), "hash": _hash(password, salt).hex(), "admin": admin}
+        salt, digest = hash_password(password)
+        users[name] = {"salt": salt, "hash": digest, "role": role}
         write_private(self.path, [orjson.dumps(users, option=orjson.OPT_INDENT_2)])
-        return User(name, admin)
+        return User(name, role)
 
     def verify(self, name: str, password: str) -> User:
-        entry = self._load().get(name)
-        if entry is None:
-            # Hash anyway so a wrong user name costs as much time as a wrong password.
-            _hash(password, b"0" * 16)
+        entry = self.entries().get(name, {})
+        if not password_matches(password, entry.get("salt"), entry.get("hash")):
             raise AuthError("wrong user name or password")
-        salt = bytes.fromhex(str(entry["salt"]))
-        if not hmac.compare_digest(_hash(password, salt), bytes.fromhex(str(entry["hash"]))):
-            raise AuthError("wrong user name or password")
-        return User(name, bool(entry["admin"]))
+        return User(name, entry["role"])
 
 
 def _b64(data: bytes) -> str:
@@ -103,29 +178,47 @@ class TokenSigner:
     _CACHE_SIZE = 1024
 
     def __init__(self, secret: str) -> None:
+        self.secret = secret
         self._key = secret.encode()
-        self._verified: dict[str, tuple[User, float]] = {}
-        """Tokens whose signature checked out, with their expiry: a client sends the same
-        token with every request, and checking it again costs more than the lookup."""
+        self._verified: dict[str, Claims] = {}
+        """Tokens whose signature checked out: a client sends the same token with every
+        request, and checking it again costs more than the lookup."""
 
     def _sign(self, body: bytes) -> str:
         return _b64(hmac.new(self._key, body, hashlib.sha256).digest())
 
-    def issue(self, user: User, now: float, ttl: float) -> str:
-        body = orjson.dumps({"sub": user.name, "adm": user.admin, "exp": now + ttl})
+    def _token(self, claims: dict[str, Any]) -> str:
+        body = orjson.dumps(claims)
         return f"{_b64(body)}.{self._sign(body)}"
 
-    def verify(self, token: str, now: float) -> User:
-        known = self._verified.get(token)
-        if known is not None and known[1] >= now:
-            return known[0]
-        user, expires = self._check(token, now)
-        if len(self._verified) >= self._CACHE_SIZE:
-            self._verified.clear()
-        self._verified[token] = (user, expires)
-        return user
+    def issue(self, user: User, now: float, ttl: float) -> str:
+        """A login token, checked against the user record on every use."""
+        return self._token(
+            {
+                "sub": user.name,
+                "role": user.role,
+                "iat": now,
+                "exp": now + ttl,
+                "jti": secrets.token_urlsafe(12),
+            }
+        )
 
-    def _check(self, token: str, now: float) -> tuple[User, float]:
+    def mint(self, user: User, now: float, ttl: float) -> str:
+        """A token for a key holder's own use (a service, a test): trusted on its claims."""
+        return self._token({"sub": user.name, "role": user.role, "exp": now + ttl, "svc": 1})
+
+    def verify(self, token: str, now: float) -> Claims:
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._check(token)
+            if len(self._verified) >= self._CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        if claims.expires < now:
+            raise AuthError("token expired: log in again")
+        return claims
+
+    def _check(self, token: str) -> Claims:
         try:
             body_text, signature = token.split(".", 1)
             body = _unb64(body_text)
@@ -134,6 +227,10 @@ class TokenSigner:
         if not signature.isascii() or not hmac.compare_digest(self._sign(body), signature):
             raise AuthError("invalid token signature")
         claims = orjson.loads(body)
-        if claims["exp"] < now:
-            raise AuthError("token expired: log in again")
-        return User(claims["sub"], bool(claims["adm"])), claims["exp"]
+        role = claims.get("role")
+        if role not in ROLES or not (claims.get("svc") or claims.get("jti")):
+            raise AuthError("token from an older version: log in again")
+        user = User(claims["sub"], role)
+        if claims.get("svc"):
+            return Claims(user, claims["exp"])
+        return Claims(user, claims["exp"], claims["iat"], claims["jti"])

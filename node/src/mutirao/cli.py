@@ -14,13 +14,14 @@ import importlib
 import logging
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from mutirao import logs
-from mutirao.auth import JOIN_TOKEN_FILE
-from mutirao.client import commands, credentials, top
+from mutirao.auth import ADMIN, JOIN_TOKEN_FILE, ROLES, SUBMITTER
+from mutirao.client import commands, credentials, top, users
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
 from mutirao.private import private_dir
@@ -232,18 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_up_parser(sub)
 
-    p = sub.add_parser("user", help="manage users", description="Manage users of a data dir.")
-    user_sub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
-    add = user_sub.add_parser("add", help="add a user (or reset a password with --replace)")
-    add.add_argument("name")
-    add.add_argument("--admin", action="store_true", help="may see every user's tasks")
-    add.add_argument("--replace", action="store_true", help="overwrite an existing user")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    _flag(add, "--data-dir", setting="data_dir", type=Path, help="state directory [mutirao-data]")
-    add.set_defaults(run=_run_user_add)
+    _add_user_parser(sub)
 
     client_commands: list[tuple[str, str, Callable[..., Awaitable[int]]]] = [
         ("login", "log in and save a token", commands.login),
+        ("logout", "revoke the token and forget it", commands.logout),
         ("submit", "submit task(s)", commands.submit),
         ("status", "show a task and its attempts", commands.status),
         ("result", "print a task's result", commands.result),
@@ -309,11 +303,29 @@ def client_settings(args: argparse.Namespace) -> tuple[list[str], str]:
     return urls, str(token or "")
 
 
+KEY_HOLDER = "cluster-admin"
+"""Who ``mutirao user`` acts as on a host holding the cluster's token secret."""
+
+
+def _key_holder_token() -> str:
+    """On a host given the cluster's token secret (``MUTIRAO_AUTH_TOKEN_SECRET``: an
+    orchestrator pod), an admin token minted with it: whoever holds the key could sign any
+    token anyway, and the first admin of a cluster must come from somewhere."""
+    from mutirao.auth import TokenSigner, User
+
+    secret = from_env().auth.token_secret
+    if not secret:
+        return ""
+    return TokenSigner(secret).mint(User(KEY_HOLDER, ADMIN), time.time(), 300)
+
+
 def _client_runner(
     fn: Callable[[Client, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         urls, token = client_settings(args)
+        if not token and args.command == "user":
+            token = _key_holder_token()
         if args.command == "submit" and args.count < 1:
             raise SystemExit("error: --count must be at least 1")
 
@@ -491,14 +503,56 @@ def _assign_spare(settings: Settings, line: str) -> None:
             raise SystemExit(f"error: --spare expects 'ID [PORT]' on standard input, got {line!r}")
 
 
+def _add_user_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "user",
+        help="manage the cluster's users (admins)",
+        description="Manage the running cluster's users (kept in its journal), as an admin. "
+        "`user add --data-dir DIR` instead writes a bootstrap file, which the first "
+        "orchestrator to lead a cluster with no users imports.",
+    )
+    actions = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, fn: Callable[..., Awaitable[int]]) -> Any:
+        a = actions.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        _common_client(a)
+        a.set_defaults(run=_client_runner(fn))
+        return a
+
+    add = action("add", "add a user", users.add)
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, default=SUBMITTER, help="what it may do [submitter]")
+    add.add_argument("--admin", dest="role", action="store_const", const=ADMIN, help="--role admin")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument("--data-dir", type=Path, help="write DIR/users.json (bootstrap) instead")
+    add.add_argument("--replace", action="store_true", help="with --data-dir: overwrite a user")
+    add.set_defaults(run=_run_user_add)
+    action("list", "list users and roles", users.list_users)
+    remove = action("remove", "remove a user (its tokens stop working)", users.remove)
+    remove.add_argument("name")
+    passwd = action("passwd", "change a password (yours unless NAME)", users.passwd)
+    passwd.add_argument("name", nargs="?")
+    passwd.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    role = action("role", "change a user's role", users.role)
+    role.add_argument("name")
+    role.add_argument("role", choices=ROLES)
+    revoke = action("revoke", "revoke every token of a user (yours unless NAME)", users.revoke)
+    revoke.add_argument("name", nargs="?")
+
+
 def _run_user_add(args: argparse.Namespace) -> int:
+    if args.data_dir is None:
+        return _client_runner(users.add)(args)
     from mutirao.auth import USERS_FILE, UserStore
 
-    settings = _apply_flags(from_env(), args)
-    password = commands._read_password(args, confirm=not args.password_stdin)
-    store = UserStore(settings.data_dir / USERS_FILE)
-    user = store.add(args.name, password, admin=args.admin, replace=args.replace)
-    print(f"user {user.name} {'(admin) ' if user.admin else ''}saved in {store.path}")
+    password = commands.read_password(args, confirm=not args.password_stdin)
+    store = UserStore(args.data_dir / USERS_FILE)
+    user = store.add(args.name, password, role=args.role, replace=args.replace)
+    print(
+        f"user {user.name} ({user.role}) saved in {store.path}: the first orchestrator to "
+        "lead a cluster with no users imports it; for a running cluster use "
+        "`mutirao user add` without --data-dir"
+    )
     return 0
 
 

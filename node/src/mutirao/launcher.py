@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from mutirao.auth import (
+    ADMIN,
     JOIN_TOKEN_FILE,
     SECRET_FILE,
     USERS_FILE,
@@ -169,14 +170,13 @@ def _wait_workers(url: str, token: str, count: int, timeout: float) -> None:
 
 
 def _dev_credentials(data_dir: Path) -> tuple[str, str]:
-    """The development admin user, created once; its password is kept beside the users file."""
+    """The development admin user: on first use its password is made (and kept beside the
+    data) and it goes in the bootstrap users file, which the first leader imports."""
     password_file = data_dir / "dev.password"
+    first = not password_file.exists()
     password = read_or_create_secret(password_file, make=12)
-    store = UserStore(data_dir / USERS_FILE)
-    try:
-        store.verify(DEV_USER, password)
-    except Exception:
-        store.add(DEV_USER, password, admin=True, replace=True)
+    if first:
+        UserStore(data_dir / USERS_FILE).add(DEV_USER, password, role=ADMIN, replace=True)
     return DEV_USER, password
 
 
@@ -245,8 +245,8 @@ def run_up(args: argparse.Namespace) -> int:
     try:
         children[0].start()
         _wait_ready(urls[0], 30)
-        token = TokenSigner(read_or_create_secret(primary / SECRET_FILE)).issue(
-            User(user, True), time.time(), 30 * 24 * 3600
+        token = TokenSigner(read_or_create_secret(primary / SECRET_FILE)).mint(
+            User(user, ADMIN), time.time(), 30 * 24 * 3600
         )
         for child in children[1:]:
             child.start()

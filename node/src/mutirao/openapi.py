@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mutirao.auth import MIN_PASSWORD, ROLES
 from mutirao.protocol import MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -21,6 +22,14 @@ def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
 
 
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
+_USER = {"$ref": "#/components/schemas/User"}
+_ROLE = {"enum": list(ROLES), "description": "admin: every task and the users; viewer: reads"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
 
 _TASK_SPEC = {
     "type": "object",
@@ -67,6 +76,14 @@ OPENAPI: dict[str, Any] = {
                 },
             },
             "TaskSpec": _TASK_SPEC,
+            "User": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "role": _ROLE,
+                    "admin": {"type": "boolean"},
+                },
+            },
             "Task": {
                 "type": "object",
                 "properties": {
@@ -111,6 +128,74 @@ OPENAPI: dict[str, Any] = {
                     }
                 },
                 "responses": _responses({"schema": {"type": "object"}}, 400, 401, 422),
+            }
+        },
+        "/v1/logout": {
+            "post": {
+                "summary": "Revoke the login token this request carries",
+                "responses": _responses({"schema": {"type": "object"}}, 401, 422),
+            }
+        },
+        "/v1/users": {
+            "get": {
+                "summary": "Every user and its role (admins)",
+                "responses": _responses({"schema": {"type": "object"}}, 401, 403),
+            },
+            "post": {
+                "summary": "Add a user (admins); journaled like a task",
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["name", "password"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                            "password": {"type": "string", "minLength": MIN_PASSWORD},
+                            "role": _ROLE,
+                            "admin": {"type": "boolean", "description": "shorthand for role"},
+                        },
+                    }
+                ),
+                "responses": _responses({"schema": _USER}, 400, 401, 403, 409, 422),
+            },
+        },
+        "/v1/users/{name}": {
+            "get": {
+                "summary": "One user (admins, or the user itself)",
+                "parameters": _NAME,
+                "responses": _responses({"schema": _USER}, 401, 403, 404),
+            },
+            "patch": {
+                "summary": "A new password (signs the user out everywhere) or role (admins)",
+                "parameters": _NAME,
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "password": {"type": "string", "minLength": MIN_PASSWORD},
+                            "role": _ROLE,
+                        },
+                    }
+                ),
+                "responses": _responses({"schema": _USER}, 400, 401, 403, 404, 409, 422),
+            },
+            "delete": {
+                "summary": "Remove a user (admins); its tokens stop working",
+                "parameters": _NAME,
+                "responses": _responses({"schema": {"type": "object"}}, 401, 403, 404, 409),
+            },
+        },
+        "/v1/users/{name}/revoke": {
+            "post": {
+                "summary": "Revoke every login token of the user issued until now",
+                "parameters": _NAME,
+                "responses": _responses({"schema": {"type": "object"}}, 401, 403, 404),
+            }
+        },
+        "/v1/ha": {
+            "get": {
+                "summary": "This orchestrator's role, epoch, leader and LSN (no login)",
+                "security": [],
+                "responses": _responses({"schema": {"type": "object"}}),
             }
         },
         "/v1/tasks": {

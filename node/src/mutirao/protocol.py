@@ -256,6 +256,14 @@ class WorkerView(TypedDict):
     heartbeat_age: float
 
 
+class UserView(TypedDict):
+    """A user as ``/v1/users`` shows it (never the password hash)."""
+
+    name: str
+    role: str
+    admin: bool
+
+
 # -- the worker websocket -------------------------------------------------------------------
 # An attempt is named by its task id and its attempt number, sent as a two-element list.
 
@@ -358,19 +366,12 @@ class ReplicaAckMsg(TypedDict):
 StandbyMessage = FollowMsg | ReplicaAckMsg
 
 
-class AuthMaterial(TypedDict):
-    token_secret: str
-    join_token: str
-    users: str
-    """The users file's JSON text."""
-
-
 class SnapshotMsg(TypedDict):
     op: Literal["snapshot"]
     epoch: int
     lsn: int
     state: dict[str, Any]
-    auth: AuthMaterial
+    """The whole state, tasks, users and secrets alike (see tasks.Snapshot)."""
 
 
 class RecordsMsg(TypedDict):
@@ -411,7 +412,7 @@ _STANDBY_KEYS: dict[str, tuple[str, ...]] = {
     "ack": ("lsn", "beat", "eligible"),
 }
 _LEADER_KEYS: dict[str, tuple[str, ...]] = {
-    "snapshot": ("epoch", "lsn", "state", "auth"),
+    "snapshot": ("epoch", "lsn", "state"),
     "records": ("lsn", "records"),
     "beat": ("node", "url", "epoch", "lsn", "synced", "sent"),
 }

@@ -39,10 +39,12 @@ class AuthSettings:
     token_ttl: float = 12 * 3600.0
     """Seconds a login token stays valid."""
     join_token: str = ""
-    """Shared secret workers present to register; generated into the data dir if empty."""
+    """Shared secret workers present to register. If empty, the journal's (which the first
+    leader took from a generated file: the lease dir's with the file lease)."""
     token_secret: str = ""
-    """Key that signs login tokens; generated into the data dir if empty. Set it (from a
-    Kubernetes Secret, say) to share it with a client that mints its own tokens: the operator."""
+    """Key that signs login tokens. If empty, the journal's (which the first leader
+    generated). Set it (from a Kubernetes Secret, say) to share it with a client that mints
+    its own tokens, the operator; a leader journals a changed one (rotation)."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from mutirao.auth import TokenSigner, User
+from mutirao.auth import SUBMITTER, TokenSigner, User
 from mutirao.client.http import ApiError, Client
 from mutirao.protocol import HA_PATH, TaskView
 from mutirao_operator.settings import OperatorSettings
@@ -65,8 +65,8 @@ class Orchestrators:
         now = self.clock()
         if now >= self._token_renew_at:
             ttl = self.settings.token_ttl
-            user = User(self.settings.user, admin=False)
-            self.client.token = self._signer.issue(user, now, ttl)
+            user = User(self.settings.user, SUBMITTER)
+            self.client.token = self._signer.mint(user, now, ttl)
             self._token_renew_at = now + ttl / 2
 
     async def _request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:

@@ -1,4 +1,4 @@
-"""Client subcommands: login, submit, status, result, tasks, workers, cancel, cluster."""
+"""Client subcommands: login, logout, submit, status, result, tasks, workers, cancel, cluster."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from mutirao.protocol import TaskView, WorkerView
 BATCH = 1000
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
+def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -42,7 +42,7 @@ def _task_rows(tasks: list[TaskView]) -> str:
         ]
         for t in tasks
     ]
-    return _table(rows, ["id", "type", "state", "attempts", "worker", "result"])
+    return table(rows, ["id", "type", "state", "attempts", "worker", "result"])
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -62,10 +62,10 @@ def worker_table(workers: list[WorkerView]) -> str:
         ]
         for w in workers
     ]
-    return _table(rows, ["worker", "state", "running", "load", "heartbeat", "url"])
+    return table(rows, ["worker", "state", "running", "load", "heartbeat", "url"])
 
 
-def _read_password(args: argparse.Namespace, confirm: bool) -> str:
+def read_password(args: argparse.Namespace, confirm: bool) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
     password = getpass.getpass("Password: ")
@@ -76,13 +76,22 @@ def _read_password(args: argparse.Namespace, confirm: bool) -> str:
 
 async def login(client: Client, args: argparse.Namespace) -> int:
     user = args.user or await asyncio.to_thread(input, "User: ")
-    password = await asyncio.to_thread(_read_password, args, False)
+    password = await asyncio.to_thread(read_password, args, False)
     token = await client.login(user, password)
     if args.print_token:
         print(token)
         return 0
     path = credentials.save(client.urls, token, user)
     print(f"logged in as {user}; token saved to {path}", file=sys.stderr)
+    return 0
+
+
+async def logout(client: Client, args: argparse.Namespace) -> int:
+    await client.logout()
+    saved = credentials.load()
+    if saved.get("token") == client.token:
+        credentials.forget()
+    print("logged out: the token is revoked", file=sys.stderr)
     return 0
 
 
@@ -110,13 +119,13 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
         ids = await _submit_many(client, spec, args)
     if not args.wait:
         if args.json:
-            _print_json({"ids": ids})
+            print_json({"ids": ids})
         else:
             print("\n".join(ids))
         return 0
     views = await _wait_all(client, ids, show=args.count > 1)
     if args.json:
-        _print_json(views if args.count > 1 else views[0])
+        print_json(views if args.count > 1 else views[0])
     elif args.count == 1:
         _print_result(views[0])
     else:
@@ -165,7 +174,7 @@ def _print_result(view: TaskView) -> None:
 async def status(client: Client, args: argparse.Namespace) -> int:
     view = await client.get(args.id)
     if args.json:
-        _print_json(view)
+        print_json(view)
         return 0
     print(_task_rows([view]))
     for a in view["attempts"]:
@@ -179,7 +188,7 @@ async def status(client: Client, args: argparse.Namespace) -> int:
 async def result(client: Client, args: argparse.Namespace) -> int:
     view = await client.wait(args.id, args.timeout) if args.wait else await client.get(args.id)
     if args.json:
-        _print_json(view)
+        print_json(view)
     else:
         _print_result(view)
     return 0 if view["state"] == "succeeded" else 1
@@ -188,7 +197,7 @@ async def result(client: Client, args: argparse.Namespace) -> int:
 async def tasks(client: Client, args: argparse.Namespace) -> int:
     views = await client.tasks(state=args.state, limit=args.limit)
     if args.json:
-        _print_json(views)
+        print_json(views)
     else:
         print(_task_rows(views) if views else "no tasks")
     return 0
@@ -197,7 +206,7 @@ async def tasks(client: Client, args: argparse.Namespace) -> int:
 async def workers(client: Client, args: argparse.Namespace) -> int:
     views = await client.workers()
     if args.json:
-        _print_json(views)
+        print_json(views)
     else:
         print(worker_table(views) if views else "no workers registered")
     return 0
@@ -206,7 +215,7 @@ async def workers(client: Client, args: argparse.Namespace) -> int:
 async def cancel(client: Client, args: argparse.Namespace) -> int:
     view = await client.cancel(args.id)
     if args.json:
-        _print_json(view)
+        print_json(view)
     else:
         print(f"task {view['id']} is {view['state']}")
     return 0
@@ -215,7 +224,7 @@ async def cancel(client: Client, args: argparse.Namespace) -> int:
 async def cluster(client: Client, args: argparse.Namespace) -> int:
     info = await client.cluster()
     if args.json:
-        _print_json(info)
+        print_json(info)
         return 0
     print(f"active orchestrator: {info['node']} at {info['url']} (epoch {info['epoch']})")
     standbys = info["standbys"]

@@ -25,6 +25,10 @@ def save(urls: list[str], token: str, user: str) -> Path:
     return path
 
 
+def forget() -> None:
+    (config_dir() / "credentials.json").unlink(missing_ok=True)
+
+
 def load() -> dict[str, object]:
     path = config_dir() / "credentials.json"
     if not path.exists():

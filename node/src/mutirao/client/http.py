@@ -18,7 +18,7 @@ import orjson
 
 from mutirao.client.errors import ApiError, Unreachable
 from mutirao.client.session import Session
-from mutirao.protocol import TaskBrief, TaskView, WorkerView
+from mutirao.protocol import TaskBrief, TaskView, UserView, WorkerView
 
 __all__ = ["ApiError", "Client", "Unreachable"]
 """The errors are defined in :mod:`mutirao.client.errors` and offered here too."""
@@ -220,3 +220,31 @@ class Client:
     async def cluster(self) -> dict[str, Any]:
         reply: dict[str, Any] = await self.request("GET", "/v1/cluster")
         return reply
+
+    # -- users -----------------------------------------------------------------------------
+
+    async def logout(self) -> None:
+        """Revoke this client's token."""
+        await self.request("POST", "/v1/logout", {})
+
+    async def users(self) -> list[UserView]:
+        reply = await self.request("GET", "/v1/users")
+        users: list[UserView] = reply["users"]
+        return users
+
+    async def add_user(self, name: str, password: str, role: str = "submitter") -> UserView:
+        body = {"name": name, "password": password, "role": role}
+        user: UserView = await self.request("POST", "/v1/users", body)
+        return user
+
+    async def change_user(self, name: str, **changes: str) -> UserView:
+        """``password=`` (signs the user out everywhere) and/or ``role=``."""
+        user: UserView = await self.request("PATCH", f"/v1/users/{name}", changes)
+        return user
+
+    async def remove_user(self, name: str) -> None:
+        await self.request("DELETE", f"/v1/users/{name}")
+
+    async def revoke_user(self, name: str) -> None:
+        """Revoke every login token of ``name`` issued until now."""
+        await self.request("POST", f"/v1/users/{name}/revoke", {})

@@ -20,7 +20,7 @@ from typing import Any, TextIO, TypeVar
 
 import orjson
 
-from mutirao.client.commands import _table
+from mutirao.client.commands import table
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.protocol import WorkerView
 
@@ -111,7 +111,7 @@ def worker_rows(workers: list[WorkerView]) -> str:
         ]
         for w in workers
     ]
-    return _table(rows, ["worker", "state", "running", "load", "heartbeat", "types"])
+    return table(rows, ["worker", "state", "running", "load", "heartbeat", "types"])
 
 
 async def sample(client: Client, admin: bool) -> tuple[Sample, bool]:

@@ -147,7 +147,7 @@ class Controller:
         roles.lead(
             Tenure(lease, asked_at, self.ha.renew_interval, self.ha.step_down_margin), orch.url
         )
-        await orch.commit(orch.engine.take_lead(lease.epoch, orch.node, orch.clock()))
+        await orch.take_lead(lease.epoch)
         log.warning(
             "now the active orchestrator with epoch %d: %s (%d task(s), %d worker(s) to call back)",
             lease.epoch,
@@ -292,7 +292,6 @@ class Controller:
                 "lsn": orch.lsn,
                 # Encoded by msgspec already (a task table of any size), embedded as is.
                 "state": orjson.Fragment(orch.engine.table.snapshot()),
-                "auth": orch.auth_material(),
             }
         )
         orch.hub.subscribe(replica)

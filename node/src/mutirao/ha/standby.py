@@ -126,7 +126,6 @@ class Standby:
         elif msg["op"] == "snapshot":
             orch.engine = orch.restore(msgspec.convert(msg["state"], Snapshot), [])
             orch.lsn = msg["lsn"]
-            orch.install_auth(msg["auth"])
             await orch.checkpoint(fresh=True)
             acks.ack(msg["lsn"])
             log.info(

@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
-import orjson
 from aiohttp import web
 
 from mutirao import protocol
@@ -16,7 +15,6 @@ from mutirao.errors import (
     INTERNAL_ERROR,
     AuthError,
     ForbiddenError,
-    MalformedError,
     MutiraoError,
     NotFoundError,
     TooLargeError,
@@ -24,7 +22,8 @@ from mutirao.errors import (
 )
 from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
-from mutirao.orchestrator import session
+from mutirao.orchestrator import session, users_api
+from mutirao.orchestrator.reply import body_of, json_reply, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
 from mutirao.protocol import TaskState
@@ -36,10 +35,6 @@ _PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/v1/login", "/v1/openap
 _PEER_SOCKETS = frozenset({protocol.WORKER_WS_PATH, protocol.REPLICATION_WS_PATH})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
 @web.middleware
@@ -56,17 +51,18 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             request.app[ORCHESTRATOR].roles.require_active()
         return response
     except MutiraoError as exc:
-        return _json(exc.to_json(), exc.status)
+        return json_reply(exc.to_json(), exc.status)
     except web.HTTPRequestEntityTooLarge as exc:
-        return _json(TooLargeError(exc.text or "request too large", field="body").to_json(), 413)
+        too_large = TooLargeError(exc.text or "request too large", field="body")
+        return json_reply(too_large.to_json(), 413)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         body = {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}
-        return _json(body, exc.status)
+        return json_reply(body, exc.status)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return _json(INTERNAL_ERROR, 500)
+        return json_reply(INTERNAL_ERROR, 500)
 
 
 def _check_role(request: web.Request) -> bool:
@@ -88,18 +84,14 @@ def _authenticate(request: web.Request) -> None:
     if not header.startswith("Bearer "):
         raise AuthError("missing bearer token: run `mutirao login` or set MUTIRAO_TOKEN")
     orch = request.app[ORCHESTRATOR]
-    request["user"] = orch.signer.verify(header[7:].strip(), orch.clock())
+    request["user"] = orch.authenticate(header[7:].strip())
 
 
-def _user(request: web.Request) -> User:
-    user: User = request["user"]
+def _submitter(request: web.Request) -> User:
+    user = user_of(request)
+    if not user.may_submit:
+        raise ForbiddenError(f"user {user.name} is a viewer: it may not submit or cancel tasks")
     return user
-
-
-async def _body(request: web.Request) -> bytes:
-    if not request.body_exists:
-        raise MalformedError("request body is required", field="body")
-    return await request.read()
 
 
 def _visible(request: web.Request, task_id: str) -> Task:
@@ -110,7 +102,7 @@ def _visible(request: web.Request, task_id: str) -> Task:
 def _all_visible(request: web.Request, task_ids: list[str]) -> list[Task]:
     """The tasks, or 404 naming the first that does not exist or is someone else's."""
     orch = request.app[ORCHESTRATOR]
-    user = _user(request)
+    user = user_of(request)
     get = orch.engine.table.tasks.get
     tasks = [get(task_id) for task_id in task_ids]
     # Checked for the whole list at once (in C for an admin), then task by task only to
@@ -142,26 +134,11 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return min(value, high)
 
 
-async def login(request: web.Request) -> web.Response:
-    orch = request.app[ORCHESTRATOR]
-    doc = protocol.decode_json(await _body(request))
-    if not isinstance(doc, dict):
-        raise ValidationError("expected an object with username and password", field="body")
-    for name in ("username", "password"):
-        if not isinstance(doc.get(name), str):
-            raise ValidationError(f"{name} must be a string", field=name)
-    user = orch.users.verify(doc["username"], doc["password"])
-    now, ttl = orch.clock(), orch.settings.auth.token_ttl
-    log.info("user %s logged in", user.name)
-    token = orch.signer.issue(user, now, ttl)
-    return _json({"token": token, "user": user.name, "admin": user.admin, "expires_at": now + ttl})
-
-
 async def submit(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    specs, batch = orch.submissions.parse(await _body(request))
+    specs, batch = orch.submissions.parse(await body_of(request))
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
-    tasks, created = await orch.submit(specs, _user(request).name)
+    tasks, created = await orch.submit(specs, _submitter(request).name)
     for task in tasks[:1] if batch else tasks:
         log.info(
             "accepted task %s (%s)%s",
@@ -171,7 +148,7 @@ async def submit(request: web.Request) -> web.Response:
             extra={"task": task.id},
         )
     if batch:
-        return _json(
+        return json_reply(
             {"tasks": [{"id": t.id, "state": t.state, "key": t.key} for t in tasks]},
             201 if created else 200,
         )
@@ -180,12 +157,12 @@ async def submit(request: web.Request) -> web.Response:
     if wait:
         await orch.wait_finished(tasks[:1], wait)
         await orch.barrier()
-    return _json(tasks[0].view(), 201 if created else 200)
+    return json_reply(tasks[0].view(), 201 if created else 200)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    user = _user(request)
+    user = user_of(request)
     state_name = request.query.get("state")
     state = None
     if state_name is not None:
@@ -202,13 +179,13 @@ async def list_tasks(request: web.Request) -> web.Response:
             views.append(task.view())
             if len(views) >= limit:
                 break
-    return _json({"tasks": views})
+    return json_reply({"tasks": views})
 
 
 async def get_task(request: web.Request) -> web.Response:
     task = _visible(request, request.match_info["id"])
     await request.app[ORCHESTRATOR].barrier()
-    return _json(task.view())
+    return json_reply(task.view())
 
 
 async def get_result(request: web.Request) -> web.Response:
@@ -217,14 +194,14 @@ async def get_result(request: web.Request) -> web.Response:
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
     await orch.wait_finished([task], wait)
     await orch.barrier()
-    return _json(task.view())
+    return json_reply(task.view())
 
 
 async def wait_tasks(request: web.Request) -> web.Response:
     """Wait up to ``wait`` seconds until every task in ``ids`` has finished; ``view``
     ``brief`` answers only id, state, result and error (what a waiting client needs)."""
     orch = request.app[ORCHESTRATOR]
-    doc = protocol.decode_json(await _body(request))
+    doc = protocol.decode_json(await body_of(request))
     ids = doc.get("ids") if isinstance(doc, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValidationError("ids must be a list of task ids", field="ids")
@@ -240,12 +217,13 @@ async def wait_tasks(request: web.Request) -> web.Response:
     await orch.wait_finished(tasks, min(float(wait), orch.settings.limits.max_wait))
     await orch.barrier()
     if view == "brief":
-        return _json({"tasks": [t.brief() for t in tasks]})
-    return _json({"tasks": [t.view() for t in tasks]})
+        return json_reply({"tasks": [t.brief() for t in tasks]})
+    return json_reply({"tasks": [t.view() for t in tasks]})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
+    _submitter(request)
     task = _visible(request, request.match_info["id"])
     if task.state.terminal:
         raise ValidationError(f"task {task.id} is already {task.state}", field="id")
@@ -254,24 +232,24 @@ async def cancel_task(request: web.Request) -> web.Response:
     log.info(
         "cancelled task %s at the request of %s",
         task.id,
-        _user(request).name,
+        user_of(request).name,
         extra={"task": task.id},
     )
-    return _json(task.view())
+    return json_reply(task.view())
 
 
 async def list_workers(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    return _json({"workers": orch.engine.worker_views(orch.clock())})
+    return json_reply({"workers": orch.engine.worker_views(orch.clock())})
 
 
 async def cluster(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    if not _user(request).admin:
+    if not user_of(request).admin:
         raise ForbiddenError("the cluster view is for admins")
     engine = orch.engine
     in_lease = orch.standbys_in_lease()
-    return _json(
+    return json_reply(
         {
             **orch.ha_view(),
             "standbys": [
@@ -291,7 +269,7 @@ async def cluster(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_reply({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -300,9 +278,9 @@ async def readyz(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     view = orch.ha_view()
     if not orch.ready:
-        return _json({"status": "not ready", **view}, 503)
+        return json_reply({"status": "not ready", **view}, 503)
     synced = orch.standbys_in_lease()
-    return _json({"status": "ready", "degraded": not synced, "standbys": synced, **view})
+    return json_reply({"status": "ready", "degraded": not synced, "standbys": synced, **view})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -311,7 +289,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def ha(request: web.Request) -> web.Response:
-    return _json(request.app[ORCHESTRATOR].ha_view())
+    return json_reply(request.app[ORCHESTRATOR].ha_view())
 
 
 async def replication_socket(request: web.Request) -> web.StreamResponse:
@@ -319,12 +297,12 @@ async def replication_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(OPENAPI)
+    return json_reply(OPENAPI)
 
 
 async def client_session(request: web.Request) -> web.StreamResponse:
     """``GET /v1/session``: submissions as websocket messages (:mod:`.session`)."""
-    return await session.serve(request, _user(request))
+    return await session.serve(request, _submitter(request))
 
 
 async def worker_socket(request: web.Request) -> web.StreamResponse:
@@ -346,7 +324,7 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
             web.get("/v1/openapi.json", openapi),
-            web.post("/v1/login", login),
+            *users_api.ROUTES,
             web.post("/v1/tasks", submit),
             web.get("/v1/tasks", list_tasks),
             web.post("/v1/tasks/wait", wait_tasks),

@@ -219,6 +219,12 @@ class Engine:
             effects.finished.extend(self._finished)
             self._finished.clear()
 
+    def record(self, record: Record) -> Effects:
+        """Apply one record made elsewhere (an accounts command) and journal it."""
+        effects = Effects()
+        self._record(effects, record)
+        return effects
+
     def take_lead(self, epoch: int, node: str, now: float) -> Effects:
         """This node now leads with ``epoch``: record it, and give every worker held in the
         recovered or replicated state one heartbeat timeout to come back and report."""

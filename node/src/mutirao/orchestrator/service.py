@@ -29,20 +29,22 @@ from mutirao.auth import (
     SECRET_FILE,
     USERS_FILE,
     TokenSigner,
+    User,
     UserStore,
+    password_matches,
     read_or_create_secret,
 )
-from mutirao.errors import AuthError, NoSpaceError, ProtocolError, TemporaryError
+from mutirao.errors import AuthError, MutiraoError, NoSpaceError, ProtocolError, TemporaryError
 from mutirao.ha.lease import LeaseBackend
 from mutirao.ha.replication import Hub
 from mutirao.ha.role import Role, Roles
 from mutirao.orchestrator import journal as journal_mod
+from mutirao.orchestrator.accounts import Accounts
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
-from mutirao.private import write_private
 from mutirao.protocol import TERMINAL_STATES, TaskSpec
 from mutirao.settings import Settings
 
@@ -74,15 +76,17 @@ class Orchestrator:
         )
         self.intake = Intake(lambda: self.engine, self.execute, clock, self.require_writable)
         data = settings.data_dir
-        self.users = UserStore(data / USERS_FILE)
-        secret = read_or_create_secret(data / SECRET_FILE, given=settings.auth.token_secret)
-        self.signer = TokenSigner(secret)
+        # The secrets a cluster starts with, journaled by its first leader (see secrets).
+        self._first_secret = read_or_create_secret(
+            data / SECRET_FILE, given=settings.auth.token_secret
+        )
         # With the file lease the orchestrators of one machine share the lease dir, so a
         # generated join token kept there is the same for the active and its standby.
         shared = settings.ha.lease_dir if settings.ha.backend == "file" else data
-        self.join_token = settings.auth.join_token or read_or_create_secret(
+        self._first_join_token = settings.auth.join_token or read_or_create_secret(
             shared / JOIN_TOKEN_FILE
         )
+        self._signer = TokenSigner(self._first_secret)
         self.journal: journal_mod.Journal | None = None
         self.links: dict[str, Link] = {}
         self.waiters: dict[str, list[_Countdown]] = {}
@@ -175,21 +179,75 @@ class Orchestrator:
         assert self.journal is not None
         await self.journal.checkpoint(self.engine.table.snapshot_pieces(), fresh=fresh)
 
-    def install_auth(self, material: protocol.AuthMaterial) -> None:
-        """Take the leader's users, token secret and join token (a standby after a sync)."""
-        data = self.settings.data_dir
-        write_private(data / USERS_FILE, [material["users"].encode()])
-        write_private(data / SECRET_FILE, [material["token_secret"].encode()])
-        self.signer = TokenSigner(material["token_secret"])
-        self.join_token = material["join_token"]
+    # -- accounts --------------------------------------------------------------------------
 
-    def auth_material(self) -> protocol.AuthMaterial:
-        users = self.settings.data_dir / USERS_FILE
-        return {
-            "token_secret": (self.settings.data_dir / SECRET_FILE).read_text().strip(),
-            "join_token": self.join_token,
-            "users": users.read_text() if users.exists() else "{}",
-        }
+    @property
+    def accounts(self) -> Accounts:
+        return self.engine.table.accounts
+
+    def secrets(self) -> tuple[str, str]:
+        """The token secret and join token: the settings' (a Kubernetes Secret, which may
+        rotate them), else the journal's, else those this node started with."""
+        state, auth = self.accounts.state, self.settings.auth
+        return (
+            auth.token_secret or state.token_secret or self._first_secret,
+            auth.join_token or state.join_token or self._first_join_token,
+        )
+
+    @property
+    def join_token(self) -> str:
+        return self.secrets()[1]
+
+    @property
+    def signer(self) -> TokenSigner:
+        secret = self.secrets()[0]
+        if self._signer.secret != secret:
+            self._signer = TokenSigner(secret)
+        return self._signer
+
+    def authenticate(self, token: str) -> User:
+        return self.accounts.authenticate(self.signer.verify(token, self.clock()))
+
+    async def check_password(self, name: str, password: str) -> User:
+        """The user, if the password is right (scrypt runs in a thread, off the loop)."""
+        entry = self.accounts.entry(name)
+        salt, digest = (None, None) if entry is None else (entry.salt, entry.hash)
+        if not await asyncio.to_thread(password_matches, password, salt, digest):
+            raise AuthError("wrong user name or password")
+        entry = self.accounts.entry(name)  # it may have changed meanwhile
+        if entry is None or (entry.salt, entry.hash) != (salt, digest):
+            raise AuthError("wrong user name or password")
+        return User(name, entry.role)
+
+    async def take_lead(self, epoch: int) -> None:
+        """Record the new epoch and, on a cluster's first leader, its secrets and the
+        bootstrap users file; all in the journal, so every standby gets them."""
+        now = self.clock()
+        effects = self.engine.take_lead(epoch, self.node, now)
+        secrets = self.accounts.secrets(*self.secrets())
+        if secrets is not None:
+            effects.extend(self.engine.record(secrets))
+        store = UserStore(self.settings.data_dir / USERS_FILE)
+        imported = store.entries() if store.path.exists() else {}
+        if imported and self.accounts.state.users:
+            log.info(
+                "not importing %s: the cluster's users are in its journal already "
+                "(manage them with `mutirao user`)",
+                store.path,
+            )
+            imported = {}
+        for name, entry in imported.items():
+            try:
+                record = self.accounts.add(name, entry["role"], entry["salt"], entry["hash"], now)
+            except (MutiraoError, KeyError) as exc:
+                log.warning("not importing user %r from %s: %s", name, store.path, exc)
+                continue
+            effects.extend(self.engine.record(record))
+        await self.commit(effects)
+        if imported:
+            done = store.path.with_name(USERS_FILE + ".imported")
+            store.path.replace(done)
+            log.warning("imported %d user(s) into the journal from %s", len(imported), done)
 
     # -- effects ---------------------------------------------------------------------------
 

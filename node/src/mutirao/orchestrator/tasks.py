@@ -17,6 +17,9 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 - ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
 - ``epoch``: ``node`` took the lead with ``epoch`` (fencing; every takeover adds one)
 - ``expire``: finished ``tasks`` past the retention period are forgotten
+- ``user``, ``unuser``, ``revoke``, ``secrets``: users, token revocations and the
+  cluster's secrets, applied to :attr:`TaskTable.accounts`
+  (see :mod:`mutirao.orchestrator.accounts`)
 
 Rows and items are lists rather than objects: the journal is ~40% smaller and they unpack
 in C. Journals written before hold objects (``{"id": ...}``, ``{"t", "n", "o", "v", "err",
@@ -31,6 +34,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from mutirao.orchestrator.accounts import KINDS as ACCOUNT_KINDS
+from mutirao.orchestrator.accounts import Accounts, AccountsState
 from mutirao.protocol import (
     AttemptView,
     Outcome,
@@ -156,9 +161,11 @@ class Change(msgspec.Struct, gc=False):
 
 
 class TaskTable:
-    """All tasks, their idempotency keys and the task types ever announced."""
+    """All tasks, their idempotency keys and the task types ever announced; and beside
+    them the rest of the cluster's state (users, secrets), so one journal holds it all."""
 
     def __init__(self) -> None:
+        self.accounts = Accounts()
         self.tasks: dict[str, Task] = {}
         self.keys: dict[tuple[str, str], TaskId] = {}
         self.known_types: set[str] = set()
@@ -230,6 +237,9 @@ class TaskTable:
         if kind == "epoch":
             if record["epoch"] >= self.epoch:
                 self.epoch, self.leader = record["epoch"], record["node"]
+            return []
+        if kind in ACCOUNT_KINDS:
+            self.accounts.apply(record)
             return []
         raise ValueError(f"unknown journal record kind {kind!r}")
 
@@ -411,7 +421,12 @@ class TaskTable:
         nothing (each checks the attempt and state it applies to).
         """
         header = Snapshot(
-            self._seq, sorted(self.known_types), dict(self.worker_urls), self.epoch, self.leader
+            self._seq,
+            sorted(self.known_types),
+            dict(self.worker_urls),
+            self.epoch,
+            self.leader,
+            self.accounts.state,
         )
         return _pieces(msgspec.json.encode(header), list(self.tasks.values()), size)
 
@@ -422,6 +437,7 @@ class TaskTable:
         self.worker_urls = dict(snapshot.worker_urls)
         self.epoch = snapshot.epoch
         self.leader = snapshot.leader
+        self.accounts = Accounts(snapshot.accounts)
         tasks, keys = self.tasks, self.keys
         for task in snapshot.tasks:
             tasks[task.id] = task
@@ -440,6 +456,7 @@ class Snapshot(msgspec.Struct):
     worker_urls: dict[str, str] = {}
     epoch: int = 0
     leader: str = ""
+    accounts: AccountsState = msgspec.field(default_factory=AccountsState)
     tasks: list[Task] = []
 
 

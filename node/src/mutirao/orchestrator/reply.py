@@ -1,0 +1,27 @@
+"""What every HTTP handler of the orchestrator needs: JSON replies, the body, the user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from mutirao.auth import User
+from mutirao.errors import MalformedError
+
+
+def json_reply(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def user_of(request: web.Request) -> User:
+    """The authenticated user (set by the API middleware)."""
+    user: User = request["user"]
+    return user
+
+
+async def body_of(request: web.Request) -> bytes:
+    if not request.body_exists:
+        raise MalformedError("request body is required", field="body")
+    return await request.read()
