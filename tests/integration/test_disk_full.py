@@ -128,32 +128,52 @@ async def test_a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself(
     assert "Traceback" not in log
 
 
-async def test_a_restart_on_a_full_disk_says_why_in_one_line_and_waits_for_space(
+async def test_a_restart_on_a_full_disk_serves_reads_says_why_and_waits_for_space(
     cluster: LocalCluster, small_disk: Path
 ) -> None:
     """The lease file lives on the full disk too: the orchestrator comes up (health 200,
-    not ready), says once why it cannot lead, and takes the lead once space frees."""
+    not ready), says once in one line why it cannot lead, and, as nobody else may lead,
+    serves reads of what it recovered (writes get 507 naming the cause) until space frees;
+    then it leads and takes writes again."""
     lease_dir = small_disk / "lease"
     lease_dir.mkdir()
     cluster.env_extra["MUTIRAO_HA_LEASE_DIR"] = str(lease_dir)
-    cluster.start_orchestrator()
-    await cluster.wait_ready()
-    cluster.procs[0].kill()
+    await cluster.start("W1")
+    async with cluster.client() as client:
+        before = await client.submit("echo", "recorded before", wait=10)
+    assert before["state"] == "succeeded"
+    cluster.proc("orchestrator").kill()
     filler = _fill(small_disk)
     restarted = cluster.start_orchestrator()
 
     async def said_why() -> bool:
-        return "cannot hold a role" in restarted.output()
+        return "serving reads only" in restarted.output()
 
-    await eventually(said_why, timeout=20, what="the reason it cannot lead, in its log")
+    await eventually(said_why, timeout=20, what="'serving reads only' in its log")
     async with aiohttp.ClientSession() as http:
         async with http.get(cluster.url + "/healthz") as resp:
             assert resp.status == 200
         async with http.get(cluster.url + "/readyz") as resp:
-            assert resp.status == 503
+            ready = await resp.json()
+            assert (resp.status, ready["status"]) == (503, "read-only"), ready
+            assert "no space left on device" in ready["reason"]
+    async with cluster.client(retry_for=1) as client:
+        seen = await client.get(before["id"])
+        assert (seen["state"], seen["result"]) == ("succeeded", "recorded before")
+        assert [t["id"] for t in await client.tasks()] == [before["id"]]
+        with pytest.raises(ApiError) as refused:
+            await client.submit("echo", "while full")
+        assert refused.value.status == 507
+        assert "journal: no space left on device" in str(refused.value)
     filler.unlink()
     await cluster.wait_ready()
+    async with cluster.client() as client:
+        after = await client.submit("echo", "after", wait=10)
+        listed = {t["id"] for t in await client.tasks()}
+    assert after["state"] == "succeeded"
+    assert listed == {before["id"], after["id"]}
     output = restarted.output()
     assert output.count("cannot hold a role") == 1, output[-3000:]
+    assert output.count("serving reads only") == 1, output[-3000:]
     assert "No space left on device" in output
     assert "Traceback" not in output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.integration.cluster import LocalCluster, children_of
+from tests.integration.cluster import LocalCluster, children_of, eventually
 
 MODULE = "tests.integration.fixtures.user_tasks"
 
@@ -60,6 +60,41 @@ async def test_a_time_limit_stops_a_blocking_handler_and_frees_its_slot(
     # multiprocessing's resource tracker).
     worker = next(p for p in cluster.procs if p.name == "worker-W1")
     assert len(children_of(worker.pid)) <= 3, children_of(worker.pid)
+
+
+async def test_with_pool_threads_a_thread_past_its_time_limit_holds_its_slot(
+    cluster: LocalCluster,
+) -> None:
+    """--pool threads cannot stop a thread: two 3 s handlers time out after 0.5 s, and their
+    threads hold both slots of W1 until they return. The orchestrator is told (W1 shows
+    stuck 2), so quick tasks submitted meanwhile all run at once on W2 instead of queueing
+    behind the stuck threads; once the threads return, W1 takes tasks again."""
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("W1", slots=2, extra=("--tasks", MODULE, "--pool", "threads"))
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        slow = await client.submit_batch(
+            [{"type": "blocking-sleep", "payload": 3, "timeout": 0.5, "max_attempts": 1}] * 2
+        )
+        views = await client.wait_many([t["id"] for t in slow], timeout=20)
+        errors = {v["attempts"][0]["error"] for v in views}
+        assert len(errors) == 1, errors
+        assert "its thread could not be stopped and runs on, holding a slot" in errors.pop()
+        w1 = next(w for w in await client.workers() if w["id"] == "W1")
+        assert (w1["stuck"], w1["slots"], w1["load"]) == (2, 2, 1.0), w1
+        cluster.start_worker("W2", slots=4, extra=("--tasks", MODULE))
+        await cluster.wait_workers("W1", "W2")
+        quick = await client.submit_batch([{"type": "blocking-sleep", "payload": 0.05}] * 4)
+        done = await client.wait_many([t["id"] for t in quick], timeout=20)
+        assert {v["attempts"][0]["worker"] for v in done} == {"W2"}
+
+        async def freed() -> bool:
+            workers = await client.workers()
+            return next(w for w in workers if w["id"] == "W1")["stuck"] == 0
+
+        await eventually(freed, timeout=10, what="W1's threads to return")
+    assert {v["state"] for v in done} == {"succeeded"}
 
 
 async def test_one_task_can_be_followed_across_processes_in_json_logs(

@@ -88,17 +88,18 @@ class Harness:
         *,
         ok: bool = True,
         value: Any = None,
+        stuck: int = 0,
     ) -> Effects:
         task_id = task if isinstance(task, str) else task.id
         error = None if ok else "RuntimeError: boom"
         item: ResultItem = (task_id, attempt, ok, value, error, now - 0.5, now)
-        return self._keep(self.engine.results(wid, self.session[wid], [item], now))
+        return self._keep(self.engine.results(wid, self.session[wid], [item], now, stuck))
 
     def lost(self, wid: str, now: float, reason: str = "connection closed") -> Effects:
         return self._keep(self.engine.worker_lost(wid, self.session[wid], reason, now))
 
-    def heartbeat(self, wid: str, now: float) -> None:
-        self.engine.heartbeat_from(wid, self.session[wid], now)
+    def heartbeat(self, wid: str, now: float, stuck: int = 0) -> Effects:
+        return self._keep(self.engine.heartbeat_from(wid, self.session[wid], now, stuck))
 
     def tick(self, now: float) -> Effects:
         return self._keep(self.engine.tick(now))
@@ -277,6 +278,25 @@ def test_started_then_a_result_finishes_the_task_and_acks(h: Harness) -> None:
     assert task.state is TaskState.SUCCEEDED
     assert task.result == {"echo": 1}
     assert h.engine.workers["w1"].running == 0
+
+
+def test_a_slot_held_by_a_stuck_thread_is_not_scheduled_on_until_freed(h: Harness) -> None:
+    """A worker's timed-out attempt whose thread runs on (--pool threads) reports that slot
+    held with its result: no task goes there until a heartbeat says the thread returned."""
+    h.hello("w1", 0.0, slots=2)
+    slow, _ = h.submit_one(1.0, max_attempts=1)
+    other = [h.submit_one(1.1)[0] for _ in range(3)]
+    assert h.engine.workers["w1"].running == 2
+    effects = h.result("w1", slow, 1, 2.0, ok=False, stuck=1)
+    assert assigned(effects) == {}, "one slot runs a task, the other is held by the thread"
+    worker = h.engine.workers["w1"]
+    assert (worker.running, worker.slots, worker.stuck) == (1, 1, 1)
+    view = worker.view(2.0)
+    assert (view["slots"], view["running"], view["stuck"], view["load"]) == (2, 1, 1, 1.0)
+    assert assigned(h.heartbeat("w1", 2.5, stuck=1)) == {}, "nothing changed"
+    freed = assigned(h.heartbeat("w1", 3.0, stuck=0))
+    assert freed == {"w1": [(other[1].id, 1)]}, "the slot given back is filled at once"
+    assert (worker.running, worker.slots, worker.stuck) == (2, 2, 0)
 
 
 def test_a_failed_result_requeues_on_another_worker(h: Harness) -> None:

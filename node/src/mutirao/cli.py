@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         setting="worker.pool",
         choices=["processes", "threads"],
         help="where blocking handlers run: a process per slot, killed at its time limit, or "
-        "threads that cannot be stopped [processes]",
+        "threads that cannot be stopped (one past its limit holds its slot until it returns) "
+        "[processes]",
     )
     p.add_argument(
         "--tasks",

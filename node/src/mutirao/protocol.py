@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal, NewType, TypedDict, cast
+from typing import Annotated, Any, Literal, NewType, NotRequired, TypedDict, cast
 
 import msgspec
 import orjson
@@ -254,6 +254,8 @@ class WorkerView(TypedDict):
     load: float
     types: list[str]
     heartbeat_age: float
+    stuck: int
+    """Slots held by a thread that outlived its attempt (counted busy)."""
 
 
 class UserView(TypedDict):
@@ -285,11 +287,15 @@ class HelloMsg(TypedDict):
     running: list[AttemptRef]
     epoch: int
     """The newest epoch the worker has seen; an orchestrator behind it is deposed."""
+    stuck: NotRequired[int]
+    """Slots held by threads still running past their attempt (``--pool threads``): the
+    orchestrator counts them busy. Also on heartbeats and results, whenever it changes."""
 
 
 class HeartbeatMsg(TypedDict):
     op: Literal["heartbeat"]
     running: int
+    stuck: NotRequired[int]
 
 
 class StartedMsg(TypedDict):
@@ -307,6 +313,7 @@ class ResultsMsg(TypedDict):
     op: Literal["results"]
     epoch: int
     items: list[ResultItem]
+    stuck: NotRequired[int]
 
 
 WorkerMessage = HelloMsg | HeartbeatMsg | StartedMsg | ResultsMsg

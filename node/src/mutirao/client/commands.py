@@ -55,7 +55,7 @@ def worker_table(workers: list[WorkerView]) -> str:
         [
             w["id"],
             w["state"],
-            f"{w['running']}/{w['slots']}",
+            f"{w['running']}/{w['slots']}" + (f" +{w['stuck']} stuck" if w.get("stuck") else ""),
             f"{w['load']:.2f}",
             f"{w['heartbeat_age']:.1f}s",
             w["url"],

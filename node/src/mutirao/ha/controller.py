@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 
 from mutirao import protocol
 from mutirao.errors import AuthError, ProtocolError
-from mutirao.ha.lease import Lease, Tenure
+from mutirao.ha.lease import Lease, Tenure, may_take
 from mutirao.ha.replication import Replica
 from mutirao.ha.role import Role
 from mutirao.ha.standby import Standby
@@ -83,12 +83,35 @@ class Controller:
                     said = str(exc)
                     log.error("cannot hold a role: %s; standing by and retrying", exc)
                 self.roles.step_down(f"role loop failed: {exc}")
+                if exc.errno == errno.ENOSPC:
+                    await self._serve_reads(exc)
                 await asyncio.sleep(self.ha.retry_interval)
             except (aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
                 # A bug must not leave the process serving with no role.
                 log.exception("role loop failed (%s); standing by again", exc)
                 self.roles.step_down(f"role loop failed: {exc}")
                 await asyncio.sleep(self.ha.retry_interval)
+
+    async def _serve_reads(self, exc: OSError) -> None:
+        """The disk is too full to take the lease: if nobody else may be leading (we could
+        take it), serve reads from the state recovered here rather than nothing (etcd's
+        NOSPACE alarm does the same); writes get 507 until space frees and we lead."""
+        orch, roles = self.orch, self.roles
+        current = await orch.lease.read()
+        if not may_take(current, orch.node, orch.clock(), None):
+            roles.read_only = None
+            return
+        if roles.read_only is None:
+            log.warning(
+                "serving reads only (%d task(s) at epoch %d) until the disk has room to "
+                "take the lease",
+                len(orch.engine.table.tasks),
+                orch.engine.epoch,
+            )
+        roles.read_only = (
+            f"journal: no space left on device ({exc.filename or orch.settings.data_dir}); "
+            "this orchestrator serves reads only until space frees"
+        )
 
     async def shutdown(self, held: Lease | None) -> None:
         """Clean stop: close every link, then hand the lease over at once instead of letting
@@ -125,6 +148,7 @@ class Controller:
                 leader = None
                 if current is not None and current.holder != orch.node:
                     leader = current.url or None
+                    roles.read_only = None  # someone else leads: ask it
                 roles.leader_url = leader
                 if leader != following or (follower is not None and follower.done()):
                     if follower is not None:

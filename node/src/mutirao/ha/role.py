@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 
-from mutirao.errors import NotLeaderError, TemporaryError
+from mutirao.errors import NoSpaceError, NotLeaderError, TemporaryError
 from mutirao.ha.lease import Tenure
 from mutirao.ha.replication import Hub
 
@@ -54,12 +54,16 @@ class Roles:
         """The newest epoch anyone has shown us (a worker, a peer); takeovers exceed it."""
         self.deposed = asyncio.Event()
         self.deposed_reason = ""
+        self.read_only: str | None = None
+        """Why this node serves reads only: it may lead (nobody else holds the lease) but
+        its disk is full, so it cannot take the lease; writes get 507 with this reason."""
 
     def lead(self, tenure: Tenure, url: str) -> None:
         """Become active; a new tenure starts knowing no standby's view of it."""
         self.hub.witness.clear()
         self.deposed.clear()
         self.deposed_reason = ""
+        self.read_only = None
         self.tenure = tenure
         self.leader_url = url
         self.role = Role.ACTIVE
@@ -96,6 +100,8 @@ class Roles:
     def require_active(self) -> None:
         if self.acknowledgeable():
             return
+        if self.read_only is not None:
+            raise NoSpaceError(self.read_only)
         if self.role is Role.STANDBY:
             leader = self.leader_url or "unknown yet"
             raise NotLeaderError(

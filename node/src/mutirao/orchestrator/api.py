@@ -66,15 +66,28 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 def _check_role(request: web.Request) -> bool:
-    """Only the active orchestrator serves the API; a standby names the leader (HTTP 421).
-    Returns whether the request is one that only the leader answers."""
+    """Only the active orchestrator serves the API; a standby names the leader (HTTP 421),
+    one that serves reads only (its disk is full) answers those. Returns whether the
+    request is one that only the leader answers."""
     if request.path.startswith("/v1/") and request.path not in _NOT_LEADER_ONLY:
-        request.app[ORCHESTRATOR].roles.require_active()
+        roles = request.app[ORCHESTRATOR].roles
+        if roles.read_only is not None and _reads(request):
+            return False
+        roles.require_active()
         return True
     return False
 
 
 _NOT_LEADER_ONLY = frozenset({"/v1/openapi.json", "/v1/ha", protocol.REPLICATION_WS_PATH})
+_READ_POSTS = frozenset({"/v1/tasks/wait", "/v1/login"})
+_SOCKETS = frozenset({protocol.SESSION_PATH, protocol.WORKER_WS_PATH})
+
+
+def _reads(request: web.Request) -> bool:
+    """Whether the request writes nothing to the journal."""
+    if request.method == "GET":
+        return request.path not in _SOCKETS
+    return request.method == "POST" and request.path in _READ_POSTS
 
 
 def _authenticate(request: web.Request) -> None:
@@ -278,6 +291,8 @@ async def readyz(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     view = orch.ha_view()
     if not orch.ready:
+        if orch.roles.read_only is not None:
+            return json_reply({"status": "read-only", "reason": orch.roles.read_only, **view}, 503)
         return json_reply({"status": "not ready", **view}, 503)
     synced = orch.standbys_in_lease()
     return json_reply({"status": "ready", "degraded": not synced, "standbys": synced, **view})

@@ -53,17 +53,35 @@ class Worker(Slotted):
     """Which connection of this worker id is current; messages of older ones are ignored."""
     connected: bool = False
     state: str = "alive"
+    capacity: int = 0
+    """The slots the worker declared; ``slots`` is what is left of them to schedule on."""
+    stuck: int = 0
+    """Slots held by threads that outlived their attempts (``--pool threads``)."""
+
+    def hold(self, stuck: int) -> bool:
+        """``stuck`` slots are held outside any attempt now; True if that changed."""
+        stuck = max(0, min(stuck, self.capacity))
+        if stuck == self.stuck:
+            return False
+        self.stuck, self.slots = stuck, self.capacity - stuck
+        return True
+
+    @property
+    def usage(self) -> float:
+        """Slots in use (attempts and stuck threads) / declared slots."""
+        return (len(self.attempts) + self.stuck) / self.capacity if self.capacity else 1.0
 
     def view(self, now: float) -> WorkerView:
         return {
             "id": self.id,
             "url": self.url,
             "state": self.state,
-            "slots": self.slots,
+            "slots": self.capacity,
             "running": len(self.attempts),
-            "load": round(self.load, 3),
+            "load": round(self.usage, 3),
             "types": sorted(self.types),
             "heartbeat_age": round(max(0.0, now - self.last_seen), 3),
+            "stuck": self.stuck,
         }
 
 
@@ -322,6 +340,7 @@ class Engine:
         worker = Worker(
             id=wid,
             slots=msg["slots"],
+            capacity=msg["slots"],
             types=frozenset(msg["types"]),
             url=msg["url"],
             attempts=held,
@@ -330,6 +349,7 @@ class Engine:
             session=session,
             connected=True,
         )
+        worker.hold(msg.get("stuck", 0))
         self.workers[wid] = worker
         new_types = worker.types - self.table.known_types
         if new_types:
@@ -375,13 +395,17 @@ class Engine:
             self._record(effects, {"e": "assign", "w": wid, "at": now, "items": adopt})
         return drop
 
-    def heartbeat_from(self, wid: str, session: int, now: float) -> None:
+    def heartbeat_from(self, wid: str, session: int, now: float, stuck: int = 0) -> Effects:
+        """A sign of life, saying how many slots stuck threads hold; a slot they freed is
+        filled at once."""
         worker = self.workers.get(wid)
-        if worker is not None and worker.session == session and worker.connected:
-            worker.last_seen = now
-            self.observer.on_heartbeat(wid)
-            if worker.state != "alive":
-                worker.state, worker.eligible = "alive", True
+        if worker is None or worker.session != session or not worker.connected:
+            return Effects()
+        worker.last_seen = now
+        self.observer.on_heartbeat(wid)
+        if worker.state != "alive":
+            worker.state, worker.eligible = "alive", True
+        return self.dispatch(now) if worker.hold(stuck) else Effects()
 
     def started(self, wid: str, session: int, attempts: list[AttemptRef], now: float) -> Effects:
         effects = Effects()
@@ -394,13 +418,17 @@ class Engine:
             self._record(effects, {"e": "start", "at": now, "items": mine})
         return effects
 
-    def results(self, wid: str, session: int, items: list[ResultItem], now: float) -> Effects:
-        """Record results of current attempts; stale ones are ignored (fencing by attempt)."""
+    def results(
+        self, wid: str, session: int, items: list[ResultItem], now: float, stuck: int = 0
+    ) -> Effects:
+        """Record results of current attempts; stale ones are ignored (fencing by attempt).
+        ``stuck``: slots still held by threads of attempts that ended (timed out)."""
         effects = Effects()
         worker = self.workers.get(wid)
         if worker is None or worker.session != session:
             return effects
         worker.last_seen = now
+        worker.hold(stuck)
         finish: list[list[Any]] = []
         acked: list[AttemptRef] = []
         for task_id, attempt, ok, value, error, started, ended in items:

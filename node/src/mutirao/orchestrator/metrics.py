@@ -315,7 +315,11 @@ class OrchestratorCollector:
         labels = ["worker"]
         running = gauge("mutirao_worker_running_tasks", "Attempts a worker holds.", labels)
         slots = gauge("mutirao_worker_slots", "Attempts a worker runs at once.", labels)
-        load = gauge("mutirao_worker_load_ratio", "Running / slots of a worker.", labels)
+        load = gauge(
+            "mutirao_worker_load_ratio",
+            "Slots in use / slots of a worker (a thread past its attempt's limit counts).",
+            labels,
+        )
         age = gauge(
             "mutirao_worker_heartbeat_age_seconds",
             "Seconds since the worker was last heard from.",
@@ -332,8 +336,8 @@ class OrchestratorCollector:
                 counts[worker.state] = counts.get(worker.state, 0) + 1
                 wid = [worker.id]
                 running.add_metric(wid, float(len(worker.attempts)))
-                slots.add_metric(wid, float(worker.slots))
-                load.add_metric(wid, worker.load)
+                slots.add_metric(wid, float(worker.capacity))
+                load.add_metric(wid, worker.usage)
                 age.add_metric(wid, silent)
                 for name in WORKER_STATES:
                     state.add_metric([worker.id, name], 1.0 if worker.state == name else 0.0)

@@ -320,8 +320,9 @@ class Orchestrator:
     async def barrier(self) -> None:
         """Wait until every change made so far is durable, before showing state to a client:
         the engine applies records before they reach the disk. While the disk is full
-        reads go on at once, showing what is in memory (writes are refused meanwhile)."""
-        if self.journal is not None and self.journal.no_space:
+        reads go on at once, showing what is in memory (writes are refused meanwhile), and
+        so do they on a node serving reads only (what it recovered is on its disk)."""
+        if self.roles.read_only is not None or (self.journal is not None and self.journal.no_space):
             return
         await self.commit(Effects())
 
@@ -463,14 +464,16 @@ class Orchestrator:
             return
         now = self.clock()
         if msg["op"] == "heartbeat":
-            self.engine.heartbeat_from(wid, session, now)
+            effects = self.engine.heartbeat_from(wid, session, now, msg.get("stuck", 0))
+            if effects.records:
+                self.execute(effects)
         elif msg["op"] == "started":
             self.execute(self.engine.started(wid, session, msg["attempts"], now))
         elif msg["op"] == "results":
             if msg["epoch"] > self.engine.epoch:
                 self.roles.step_down(f"worker {wid} reports epoch {msg['epoch']}", msg["epoch"])
                 return
-            self.execute(self.engine.results(wid, session, msg["items"], now))
+            self.execute(self.engine.results(wid, session, msg["items"], now, msg.get("stuck", 0)))
         else:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
 

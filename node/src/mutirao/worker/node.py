@@ -53,6 +53,8 @@ class WorkerNode:
         self._unsent: list[ResultItem] = []
         self._started: list[AttemptRef] = []
         self._dirty = asyncio.Event()
+        self._stuck_told = 0
+        """The stuck-thread count the orchestrator was last told."""
         self.metrics = WorkerMetrics(self)
         self.runner = Runner(
             registry,
@@ -65,6 +67,7 @@ class WorkerNode:
                 if settings.worker.pool == "processes"
                 else None
             ),
+            on_stuck=lambda _: self._dirty.set(),
         )
 
     def _on_result(self, item: ResultItem) -> None:
@@ -149,7 +152,9 @@ class WorkerNode:
             # waits for their results instead of running them again.
             "running": list(dict.fromkeys([*self.runner.running, *self.outbox])),
             "epoch": self.epoch,
+            "stuck": self.runner.stuck,
         }
+        self._stuck_told = self.runner.stuck
         await ws.send_bytes(protocol.encode(hello))
         first = await ws.receive(timeout=10)
         if first.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
@@ -217,9 +222,7 @@ class WorkerNode:
     async def _heartbeat_loop(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             try:
-                await ws.send_bytes(
-                    protocol.encode({"op": "heartbeat", "running": len(self.runner.running)})
-                )
+                await ws.send_bytes(self._heartbeat())
             except (ConnectionError, aiohttp.ClientError):
                 self.metrics.heartbeat_failures.inc()
                 raise
@@ -240,11 +243,30 @@ class WorkerNode:
                 self._started = []
                 if started:
                     await ws.send_bytes(protocol.encode({"op": "started", "attempts": started}))
+            # A slot a stuck thread holds or frees is told with the results (in the same
+            # message as the timed-out result, so the orchestrator never fills that slot),
+            # else at once in a heartbeat.
+            stuck = self.runner.stuck
             if self._unsent:
                 items, self._unsent = self._unsent, []
-                await ws.send_bytes(
-                    protocol.encode({"op": "results", "epoch": self.epoch, "items": items})
-                )
+                results: protocol.ResultsMsg = {
+                    "op": "results",
+                    "epoch": self.epoch,
+                    "items": items,
+                }
+                if stuck:
+                    results["stuck"] = stuck
+                self._stuck_told = stuck
+                await ws.send_bytes(protocol.encode(results))
+            elif stuck != self._stuck_told:
+                self._stuck_told = stuck
+                await ws.send_bytes(self._heartbeat())
+
+    def _heartbeat(self) -> bytes:
+        heartbeat: protocol.HeartbeatMsg = {"op": "heartbeat", "running": len(self.runner.running)}
+        if self.runner.stuck:
+            heartbeat["stuck"] = self.runner.stuck
+        return protocol.encode(heartbeat)
 
 
 WORKER = web.AppKey("worker", WorkerNode)

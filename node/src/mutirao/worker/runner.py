@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -52,6 +52,7 @@ class Runner:
         on_result: Callable[[ResultItem], None],
         on_outcome: Callable[[str, str], None] | None = None,
         processes: ProcessPool | None = None,
+        on_stuck: Callable[[int], None] | None = None,
     ) -> None:
         self.registry = registry
         self.allow_crash = allow_crash
@@ -63,6 +64,13 @@ class Runner:
         self.processes = processes
         """Where blocking handlers run; None: in this thread pool instead."""
         self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="task")
+        self._threads: dict[AttemptRef, Future[Any]] = {}
+        """Calls of running attempts in the thread pool (``--pool threads``)."""
+        self.stuck = 0
+        """Threads still running a call whose attempt ended (timed out, cancelled): each
+        holds a slot of the pool until it returns."""
+        self.on_stuck = on_stuck
+        """Told the new :attr:`stuck` count whenever it changes."""
         # Attempt timeouts: one timer for the earliest deadline of every running attempt, not
         # an ``asyncio.timeout`` (an object and a timer handle) per attempt; most attempts end
         # long before theirs.
@@ -85,6 +93,16 @@ class Runner:
         self.running.pop(ref, None)
         self._deadlines.pop(ref, None)
         self._expired.discard(ref)
+        call = self._threads.pop(ref, None)
+        if call is not None and not call.done():
+            self._held(+1)
+            loop = asyncio.get_running_loop()
+            call.add_done_callback(lambda _: loop.call_soon_threadsafe(self._held, -1))
+
+    def _held(self, change: int) -> None:
+        self.stuck += change
+        if self.on_stuck is not None:
+            self.on_stuck(self.stuck)
 
     def _deadline(self, ref: AttemptRef, timeout: float) -> None:
         """Time the attempt out ``timeout`` seconds from now."""
@@ -194,7 +212,10 @@ class Runner:
             return ""
         if self.processes is not None:
             return "; its process was killed"
-        return "; its thread could not be stopped and runs on (--pool threads)"
+        return (
+            "; its thread could not be stopped and runs on, holding a slot "
+            "until it returns (--pool threads)"
+        )
 
     def _outcome(self, task_type: str, outcome: str) -> None:
         if self.on_outcome is not None:
@@ -221,4 +242,5 @@ class Runner:
             return awaitable
         if self.processes is not None:
             return self.processes.run(task_type, payload)
-        return asyncio.get_running_loop().run_in_executor(self._pool, handler.fn, payload)
+        call = self._threads[ref] = self._pool.submit(handler.fn, payload)
+        return asyncio.wrap_future(call)
