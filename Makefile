@@ -30,16 +30,20 @@ demo: $(STAMP)
 # rounds): SIGSTOP of the active past its lease under load (file and peer lease), cutting
 # the link between the orchestrators (peer lease, network namespaces), SIGKILL of every
 # process, a full disk (tmpfs), damaged checkpoints, unstorable input, blocking handlers
-# past their time limit. Root is needed (netns, tmpfs). Each checks from the client side
+# past their time limit, users changed while the active dies, a standby whose state is
+# damaged. Root is needed (netns, tmpfs). Each checks from the client side
 # that every acknowledged task is on the final leader and ran once.
 CHAOS_ROUNDS ?= 20
 chaos: $(STAMP)
 	MUTIRAO_CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/pytest -q -s tests/integration/test_pause.py \
 		tests/integration/test_peer_failover.py tests/integration/test_failover.py \
 		tests/integration/test_disk_full.py \
+		tests/integration/test_users.py \
 		tests/integration/test_scenarios.py::test_a_damaged_checkpoint_is_named_in_one_line_and_recovery_falls_back \
+		tests/integration/test_scenarios.py::test_a_standby_whose_state_is_damaged_copies_it_back_from_the_leader \
 		tests/integration/test_api.py::test_an_unstorable_submission_fails_alone_and_replication_carries_on \
-		tests/integration/test_tasks_and_logs.py::test_a_time_limit_stops_a_blocking_handler_and_frees_its_slot
+		tests/integration/test_tasks_and_logs.py::test_a_time_limit_stops_a_blocking_handler_and_frees_its_slot \
+		tests/integration/test_tasks_and_logs.py::test_with_pool_threads_a_thread_past_its_time_limit_holds_its_slot
 
 # Full-size benchmarks on real local processes; writes docs/benchmarks/latest.{json,png}
 # (and scale.png); matplotlib comes from requirements-bench.txt.

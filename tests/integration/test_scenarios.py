@@ -15,7 +15,7 @@ import pytest
 from mutirao.client.http import ApiError, Client
 from mutirao.orchestrator.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 from mutirao.protocol import TaskView
-from tests.integration.cluster import HEARTBEAT_TIMEOUT, LocalCluster, eventually
+from tests.integration.cluster import HEARTBEAT_TIMEOUT, LocalCluster, eventually, standby_synced
 
 
 def _succeeded_once(view: TaskView) -> bool:
@@ -276,6 +276,43 @@ async def test_a_damaged_checkpoint_is_named_in_one_line_and_recovery_falls_back
     assert "cannot recover" in lines[0]
     assert "compacted away" in lines[0]
     assert "Traceback" not in refused.output()
+
+
+async def test_a_standby_whose_state_is_damaged_copies_it_back_from_the_leader(
+    cluster: LocalCluster,
+) -> None:
+    """The standby's checkpoint is damaged and its journal before it compacted away: it
+    cannot recover on its own, but the lease names a leader holding the state, so it moves
+    the damaged files aside (kept), starts empty, never leads before it has the leader's
+    snapshot, gets it, and then takes over from a SIGKILLed leader with every task."""
+    await cluster.start_ha("W1")
+    backup_data = cluster.root / "backup-data"
+    async with cluster.client(retry_for=30) as client:
+        before = await client.submit_batch([{"type": "echo", "payload": n} for n in range(30)])
+        await client.wait_many([t["id"] for t in before], timeout=20)
+        cluster.proc("backup").kill()
+        damaged = backup_data / CHECKPOINT_NAME
+        broken = damaged.read_bytes()[:100]
+        damaged.write_bytes(broken)
+        restarted = cluster.start_backup()
+
+        async def copied() -> bool:
+            return "copied back from the leader" in restarted.output()
+
+        await eventually(copied, timeout=20, what="the standby to copy the state back")
+        await standby_synced(client, "backup")
+        after = await client.submit_batch([{"type": "echo", "payload": n} for n in range(30, 40)])
+        cluster.proc("orchestrator").kill()
+        views = await client.wait_many([t["id"] for t in before + after], timeout=30)
+        info = await client.cluster()
+    assert info["node"] == "backup"
+    assert [v["result"] for v in views] == list(range(40))
+    assert all(_succeeded_once(v) for v in views)
+    output = restarted.output()
+    assert "A peer holds the cluster's state: starting empty to copy it" in output
+    assert "Traceback" not in output
+    (aside,) = backup_data.glob("damaged-*")
+    assert (aside / CHECKPOINT_NAME).read_bytes() == broken, "kept as it was, for a look"
 
 
 async def test_restart_recovers_from_checkpoint_plus_journal_tail(cluster: LocalCluster) -> None:

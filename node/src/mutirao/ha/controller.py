@@ -141,9 +141,10 @@ class Controller:
             while True:
                 now, asked_at = orch.clock(), orch.monotonic()
                 floor = max(orch.engine.epoch, roles.seen_epoch)
-                lease = await orch.lease.acquire(orch.node, orch.url, now, floor)
-                if lease is not None:
-                    return lease, asked_at
+                if not orch.resyncing:  # with nothing, it must not take over
+                    lease = await orch.lease.acquire(orch.node, orch.url, now, floor)
+                    if lease is not None:
+                        return lease, asked_at
                 current = self.last_seen_lease = await orch.lease.read()
                 leader = None
                 if current is not None and current.holder != orch.node:

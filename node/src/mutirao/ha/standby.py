@@ -127,6 +127,9 @@ class Standby:
             orch.engine = orch.restore(msgspec.convert(msg["state"], Snapshot), [])
             orch.lsn = msg["lsn"]
             await orch.checkpoint(fresh=True)
+            if orch.resyncing:
+                orch.resyncing = False
+                log.warning("the state lost here is copied back from the leader")
             acks.ack(msg["lsn"])
             log.info(
                 "synchronised with the leader at LSN %d, epoch %d: %d task(s)",

@@ -112,6 +112,19 @@ def recover(directory: Path) -> Recovered:
     return Recovered(snapshot, records, skipped, max(last + 1, first, 1))
 
 
+def set_aside(directory: Path) -> Path:
+    """Move the checkpoints and journal segments into a new ``damaged-<time>`` folder of
+    ``directory`` (kept for a look, never deleted); returns it."""
+    aside = directory / time.strftime("damaged-%Y%m%dT%H%M%S")
+    private_dir(aside)
+    names = [checkpoint.CHECKPOINT_NAME, checkpoint.PREVIOUS_NAME]
+    for path in [*directory.glob(_SEGMENT_GLOB), *(directory / name for name in names)]:
+        if path.exists():
+            path.replace(aside / path.name)
+    _fsync_dir(directory)
+    return aside
+
+
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as fh:
         yield from fh

@@ -40,6 +40,7 @@ from mutirao.ha.replication import Hub
 from mutirao.ha.role import Role, Roles
 from mutirao.orchestrator import journal as journal_mod
 from mutirao.orchestrator.accounts import Accounts
+from mutirao.orchestrator.checkpoint import RecoveryError
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
@@ -95,6 +96,9 @@ class Orchestrator:
         self.leader_lsn = 0
         """As a standby: the leader's LSN at its last beat (for replication lag)."""
         self._sessions = itertools.count(1)
+        self.resyncing = False
+        """This node lost its state (damaged files): it may not lead before a leader's
+        snapshot gave it back (see :mod:`mutirao.ha.standby`)."""
 
     def require_writable(self) -> None:
         """Raises unless this node may take a write now: it leads, and its disk has room."""
@@ -130,7 +134,21 @@ class Orchestrator:
     async def opened(self) -> AsyncIterator[None]:
         """Recover the state from the data dir and keep the journal open; a checkpoint at
         the end."""
-        recovered = await asyncio.to_thread(journal_mod.recover, self.settings.data_dir)
+        data = self.settings.data_dir
+        try:
+            recovered = await asyncio.to_thread(journal_mod.recover, data)
+        except RecoveryError as exc:
+            if not await self._peer_may_have_it():
+                raise
+            aside = await asyncio.to_thread(journal_mod.set_aside, data)
+            log.error(
+                "%s. A peer holds the cluster's state: starting empty to copy it from the "
+                "leader, and not leading before that (the damaged files are in %s)",
+                str(exc).split(". Restore", 1)[0],
+                aside,
+            )
+            self.resyncing = True
+            recovered = await asyncio.to_thread(journal_mod.recover, data)
         snapshot = None if recovered.snapshot is None else decode_snapshot(recovered.snapshot)
         self.engine = self.restore(snapshot, recovered.records)
         counts = self.engine.counts()
@@ -155,6 +173,14 @@ class Orchestrator:
                 yield
             finally:
                 await self.checkpoint()
+
+    async def _peer_may_have_it(self) -> bool:
+        """Whether another orchestrator may hold the state this node lost: the lease names
+        one (as holder or in sync), or peers are configured (the peer lease)."""
+        lease = await self.lease.read()
+        if lease is not None and any(n != self.node for n in (lease.holder, *lease.synced)):
+            return True
+        return self.settings.ha.backend == "peer" and bool(self.settings.ha.peers)
 
     def _new_engine(self) -> Engine:
         settings = self.settings
