@@ -122,6 +122,15 @@ class LocalCluster:
     def join_token(self) -> str:
         return "test-join-token"
 
+    @property
+    def peer_token(self) -> str:
+        return "test-peer-token"
+
+    def orchestrator_env(self) -> dict[str, str]:
+        """The environment of an orchestrator: a worker's, plus the peer token (which
+        ``env_extra`` may override)."""
+        return {"MUTIRAO_AUTH_PEER_TOKEN": self.peer_token, **self._env()}
+
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -138,9 +147,8 @@ class LocalCluster:
         return env
 
     def _spawn(self, name: str, args: list[str]) -> Proc:
-        proc = Proc(
-            name, [sys.executable, "-m", "mutirao", *args], self.root / f"{name}.out", self._env()
-        )
+        env = self.orchestrator_env() if args[0] in ("orchestrator", "backup") else self._env()
+        proc = Proc(name, [sys.executable, "-m", "mutirao", *args], self.root / f"{name}.out", env)
         self.procs.append(proc.start())
         return proc
 

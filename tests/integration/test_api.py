@@ -17,7 +17,14 @@ import pytest
 
 from mutirao.auth import ADMIN, SECRET_FILE, TokenSigner, User
 from mutirao.client.http import ApiError, Client
-from mutirao.protocol import JOIN_TOKEN_HEADER, SESSION_PATH, WORKER_WS_PATH, TaskView
+from mutirao.protocol import (
+    JOIN_TOKEN_HEADER,
+    PEER_TOKEN_HEADER,
+    REPLICATION_WS_PATH,
+    SESSION_PATH,
+    WORKER_WS_PATH,
+    TaskView,
+)
 from tests.integration.cluster import LocalCluster, Proc, eventually, free_port
 
 _UNSET: Any = object()
@@ -194,7 +201,8 @@ async def test_users_see_only_their_own_tasks(
     view = await call(http, "GET", cluster.url + "/v1/cluster", token=admin)
     assert view.status == 200
     assert [w["id"] for w in view.body["workers"]] == ["W1"]
-    workers = await call(http, "GET", cluster.url + "/v1/workers", token=alice)
+    assert_error(await call(http, "GET", cluster.url + "/v1/workers", token=alice), 403)
+    workers = await call(http, "GET", cluster.url + "/v1/workers", token=admin)
     assert workers.status == 200
     assert [w["id"] for w in workers.body["workers"]] == ["W1"]
 
@@ -230,6 +238,39 @@ async def test_worker_socket_needs_the_join_token(
     orchestrator = next(p for p in cluster.procs if p.name == "orchestrator")
     assert "worker old speaks worker protocol 1, this orchestrator 2" in orchestrator.output()
     assert (await call(http, "GET", cluster.url + "/readyz")).status == 200
+
+
+async def test_the_join_token_opens_the_worker_socket_and_nothing_else(
+    cluster: LocalCluster, http: aiohttp.ClientSession
+) -> None:
+    """The replication stream starts with a snapshot holding the token-signing secret and
+    every password hash: only the orchestrators' peer token opens it, never a worker's
+    join token (nor a login token, even an admin's); and the peer token is no worker
+    credential either."""
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    replication = cluster.url + REPLICATION_WS_PATH
+    for headers in (
+        {JOIN_TOKEN_HEADER: cluster.join_token},
+        {PEER_TOKEN_HEADER: cluster.join_token},
+        {PEER_TOKEN_HEADER: ""},
+        {"Authorization": f"Bearer {cluster.token()}"},
+    ):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(replication, headers=headers)
+        assert info.value.status == 401, headers
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(
+            cluster.url + WORKER_WS_PATH, headers={PEER_TOKEN_HEADER: cluster.peer_token}
+        )
+    assert info.value.status == 401
+    follow = {"op": "follow", "node": "peer-check", "url": ""}
+    async with http.ws_connect(
+        replication, headers={PEER_TOKEN_HEADER: cluster.peer_token}, max_msg_size=0
+    ) as ws:
+        await ws.send_bytes(orjson.dumps(follow))
+        first = await ws.receive(timeout=10)
+        assert first.type is aiohttp.WSMsgType.BINARY, first
 
 
 # -- idempotency -----------------------------------------------------------------------------

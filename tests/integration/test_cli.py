@@ -203,13 +203,13 @@ async def test_user_login_submit_and_inspect(cluster: LocalCluster, tmp_path: Pa
     listed = await cli("tasks", "--json", "--limit", "1000")
     assert len(json.loads(listed.out)) == 1 + 50 + 1
 
-    workers = await cli("workers")
+    # carla is not an admin: the workers and cluster views are refused with a clean error.
+    assert_clean_error(await cli("workers"), "403")
+    workers = await cli("workers", "--token", cluster.token())
     assert workers.code == 0, workers
     assert workers.out.startswith("WORKER"), workers
     assert "W1" in workers.out, workers
     assert "alive" in workers.out, workers
-
-    # carla is not an admin: the cluster view is refused with a clean error.
     assert_clean_error(await cli("cluster"), "403")
     admin = await cli("cluster", "--token", cluster.token())
     assert admin.code == 0, admin

@@ -96,7 +96,7 @@ async def test_split_brain_records_each_result_once_and_fences_stale_epochs(
              "--data-dir", str(cluster.root / f"data-{host}"),
              "--node-id", f"node-{host}"],
             cluster.root / f"{command}-{host}.out",
-            cluster._env(),
+            cluster.orchestrator_env(),
         )  # fmt: skip
         cluster.procs.append(proc.start())
         return proc
@@ -179,7 +179,7 @@ def _token(data_dir: Path) -> str:
 async def test_a_standby_that_never_synced_does_not_take_over_with_the_peer_lease(
     cluster: LocalCluster,
 ) -> None:
-    """A standby that never received the leader's state (here: a wrong join token) must not
+    """A standby that never received the leader's state (here: a wrong peer token) must not
     take over when the leader dies: it would serve an empty state as if nothing had been
     acknowledged. It waits for the leader to come back instead."""
     cluster.env_extra.update(PEER_ENV)
@@ -191,7 +191,7 @@ async def test_a_standby_that_never_synced_does_not_take_over_with_the_peer_leas
     async with cluster.client() as client:
         task = await client.submit("echo", "kept")
         await client.wait(task["id"], timeout=10)
-    cluster.env_extra["MUTIRAO_AUTH_JOIN_TOKEN"] = "not-the-cluster-token"
+    cluster.env_extra["MUTIRAO_AUTH_PEER_TOKEN"] = "not-the-cluster-token"
     backup = cluster.start_backup()
     await eventually(lambda: _standby_at(cluster.backup_url), timeout=10, what="backup up")
     next(p for p in cluster.procs if p.name == "orchestrator").kill()
@@ -205,7 +205,7 @@ async def test_a_standby_that_never_synced_does_not_take_over_with_the_peer_leas
     assert backup.popen is not None
     assert backup.popen.poll() is None
     # The old leader comes back with everything it acknowledged.
-    cluster.env_extra["MUTIRAO_AUTH_JOIN_TOKEN"] = cluster.join_token
+    del cluster.env_extra["MUTIRAO_AUTH_PEER_TOKEN"]
     cluster.start_orchestrator()
     await cluster.wait_ready()
     async with cluster.client() as client:
@@ -235,9 +235,8 @@ async def test_partition_rounds_under_load_lose_no_acknowledged_task(
         argv = [*netns.exec_prefix(host), sys.executable, "-m", "mutirao", command,
                 "--host", netns.address(host), "--port", port,
                 "--data-dir", data, "--node-id", f"node-{host}"]  # fmt: skip
-        proc = Proc(
-            f"{command}-{host}", argv, cluster.root / f"{command}-{host}.out", cluster._env()
-        )
+        out = cluster.root / f"{command}-{host}.out"
+        proc = Proc(f"{command}-{host}", argv, out, cluster.orchestrator_env())
         cluster.procs.append(proc.start())
 
     orchestrator("a", "orchestrator")

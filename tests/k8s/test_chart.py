@@ -240,6 +240,9 @@ def test_orchestrator_statefulset(rendered: dict[str, str]) -> None:
     assert env["MUTIRAO_AUTH_TOKEN_SECRET"] == {
         "secretKeyRef": {"name": "mutirao-join-token", "key": "token-secret"}
     }
+    assert env["MUTIRAO_AUTH_PEER_TOKEN"] == {
+        "secretKeyRef": {"name": "mutirao-join-token", "key": "peer-token"}
+    }
     assert env["MUTIRAO_LOG_FORMAT"] == "json"
     assert env["MUTIRAO_HEARTBEAT_TIMEOUT"] == "3"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
@@ -419,7 +422,8 @@ def test_join_token_secret(helm_env: dict[str, str], rendered: dict[str, str]) -
     secret = find(documents(rendered["defaults"]), "Secret", "mutirao-join-token")
     assert len(secret["data"]["token"]) == 64  # base64 of 48 random characters
     assert len(secret["data"]["token-secret"]) == 64
-    assert secret["data"]["token-secret"] != secret["data"]["token"]
+    assert len(secret["data"]["peer-token"]) == 64
+    assert len(set(secret["data"].values())) == 3
 
     given = helm_template(helm_env, ["--set=auth.joinToken.value=a-fixed-token-of-some-length"])
     secret = find(documents(given.stdout), "Secret", "mutirao-join-token")

@@ -33,6 +33,7 @@ from mutirao.private import write_private
 USERS_FILE = "users.json"
 SECRET_FILE = "token.secret"
 JOIN_TOKEN_FILE = "join.token"
+PEER_TOKEN_FILE = "peer.token"
 
 ADMIN, SUBMITTER, VIEWER = "admin", "submitter", "viewer"
 ROLES = (ADMIN, SUBMITTER, VIEWER)

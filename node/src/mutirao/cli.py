@@ -58,7 +58,14 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
         p,
         "--join-token",
         setting="auth.join_token",
-        help="cluster join token for workers and standbys [generated into LEASE_DIR/join.token]",
+        help="the workers' join token [generated into LEASE_DIR/join.token]",
+    )
+    _flag(
+        p,
+        "--peer-token",
+        setting="auth.peer_token",
+        help="secret the orchestrators share for replication; never give it to workers "
+        "[generated into LEASE_DIR/peer.token with the file lease; else required]",
     )
     _flag(
         p,

@@ -302,8 +302,8 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/workers": {
             "get": {
-                "summary": "Workers with their load and heartbeat age",
-                "responses": _responses({"schema": {"type": "object"}}, 401),
+                "summary": "Workers with their URLs, load and heartbeat age (admins)",
+                "responses": _responses({"schema": {"type": "object"}}, 401, 403),
             }
         },
         "/v1/cluster": {

@@ -34,6 +34,7 @@ REPLICATION_WS_PATH = "/v1/replication"
 HA_PATH = "/v1/ha"
 WORKER_SWITCH_PATH = "/v1/orchestrator"
 JOIN_TOKEN_HEADER = "X-Mutirao-Join-Token"
+PEER_TOKEN_HEADER = "X-Mutirao-Peer-Token"
 STALE_EPOCH_CLOSE = 4409
 """Websocket close code: the peer has seen a newer epoch than the sender's."""
 

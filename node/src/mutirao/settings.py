@@ -39,8 +39,14 @@ class AuthSettings:
     token_ttl: float = 12 * 3600.0
     """Seconds a login token stays valid."""
     join_token: str = ""
-    """Shared secret workers present to register. If empty, the journal's (which the first
-    leader took from a generated file: the lease dir's with the file lease)."""
+    """Shared secret workers present to register; it opens the worker socket and nothing
+    else. If empty, the journal's (which the first leader took from a generated file: the
+    lease dir's with the file lease)."""
+    peer_token: str = ""
+    """Secret the orchestrators present to each other (replication, which carries every
+    secret and password hash): never given to workers. If empty with the ``file`` lease, a
+    generated one in the lease dir; the ``peer`` and ``kubernetes`` backends need it set,
+    the same on every orchestrator."""
     token_secret: str = ""
     """Key that signs login tokens. If empty, the journal's (which the first leader
     generated). Set it (from a Kubernetes Secret, say) to share it with a client that mints

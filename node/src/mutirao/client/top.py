@@ -34,11 +34,11 @@ _BAR = 10
 
 @dataclass
 class Sample:
-    """What one refresh fetched; ``cluster`` is None for a user who is not an admin."""
+    """What one refresh fetched: the cluster view (``GET /v1/cluster``, for admins)."""
 
     at: float
     workers: list[WorkerView]
-    cluster: dict[str, Any] | None = None
+    cluster: dict[str, Any]
 
 
 @dataclass
@@ -66,11 +66,7 @@ class Top:
         clock = time.strftime("%H:%M:%S", time.localtime(sample.at))
         every = "" if self.interval is None else f", every {self.interval:g}s (Ctrl-C quits)"
         lines = [f"mutirao top: {self.url} at {clock}{every}"]
-        info = sample.cluster
-        if info is None:
-            lines.append("(leader, tasks and queue need an admin login; showing workers only)")
-        else:
-            lines += self._cluster(info, sample.at)
+        lines += self._cluster(sample.cluster, sample.at)
         lines.append("")
         lines.append(worker_rows(sample.workers) if sample.workers else "no workers registered")
         return "\n".join(lines)
@@ -114,17 +110,9 @@ def worker_rows(workers: list[WorkerView]) -> str:
     return table(rows, ["worker", "state", "running", "load", "heartbeat", "types"])
 
 
-async def sample(client: Client, admin: bool) -> tuple[Sample, bool]:
-    """One refresh; the cluster view is tried while the user may be an admin."""
-    if admin:
-        try:
-            info = await client.cluster()
-        except ApiError as exc:
-            if exc.status != 403:
-                raise
-        else:
-            return Sample(time.time(), info["workers"], info), True
-    return Sample(time.time(), await client.workers()), False
+async def sample(client: Client) -> Sample:
+    info = await client.cluster()
+    return Sample(time.time(), info["workers"], info)
 
 
 def _show(out: TextIO, screen: str, tty: bool) -> None:
@@ -143,17 +131,15 @@ async def top(client: Client, args: argparse.Namespace) -> int:
     # Ctrl-C ends the view normally (exit 0), even in the middle of a request.
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGINT, stop.set)
-    admin = True
     try:
         while not stop.is_set():
             try:
-                fetched = await _unless(stop, sample(client, admin))
+                shot = await _unless(stop, sample(client))
             except (Unreachable, ApiError) as exc:
-                if args.once:
-                    raise
-                fetched, screen = None, f"mutirao top: {exc} (retrying every {args.interval:g}s)"
-            if fetched is not None:
-                shot, admin = fetched
+                if args.once or (isinstance(exc, ApiError) and exc.status in (401, 403)):
+                    raise  # retrying cannot help
+                shot, screen = None, f"mutirao top: {exc} (retrying every {args.interval:g}s)"
+            if shot is not None:
                 screen = _json_line(shot) if args.json else view.render(shot)
             elif stop.is_set():
                 break

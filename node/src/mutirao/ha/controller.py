@@ -20,13 +20,13 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from mutirao import protocol
-from mutirao.errors import AuthError, ProtocolError
+from mutirao.errors import ProtocolError
 from mutirao.ha.lease import Lease, Tenure, may_take
 from mutirao.ha.replication import Replica
 from mutirao.ha.role import Role
 from mutirao.ha.standby import Standby
 from mutirao.orchestrator.links import Link
-from mutirao.orchestrator.service import Orchestrator
+from mutirao.orchestrator.service import Orchestrator, require_secret
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +290,7 @@ class Controller:
 
     async def replication_socket(self, request: web.Request) -> web.StreamResponse:
         orch = self.orch
-        if request.headers.get(protocol.JOIN_TOKEN_HEADER) != orch.join_token:
-            raise AuthError("missing or wrong join token", field=protocol.JOIN_TOKEN_HEADER)
+        require_secret(request, protocol.PEER_TOKEN_HEADER, orch.peer_token, "peer token")
         self.roles.require_active()
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)

@@ -79,7 +79,7 @@ class Standby:
                 try:
                     async with http.ws_connect(
                         leader.rstrip("/") + protocol.REPLICATION_WS_PATH,
-                        headers={protocol.JOIN_TOKEN_HEADER: orch.join_token},
+                        headers={protocol.PEER_TOKEN_HEADER: orch.peer_token},
                         max_msg_size=0,
                     ) as ws:
                         pause, failures = 0.05, 0
@@ -87,8 +87,8 @@ class Standby:
                 except (aiohttp.ClientError, OSError, ProtocolError, TimeoutError) as exc:
                     if isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status == 401:
                         log.error(
-                            "the leader %s refused our join token: every orchestrator of a "
-                            "cluster needs the same one (MUTIRAO_AUTH_JOIN_TOKEN)",
+                            "the leader %s refused our peer token: every orchestrator of a "
+                            "cluster needs the same one (MUTIRAO_AUTH_PEER_TOKEN)",
                             leader,
                         )
                     failures += 1

@@ -253,6 +253,8 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 async def list_workers(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
+    if not user_of(request).admin:
+        raise ForbiddenError("the workers (and their URLs) are for admins")
     return json_reply({"workers": orch.engine.worker_views(orch.clock())})
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import logging
 import time
@@ -26,6 +27,7 @@ from aiohttp import WSMsgType, web
 from mutirao import protocol
 from mutirao.auth import (
     JOIN_TOKEN_FILE,
+    PEER_TOKEN_FILE,
     SECRET_FILE,
     USERS_FILE,
     TokenSigner,
@@ -47,7 +49,7 @@ from mutirao.orchestrator.links import Link
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
 from mutirao.protocol import TERMINAL_STATES, TaskSpec
-from mutirao.settings import Settings
+from mutirao.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,9 @@ class Orchestrator:
         self._first_join_token = settings.auth.join_token or read_or_create_secret(
             shared / JOIN_TOKEN_FILE
         )
+        self.peer_token = settings.auth.peer_token or _generated_peer_token(settings)
+        """What orchestrators present to each other: the replication stream carries every
+        secret and password hash, so a worker's join token must not open it."""
         self._signer = TokenSigner(self._first_secret)
         self.journal: journal_mod.Journal | None = None
         self.links: dict[str, Link] = {}
@@ -420,8 +425,7 @@ class Orchestrator:
     # -- the worker websocket --------------------------------------------------------------
 
     async def worker_socket(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get(protocol.JOIN_TOKEN_HEADER) != self.join_token:
-            raise AuthError("missing or wrong worker join token", field=protocol.JOIN_TOKEN_HEADER)
+        require_secret(request, protocol.JOIN_TOKEN_HEADER, self.join_token, "worker join token")
         self.roles.require_active()
         ws = web.WebSocketResponse(max_msg_size=self.settings.limits.max_request_bytes)
         await ws.prepare(request)
@@ -563,3 +567,21 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 
 
 ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
+
+
+def require_secret(request: web.Request, header: str, secret: str, what: str) -> None:
+    """Raises AuthError unless ``header`` holds ``secret`` (compared in constant time)."""
+    given = request.headers.get(header, "")
+    if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise AuthError(f"missing or wrong {what}", field=header)
+
+
+def _generated_peer_token(settings: Settings) -> str:
+    """With the file lease the orchestrators of one machine share the lease dir, so a
+    generated peer token there is theirs alone; other backends span machines."""
+    if settings.ha.backend != "file":
+        raise SettingsError(
+            f"the {settings.ha.backend} lease needs auth.peer_token (--peer-token or "
+            "MUTIRAO_AUTH_PEER_TOKEN), the same secret on every orchestrator"
+        )
+    return read_or_create_secret(settings.ha.lease_dir / PEER_TOKEN_FILE)
