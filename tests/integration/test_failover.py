@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mutirao.auth import JOIN_TOKEN_FILE, SECRET_FILE, USERS_FILE
+from mutirao.auth import JOIN_TOKEN_FILE, PEER_TOKEN_FILE, SECRET_FILE, USERS_FILE
 from mutirao.client.http import Client, Unreachable
 from mutirao.client.session import Session
 from mutirao.orchestrator.checkpoint import CHECKPOINT_NAME
@@ -194,7 +194,9 @@ async def test_every_file_with_secrets_or_task_data_is_private_on_both_orchestra
 ) -> None:
     """Journal segments and checkpoints (which hold users and secrets too), the imported
     bootstrap users file and the first secrets: 0600 on the active and on the standby, in
-    data dirs that are 0700."""
+    data dirs that are 0700; and the peer token the two generate in their shared lease dir
+    (the standby syncs with it)."""
+    cluster.env_extra["MUTIRAO_AUTH_PEER_TOKEN"] = ""  # generated, not given
     cluster.bootstrap_user("alice", "pw-alice-123")
     await cluster.start_ha("W1")
     async with cluster.client() as client:
@@ -211,5 +213,7 @@ async def test_every_file_with_secrets_or_task_data_is_private_on_both_orchestra
     for expected in (f"data/{SECRET_FILE}", f"data/{USERS_FILE}.imported",
                      f"backup-data/{SECRET_FILE}", f"backup-data/{CHECKPOINT_NAME}"):  # fmt: skip
         assert expected in checked, checked
+    peer_token = cluster.root / "lease" / PEER_TOKEN_FILE
+    assert stat.S_IMODE(peer_token.stat().st_mode) == 0o600
     assert any(c.startswith("data/journal-") for c in checked), checked
     assert any(c.startswith("backup-data/journal-") for c in checked), checked

@@ -5,17 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-from mutirao.auth import ADMIN, SUBMITTER, VIEWER, Claims, TokenSigner, User
+from mutirao.auth import ADMIN, SUBMITTER, VIEWER, Claims, TokenSigner, User, new_session
 from mutirao.errors import AuthError, ConflictError, NotFoundError, ValidationError
 from mutirao.orchestrator.accounts import Accounts
 from mutirao.orchestrator.tasks import TaskTable, decode_snapshot
 
 NOW = 1_700_000_000.0
 SIGNER = TokenSigner("s3cret")
+ALICE = User("alice", SUBMITTER)
 
 
-def _login(name: str, role: str, at: float) -> Claims:
-    return SIGNER.verify(SIGNER.issue(User(name, role), at, 3600), at)
+def _login(name: str, role: str, at: float, *, refresh: bool = False) -> Claims:
+    token = SIGNER.issue(User(name, role), at, 3600, new_session(), refresh=refresh)
+    return SIGNER.verify(token, at)
+
+
+def _revoke(accounts: Accounts, claims: Claims, now: float) -> dict[str, object]:
+    assert claims.token_id is not None
+    return accounts.revoke(claims.token_id, claims.expires, now)
 
 
 def _apply(table: TaskTable, record: dict[str, object]) -> None:
@@ -56,15 +63,20 @@ def test_a_password_change_and_sign_out_revoke_earlier_tokens_only(table: TaskTa
     assert accounts.authenticate(_login("alice", SUBMITTER, NOW + 5)).name == "alice"
 
 
-def test_a_logout_revokes_that_token_alone_until_it_would_expire(table: TaskTable) -> None:
+def test_a_logout_revokes_that_session_alone_until_it_would_expire(table: TaskTable) -> None:
     accounts = table.accounts
     one, other = _login("alice", SUBMITTER, NOW + 1), _login("alice", SUBMITTER, NOW + 1)
-    _apply(table, accounts.revoke(one, NOW + 2))
+    _apply(table, _revoke(accounts, one, NOW + 2))
     with pytest.raises(AuthError, match="revoked"):
         accounts.authenticate(one)
     assert accounts.authenticate(other).name == "alice"
+    # The session's refresh token is revoked with it.
+    assert one.token_id is not None
+    renew = SIGNER.issue(ALICE, NOW + 1, 3600, one.token_id, refresh=True)
+    with pytest.raises(AuthError, match="revoked"):
+        accounts.authenticate(SIGNER.verify(renew, NOW + 3))
     # A revocation recorded after the first one expired drops it: the list stays short.
-    _apply(table, accounts.revoke(other, one.expires + 1))
+    _apply(table, _revoke(accounts, other, one.expires + 1))
     assert set(accounts.state.revoked) == {other.token_id}
 
 
@@ -110,7 +122,7 @@ def test_replay_and_snapshot_give_the_same_accounts(table: TaskTable) -> None:
     records = [
         accounts.secrets("key", "join"),
         accounts.change("alice", NOW + 1, password=("11", "22")),
-        accounts.revoke(_login("root", ADMIN, NOW), NOW + 2),
+        _revoke(accounts, _login("root", ADMIN, NOW), NOW + 2),
         accounts.add("carla", VIEWER, "33", "44", NOW + 3),
     ]
     for record in records:

@@ -16,6 +16,7 @@ from mutirao.auth import (
     TokenSigner,
     User,
     UserStore,
+    new_session,
     read_or_create_secret,
 )
 from mutirao.errors import AuthError, ConflictError, ValidationError
@@ -109,7 +110,7 @@ ALICE = User("alice", SUBMITTER)
 
 def test_issue_then_verify() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(User("alice", ADMIN), NOW, ttl=60.0)
+    token = signer.issue(User("alice", ADMIN), NOW, 60.0, new_session())
     claims = signer.verify(token, NOW)
     assert (claims.user, claims.expires, claims.issued) == (User("alice", ADMIN), NOW + 60, NOW)
     assert claims.token_id
@@ -117,8 +118,20 @@ def test_issue_then_verify() -> None:
     assert signer.verify(token, NOW + 60.0) == claims
     # Another orchestrator sharing the secret accepts it.
     assert TokenSigner("s3cret").verify(token, NOW + 1) == claims
-    # Each login token has its own id (what a logout revokes).
-    assert signer.verify(signer.issue(ALICE, NOW, 60.0), NOW).token_id != claims.token_id
+    # Each login has its own session id (what a logout revokes).
+    again = signer.verify(signer.issue(ALICE, NOW, 60.0, new_session()), NOW)
+    assert again.token_id != claims.token_id
+    assert not again.refresh
+
+
+def test_a_refresh_token_says_so_and_shares_its_session() -> None:
+    signer = TokenSigner("s3cret")
+    session = new_session()
+    access = signer.verify(signer.issue(ALICE, NOW, 60.0, session), NOW)
+    renew = signer.verify(signer.issue(ALICE, NOW, 3600.0, session, refresh=True), NOW)
+    assert renew.refresh
+    assert not access.refresh
+    assert renew.token_id == access.token_id == session
 
 
 def test_a_minted_token_is_marked_so() -> None:
@@ -130,16 +143,17 @@ def test_a_minted_token_is_marked_so() -> None:
 
 def test_an_expired_token_is_rejected() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(ALICE, NOW, ttl=60.0)
-    with pytest.raises(AuthError, match="expired"):
+    token = signer.issue(ALICE, NOW, 60.0, new_session())
+    with pytest.raises(AuthError, match="expired") as info:
         signer.verify(token, NOW + 60.001)
+    assert info.value.to_json()["expired"] is True  # the client's cue to refresh
 
 
 def test_a_token_checked_before_is_still_rejected_once_expired() -> None:
     # Verified tokens are remembered (a client sends one with every request), with their
     # expiry: the remembered answer must not outlive the token.
     signer = TokenSigner("s3cret")
-    token = signer.issue(ALICE, NOW, ttl=60.0)
+    token = signer.issue(ALICE, NOW, 60.0, new_session())
     assert signer.verify(token, NOW).user == ALICE
     assert signer.verify(token, NOW + 30.0).user == ALICE
     with pytest.raises(AuthError, match="expired"):
@@ -155,7 +169,7 @@ def test_a_token_of_an_older_version_is_refused_with_a_hint() -> None:
 
 
 def test_a_token_signed_with_another_secret_is_rejected() -> None:
-    token = TokenSigner("other").issue(ALICE, NOW, ttl=60.0)
+    token = TokenSigner("other").issue(ALICE, NOW, 60.0, new_session())
     with pytest.raises(AuthError, match="invalid token signature"):
         TokenSigner("s3cret").verify(token, NOW)
 
@@ -166,7 +180,7 @@ def _b64(data: bytes) -> str:
 
 def test_a_tampered_token_is_rejected() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(ALICE, NOW, ttl=60.0)
+    token = signer.issue(ALICE, NOW, 60.0, new_session())
     body, signature = token.split(".")
 
     flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
@@ -190,7 +204,7 @@ def test_malformed_tokens_are_auth_errors(token: str) -> None:
 
 def test_a_non_ascii_signature_is_an_auth_error_not_a_crash() -> None:
     signer = TokenSigner("s3cret")
-    token = signer.issue(ALICE, NOW, ttl=60.0)
+    token = signer.issue(ALICE, NOW, 60.0, new_session())
     with pytest.raises(AuthError, match="invalid token signature"):
         signer.verify(token[:-1] + "é", NOW)
 

@@ -4,9 +4,11 @@ The cluster's users live in its journal (:mod:`mutirao.orchestrator.accounts`); 
 holds what both that state and the clients need: scrypt password hashes, the roles, and
 tokens ``<base64 claims>.<base64 HMAC-SHA256>`` signed with the cluster's token secret.
 
-A token from ``/v1/login`` names its user, when it was issued and a unique id: the
-orchestrator checks it against the current user record (removed, demoted, signed out), so
-a revocation takes effect at once. A token *minted* offline by a holder of the secret (the
+A login opens a *session*: a short-lived access token, and a refresh token that buys new
+access tokens (``/v1/refresh``) until it expires. Both name the user, when they were issued
+and the session's id; the orchestrator checks them against the current user record
+(removed, demoted, signed out) and the revoked sessions, so a revocation takes effect at
+once. A token *minted* offline by a holder of the secret (the
 operator, ``mutirao up`` for its banner) is marked so and trusted on its claims: whoever
 has the key could sign anything anyway.
 
@@ -66,7 +68,9 @@ class Claims:
     expires: float
     issued: float = 0.0
     token_id: str | None = None
-    """Set on login tokens (what a logout revokes); None on minted ones."""
+    """The session id of login tokens (what a logout revokes); None on minted ones."""
+    refresh: bool = False
+    """A refresh token: good only for ``/v1/refresh``, not as a bearer token."""
 
     @property
     def minted(self) -> bool:
@@ -167,6 +171,11 @@ class UserStore:
         return User(name, entry["role"])
 
 
+def new_session() -> str:
+    """A fresh session id: the ``jti`` of a login's access and refresh tokens."""
+    return secrets.token_urlsafe(12)
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -192,17 +201,21 @@ class TokenSigner:
         body = orjson.dumps(claims)
         return f"{_b64(body)}.{self._sign(body)}"
 
-    def issue(self, user: User, now: float, ttl: float) -> str:
-        """A login token, checked against the user record on every use."""
-        return self._token(
-            {
-                "sub": user.name,
-                "role": user.role,
-                "iat": now,
-                "exp": now + ttl,
-                "jti": secrets.token_urlsafe(12),
-            }
-        )
+    def issue(
+        self, user: User, now: float, ttl: float, session: str, *, refresh: bool = False
+    ) -> str:
+        """A login token of ``session`` (see :func:`new_session`), checked against the user
+        record on every use: an access token, or the refresh token that buys them."""
+        claims: dict[str, Any] = {
+            "sub": user.name,
+            "role": user.role,
+            "iat": now,
+            "exp": now + ttl,
+            "jti": session,
+        }
+        if refresh:
+            claims["typ"] = "refresh"
+        return self._token(claims)
 
     def mint(self, user: User, now: float, ttl: float) -> str:
         """A token for a key holder's own use (a service, a test): trusted on its claims."""
@@ -216,7 +229,7 @@ class TokenSigner:
                 self._verified.clear()
             self._verified[token] = claims
         if claims.expires < now:
-            raise AuthError("token expired: log in again")
+            raise AuthError("token expired: refresh it or log in again", expired=True)
         return claims
 
     def _check(self, token: str) -> Claims:
@@ -234,4 +247,5 @@ class TokenSigner:
         user = User(claims["sub"], role)
         if claims.get("svc"):
             return Claims(user, claims["exp"])
-        return Claims(user, claims["exp"], claims["iat"], claims["jti"])
+        refresh = claims.get("typ") == "refresh"
+        return Claims(user, claims["exp"], claims["iat"], claims["jti"], refresh)

@@ -338,7 +338,10 @@ def _client_runner(
             raise SystemExit("error: --count must be at least 1")
 
         async def go() -> int:
-            async with Client(urls, token) as client:
+            refresh = credentials.refresh_for(token)
+            async with Client(
+                urls, token, refresh_token=refresh, on_refresh=credentials.renewed
+            ) as client:
                 return await fn(client, args)
 
         return asyncio.run(go())

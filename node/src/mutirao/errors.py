@@ -7,6 +7,7 @@ and a JSON body, so the HTTP layer maps them in one place.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -21,6 +22,11 @@ class MutiraoError(Exception):
         self.message = message
         self.field = field
         self.details = details
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the JSON body."""
+        return {}
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.code, "message": self.message}
@@ -46,6 +52,10 @@ class TemporaryError(MutiraoError):
     def __init__(self, message: str, *, delay: float = 1.0, **details: Any) -> None:
         super().__init__(message, **details)
         self.delay = delay
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.delay)))}
 
 
 class ValidationError(PermanentError):
@@ -105,6 +115,13 @@ class NotLeaderError(TemporaryError):
 
     status = 421
     code = "not_leader"
+
+
+class TooManyRequestsError(TemporaryError):
+    """Too many attempts (failed logins): try again after ``delay`` seconds."""
+
+    status = 429
+    code = "too_many_requests"
 
 
 class NoSpaceError(TemporaryError):

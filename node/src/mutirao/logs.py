@@ -1,4 +1,5 @@
-"""Logging setup, done once by the CLI: stderr plus ``logs/<component>-<id>.log`` (rotating).
+"""Logging setup, done once by the CLI: stderr plus ``logs/<component>-<id>.log`` (rotating),
+and the audit trail ``logs/audit-<component>-<id>.jsonl`` (see :mod:`mutirao.audit`).
 
 Every line names the component and node; lines about a task carry ``task=`` and ``attempt=``
 (passed as ``extra``), so ``grep <task id> logs/*`` follows one task across processes.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import orjson
 
+from mutirao.audit import AuditFormatter, only_audit
 from mutirao.settings import SettingsError
 
 _CONTEXT = ("task", "attempt", "worker")
@@ -84,6 +86,14 @@ def setup(
         handler.setFormatter(formatter)
         handler.addFilter(context)
         root.addHandler(handler)
+    if directory is not None:
+        trail = logging.handlers.RotatingFileHandler(
+            directory / f"audit-{component}-{node}.jsonl", maxBytes=20 * 2**20, backupCount=5
+        )
+        trail.setFormatter(AuditFormatter())
+        trail.addFilter(context)
+        trail.addFilter(only_audit)
+        root.addHandler(trail)
     root.setLevel(level.upper())
     # aiohttp logs every request at INFO; that is noise next to task lifecycle lines.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

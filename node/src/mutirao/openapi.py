@@ -25,6 +25,19 @@ _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 _USER = {"$ref": "#/components/schemas/User"}
 _ROLE = {"enum": list(ROLES), "description": "admin: every task and the users; viewer: reads"}
+_SESSION = {
+    "type": "object",
+    "required": ["token", "user", "role", "expires_at"],
+    "properties": {
+        "token": {"type": "string", "description": "the access token (Bearer)"},
+        "refresh_token": {"type": "string", "description": "login only: POST /v1/refresh"},
+        "user": {"type": "string"},
+        "role": _ROLE,
+        "admin": {"type": "boolean"},
+        "expires_at": {"type": "number"},
+        "refresh_expires_at": {"type": "number"},
+    },
+}
 
 
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -111,28 +124,41 @@ OPENAPI: dict[str, Any] = {
     "paths": {
         "/v1/login": {
             "post": {
-                "summary": "Exchange a user name and password for a bearer token",
+                "summary": "Open a session: an access token (`token`, valid `auth.token_ttl`, "
+                "15 min) and a `refresh_token` (valid `auth.refresh_ttl`, 12 h); failed "
+                "logins are throttled per user name and per address (429 with Retry-After)",
                 "security": [],
-                "requestBody": {
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["username", "password"],
-                                "properties": {
-                                    "username": {"type": "string"},
-                                    "password": {"type": "string"},
-                                },
-                            }
-                        }
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["username", "password"],
+                        "properties": {
+                            "username": {"type": "string"},
+                            "password": {"type": "string"},
+                        },
                     }
-                },
-                "responses": _responses({"schema": {"type": "object"}}, 400, 401, 422),
+                ),
+                "responses": _responses({"schema": _SESSION}, 400, 401, 422, 429),
+            }
+        },
+        "/v1/refresh": {
+            "post": {
+                "summary": "A new access token for the session of a refresh token",
+                "security": [],
+                "requestBody": _body(
+                    {
+                        "type": "object",
+                        "required": ["refresh_token"],
+                        "properties": {"refresh_token": {"type": "string"}},
+                    }
+                ),
+                "responses": _responses({"schema": _SESSION}, 400, 401, 422),
             }
         },
         "/v1/logout": {
             "post": {
-                "summary": "Revoke the login token this request carries",
+                "summary": "End the session of the token this request carries (its access "
+                "and refresh tokens)",
                 "responses": _responses({"schema": {"type": "object"}}, 401, 422),
             }
         },

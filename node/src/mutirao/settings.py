@@ -36,8 +36,10 @@ class JournalSettings:
 
 @dataclass
 class AuthSettings:
-    token_ttl: float = 12 * 3600.0
-    """Seconds a login token stays valid."""
+    token_ttl: float = 900.0
+    """Seconds an access token (from ``/v1/login`` or ``/v1/refresh``) stays valid."""
+    refresh_ttl: float = 12 * 3600.0
+    """Seconds a login's refresh token buys new access tokens (then: log in again)."""
     join_token: str = ""
     """Shared secret workers present to register; it opens the worker socket and nothing
     else. If empty, the journal's (which the first leader took from a generated file: the

@@ -81,8 +81,8 @@ async def login(client: Client, args: argparse.Namespace) -> int:
     if args.print_token:
         print(token)
         return 0
-    path = credentials.save(client.urls, token, user)
-    print(f"logged in as {user}; token saved to {path}", file=sys.stderr)
+    path = credentials.save(client.urls, token, user, client.refresh_token)
+    print(f"logged in as {user}; tokens saved to {path}", file=sys.stderr)
     return 0
 
 
@@ -91,7 +91,7 @@ async def logout(client: Client, args: argparse.Namespace) -> int:
     saved = credentials.load()
     if saved.get("token") == client.token:
         credentials.forget()
-    print("logged out: the token is revoked", file=sys.stderr)
+    print("logged out: the session's tokens are revoked", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Where ``mutirao login`` keeps the token: ``$MUTIRAO_CONFIG_DIR`` or ``~/.config/mutirao``."""
+"""Where ``mutirao login`` keeps its tokens: ``$MUTIRAO_CONFIG_DIR`` or ``~/.config/mutirao``."""
 
 from __future__ import annotations
 
@@ -16,13 +16,29 @@ def config_dir() -> Path:
     return Path(base) / "mutirao"
 
 
-def save(urls: list[str], token: str, user: str) -> Path:
+def save(urls: list[str], token: str, user: str, refresh_token: str = "") -> Path:
     path = config_dir() / "credentials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(orjson.dumps({"urls": urls, "token": token, "user": user}))
+        doc = {"urls": urls, "token": token, "user": user, "refresh_token": refresh_token}
+        fh.write(orjson.dumps(doc))
     return path
+
+
+def renewed(token: str) -> None:
+    """Keep the access token a refresh just gave, in place of the expired one."""
+    saved = load()
+    if saved:
+        urls, user = saved.get("urls"), saved.get("user")
+        refresh = str(saved.get("refresh_token") or "")
+        save(urls if isinstance(urls, list) else [], token, str(user or ""), refresh)
+
+
+def refresh_for(token: str) -> str:
+    """The saved refresh token, if ``token`` is the saved access token."""
+    saved = load()
+    return str(saved.get("refresh_token") or "") if token and saved.get("token") == token else ""
 
 
 def forget() -> None:

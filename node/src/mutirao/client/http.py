@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -30,13 +30,19 @@ class Client:
         urls: Sequence[str],
         token: str = "",
         *,
+        refresh_token: str = "",
+        on_refresh: Callable[[str], None] | None = None,
         retry_for: float = 10.0,
         timeout: float = 90.0,
     ) -> None:
+        """``refresh_token`` (from a login) renews ``token`` when it expires; ``on_refresh``
+        is then called with the new one (the CLI saves it)."""
         if not urls:
             raise ValueError("at least one orchestrator URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.token = token
+        self.refresh_token = refresh_token
+        self.on_refresh = on_refresh
         self.retry_for = retry_for
         self._current = 0
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -75,6 +81,7 @@ class Client:
         query = {k: str(v) for k, v in params.items() if v is not None}
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
+        renewed = False
         while True:
             try:
                 async with self._http.request(
@@ -84,6 +91,11 @@ class Client:
                     if resp.status < 400:
                         return payload
                     body = payload if isinstance(payload, dict) else {}
+                    if resp.status == 401 and body.get("expired") and not renewed:
+                        renewed = await self._renew()
+                        if renewed:
+                            headers["Authorization"] = f"Bearer {self.token}"
+                            continue
                     leader = body.get("leader")
                     if resp.status == 421 and leader and leader.rstrip("/") != self.url:
                         # A standby names the leader: go there at once.
@@ -102,13 +114,18 @@ class Client:
         """A websocket to ``path`` on the first orchestrator that accepts it (a standby
         refuses: the next one is tried), authenticated with the token."""
         assert self._http is not None, "use `async with Client(...)`"
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
+        renewed = False
         while True:
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             try:
                 return await self._http.ws_connect(self.url + path, headers=headers)
             except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401 and not renewed:
+                    renewed = await self._renew()
+                    if renewed:
+                        continue
                 if exc.status not in (421, 503):
                     raise ApiError(exc.status, {"message": exc.message}) from None
                 problem = f"{self.url}: HTTP {exc.status}"
@@ -130,10 +147,27 @@ class Client:
         cheaper than a request each for many small ones; see :mod:`mutirao.client.session`."""
         return Session(self)
 
+    async def _renew(self) -> bool:
+        """A new access token from the refresh token, if there is one and it still works."""
+        if not self.refresh_token:
+            return False
+        try:
+            reply = await self.request("POST", "/v1/refresh", {"refresh_token": self.refresh_token})
+        except ApiError as exc:
+            if exc.status != 401:
+                raise
+            return False  # the session ended: the caller sees the original 401
+        self.token = reply["token"]
+        if self.on_refresh is not None:
+            self.on_refresh(self.token)
+        return True
+
     async def login(self, username: str, password: str) -> str:
+        """A new session: the access token (returned) and the refresh token that renews
+        it (kept in ``refresh_token``)."""
         credentials = {"username": username, "password": password}
         reply = await self.request("POST", "/v1/login", credentials)
-        self.token = reply["token"]
+        self.token, self.refresh_token = reply["token"], reply["refresh_token"]
         return self.token
 
     async def submit(
@@ -224,7 +258,7 @@ class Client:
     # -- users -----------------------------------------------------------------------------
 
     async def logout(self) -> None:
-        """Revoke this client's token."""
+        """Revoke this client's session (its access and refresh tokens)."""
         await self.request("POST", "/v1/logout", {})
 
     async def users(self) -> list[UserView]:

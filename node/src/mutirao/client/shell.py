@@ -6,6 +6,7 @@ import asyncio
 import getpass
 import shlex
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -24,12 +25,26 @@ HELP = """commands:
   help | quit"""
 
 
-async def _one(urls: list[str], token: str, fn: Callable[[Client], Awaitable[Any]]) -> Any:
-    async with Client(urls, token, retry_for=3) as client:
-        return await fn(client)
+@dataclass
+class _Auth:
+    """The shell's tokens, kept across its commands (each runs a client of its own)."""
+
+    token: str
+    refresh: str
+
+
+async def _one(urls: list[str], auth: _Auth, fn: Callable[[Client], Awaitable[Any]]) -> Any:
+    async with Client(
+        urls, auth.token, refresh_token=auth.refresh, on_refresh=credentials.renewed, retry_for=3
+    ) as client:
+        try:
+            return await fn(client)
+        finally:
+            auth.token, auth.refresh = client.token, client.refresh_token
 
 
 def run_shell(urls: list[str], token: str) -> int:
+    auth = _Auth(token, credentials.refresh_for(token))
     print(f"Mutirão client for {', '.join(urls)}. Type 'help' for commands.")
     while True:
         try:
@@ -48,22 +63,22 @@ def run_shell(urls: list[str], token: str) -> int:
         if command in ("quit", "exit"):
             return 0
         try:
-            token = _dispatch(urls, token, command, rest)
+            _dispatch(urls, auth, command, rest)
         except (ApiError, Unreachable) as exc:
             print(f"error: {exc}")
         except (ValueError, IndexError) as exc:
             print(f"error: {exc}; type 'help'")
 
 
-def _dispatch(urls: list[str], token: str, command: str, rest: list[str]) -> str:
+def _dispatch(urls: list[str], auth: _Auth, command: str, rest: list[str]) -> None:
     def run(fn: Callable[[Client], Awaitable[Any]]) -> Any:
-        return asyncio.run(_one(urls, token, fn))
+        return asyncio.run(_one(urls, auth, fn))
 
     if command == "login":
         user = rest[0] if rest else input("User: ")
         password = getpass.getpass("Password: ")
-        token = run(lambda c: c.login(user, password))
-        credentials.save(urls, token, user)
+        run(lambda c: c.login(user, password))
+        credentials.save(urls, auth.token, user, auth.refresh)
         print(f"logged in as {user}")
     elif command == "submit":
         payload = orjson.loads(rest[1]) if len(rest) > 1 else None
@@ -86,4 +101,3 @@ def _dispatch(urls: list[str], token: str, command: str, rest: list[str]) -> str
         print(HELP)
     else:
         print(f"unknown command {command!r}; type 'help'")
-    return token

@@ -10,8 +10,8 @@ Records (``e`` is the kind):
   login tokens issued before ``since`` are refused (a password change, "sign out
   everywhere"); adding, changing and re-adding a user all write this record whole
 - ``unuser``: ``name`` is removed (its tokens stop working with it)
-- ``revoke``: the login token ``jti`` is refused until it would have expired (``exp``);
-  entries past their expiry at ``at`` are dropped
+- ``revoke``: the login session ``jti`` (its access and refresh tokens) is refused until
+  it would have expired (``exp``); entries past their expiry at ``at`` are dropped
 - ``secrets``: the ``token_secret`` that signs tokens and the workers' ``join_token``
 
 The commands below validate and return a record; the caller applies and journals it.
@@ -42,7 +42,7 @@ class UserEntry(msgspec.Struct):
 class AccountsState(msgspec.Struct):
     users: dict[str, UserEntry] = {}
     revoked: dict[str, float] = {}
-    """Revoked login token ids, with when each would have expired anyway."""
+    """Revoked login sessions, with when their tokens would have expired anyway."""
     token_secret: str = ""
     join_token: str = ""
 
@@ -138,9 +138,10 @@ class Accounts:
         self._keep_an_admin(name)
         return {"e": "unuser", "name": name}
 
-    def revoke(self, claims: Claims, now: float) -> Record:
-        """Revoke one login token (a logout)."""
-        return {"e": "revoke", "jti": claims.token_id, "exp": claims.expires, "at": now}
+    def revoke(self, session: str, until: float, now: float) -> Record:
+        """Revoke one login session (a logout) until ``until``, past which none of its
+        tokens would be valid anyway."""
+        return {"e": "revoke", "jti": session, "exp": until, "at": now}
 
     def secrets(self, token_secret: str, join_token: str) -> Record | None:
         """The record that sets these secrets, or None if they are set already."""

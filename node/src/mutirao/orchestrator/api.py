@@ -30,7 +30,9 @@ from mutirao.protocol import TaskState
 
 log = logging.getLogger(__name__)
 
-_PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/v1/login", "/v1/openapi.json", "/v1/ha"})
+_PUBLIC = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v1/login", "/v1/refresh", "/v1/openapi.json", "/v1/ha"}
+)
 # These check the join token themselves.
 _PEER_SOCKETS = frozenset({protocol.WORKER_WS_PATH, protocol.REPLICATION_WS_PATH})
 
@@ -51,7 +53,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             request.app[ORCHESTRATOR].roles.require_active()
         return response
     except MutiraoError as exc:
-        return json_reply(exc.to_json(), exc.status)
+        return json_reply(exc.to_json(), exc.status, exc.headers)
     except web.HTTPRequestEntityTooLarge as exc:
         too_large = TooLargeError(exc.text or "request too large", field="body")
         return json_reply(too_large.to_json(), 413)

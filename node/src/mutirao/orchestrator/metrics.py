@@ -102,6 +102,12 @@ class OrchestratorMetrics:
             ["cause"],
             registry=registry,
         )
+        self.logins_refused = Counter(
+            "mutirao_logins_refused",
+            "Logins refused: a wrong user name or password, or throttled after failures.",
+            ["reason"],
+            registry=registry,
+        )
         self.takeovers = Counter(
             "mutirao_orchestrator_takeovers",
             "Times this orchestrator became the active one (each takeover adds one epoch).",

@@ -11,8 +11,10 @@ from mutirao.auth import User
 from mutirao.errors import MalformedError
 
 
-def json_reply(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def json_reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
 
 
 def user_of(request: web.Request) -> User:

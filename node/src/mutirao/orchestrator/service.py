@@ -25,6 +25,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from mutirao import protocol
+from mutirao.audit import audit
 from mutirao.auth import (
     JOIN_TOKEN_FILE,
     PEER_TOKEN_FILE,
@@ -33,7 +34,6 @@ from mutirao.auth import (
     TokenSigner,
     User,
     UserStore,
-    password_matches,
     read_or_create_secret,
 )
 from mutirao.errors import AuthError, MutiraoError, NoSpaceError, ProtocolError, TemporaryError
@@ -46,8 +46,10 @@ from mutirao.orchestrator.checkpoint import RecoveryError
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.intake import Intake
 from mutirao.orchestrator.links import Link
+from mutirao.orchestrator.logins import Logins
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
+from mutirao.orchestrator.throttle import LoginThrottle
 from mutirao.protocol import TERMINAL_STATES, TaskSpec
 from mutirao.settings import Settings, SettingsError
 
@@ -93,6 +95,10 @@ class Orchestrator:
         """What orchestrators present to each other: the replication stream carries every
         secret and password hash, so a worker's join token must not open it."""
         self._signer = TokenSigner(self._first_secret)
+        self.logins = Logins(
+            LoginThrottle(clock=monotonic),
+            lambda reason: self.metrics.logins_refused.labels(reason).inc(),
+        )
         self.journal: journal_mod.Journal | None = None
         self.links: dict[str, Link] = {}
         self.waiters: dict[str, list[_Countdown]] = {}
@@ -237,18 +243,13 @@ class Orchestrator:
         return self._signer
 
     def authenticate(self, token: str) -> User:
-        return self.accounts.authenticate(self.signer.verify(token, self.clock()))
-
-    async def check_password(self, name: str, password: str) -> User:
-        """The user, if the password is right (scrypt runs in a thread, off the loop)."""
-        entry = self.accounts.entry(name)
-        salt, digest = (None, None) if entry is None else (entry.salt, entry.hash)
-        if not await asyncio.to_thread(password_matches, password, salt, digest):
-            raise AuthError("wrong user name or password")
-        entry = self.accounts.entry(name)  # it may have changed meanwhile
-        if entry is None or (entry.salt, entry.hash) != (salt, digest):
-            raise AuthError("wrong user name or password")
-        return User(name, entry.role)
+        claims = self.signer.verify(token, self.clock())
+        if claims.refresh:
+            raise AuthError(
+                "a refresh token is not an access token: trade it at POST /v1/refresh",
+                field="Authorization",
+            )
+        return self.accounts.authenticate(claims)
 
     async def take_lead(self, epoch: int) -> None:
         """Record the new epoch and, on a cluster's first leader, its secrets and the
@@ -275,10 +276,18 @@ class Orchestrator:
                 continue
             effects.extend(self.engine.record(record))
         await self.commit(effects)
+        audit("cluster.lead", f"{self.node} leads at epoch {epoch}", target=self.node)
+        if secrets is not None:
+            audit("cluster.secrets", "the token secret or join token changed", target=self.node)
         if imported:
             done = store.path.with_name(USERS_FILE + ".imported")
             store.path.replace(done)
-            log.warning("imported %d user(s) into the journal from %s", len(imported), done)
+            audit(
+                "user.import",
+                f"imported {len(imported)} user(s) into the journal from {done}",
+                level=logging.WARNING,
+                target=",".join(sorted(imported)),
+            )
 
     # -- effects ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Login, logout and user administration over HTTP (``/v1/login``, ``/v1/users``).
+"""Login, refresh, logout and user administration over HTTP (``/v1/login``, ``/v1/users``).
 
 Every change is an accounts record (:mod:`mutirao.orchestrator.accounts`) committed like a
 task: acknowledged once durable on this node and its standbys, so it holds after a
@@ -14,12 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from mutirao import protocol
-from mutirao.auth import ADMIN, SUBMITTER, User, check_role, hash_password
-from mutirao.errors import ForbiddenError, ValidationError
+from mutirao.audit import audit
+from mutirao.auth import ADMIN, SUBMITTER, User, check_role, hash_password, new_session
+from mutirao.errors import AuthError, ForbiddenError, ValidationError
 from mutirao.orchestrator.reply import body_of, json_reply, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
-
-log = logging.getLogger(__name__)
 
 
 async def _object(request: web.Request) -> dict[str, Any]:
@@ -62,6 +61,17 @@ def _admin_or_self(request: web.Request) -> tuple[User, str]:
     return user, name
 
 
+def _audit(request: web.Request, event: str, message: str, by: User, target: str) -> None:
+    audit(
+        event,
+        message,
+        level=logging.WARNING,
+        actor=by.name,
+        target=target,
+        address=_address(request),
+    )
+
+
 async def _commit(orch: Orchestrator, record: dict[str, Any]) -> None:
     orch.require_writable()
     await orch.commit(orch.engine.record(record))
@@ -71,38 +81,62 @@ async def _password(doc: dict[str, Any]) -> tuple[str, str]:
     return await asyncio.to_thread(hash_password, _string(doc, "password"))
 
 
+def _tokens(orch: Orchestrator, user: User, session: str) -> dict[str, Any]:
+    now, ttl = orch.clock(), orch.settings.auth.token_ttl
+    return {
+        "token": orch.signer.issue(user, now, ttl, session),
+        "user": user.name,
+        "role": user.role,
+        "admin": user.admin,
+        "expires_at": now + ttl,
+    }
+
+
+def _address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
 async def login(request: web.Request) -> web.Response:
+    """A new session: an access token and the refresh token that renews it."""
     orch = request.app[ORCHESTRATOR]
     doc = await _object(request)
     name, password = _string(doc, "username"), _string(doc, "password")
-    user = await orch.check_password(name, password)
-    now, ttl = orch.clock(), orch.settings.auth.token_ttl
-    log.info("user %s logged in", user.name)
-    token = orch.signer.issue(user, now, ttl)
-    return json_reply(
-        {
-            "token": token,
-            "user": user.name,
-            "role": user.role,
-            "admin": user.admin,
-            "expires_at": now + ttl,
-        }
-    )
+    user = await orch.logins.check(orch.accounts, name, password, _address(request))
+    session, now, ttl = new_session(), orch.clock(), orch.settings.auth.refresh_ttl
+    body = _tokens(orch, user, session)
+    body["refresh_token"] = orch.signer.issue(user, now, ttl, session, refresh=True)
+    body["refresh_expires_at"] = now + ttl
+    return json_reply(body)
+
+
+async def refresh(request: web.Request) -> web.Response:
+    """``{"refresh_token"}``: a new access token of the same session, for the user as the
+    cluster knows them now (refused once removed, signed out or logged out)."""
+    orch = request.app[ORCHESTRATOR]
+    doc = await _object(request)
+    claims = orch.signer.verify(_string(doc, "refresh_token"), orch.clock())
+    if not claims.refresh or claims.token_id is None:
+        raise AuthError("not a refresh token", field="refresh_token")
+    user = orch.accounts.authenticate(claims)
+    return json_reply(_tokens(orch, user, claims.token_id))
 
 
 async def logout(request: web.Request) -> web.Response:
-    """Revoke the token this request came with."""
+    """Revoke the session of the token this request came with (its refresh token too)."""
     orch = request.app[ORCHESTRATOR]
     header = request.headers["Authorization"]
     claims = orch.signer.verify(header[7:].strip(), orch.clock())
-    if claims.minted:
+    if claims.token_id is None:
         raise ValidationError(
             "a token minted with the cluster's secret cannot be revoked (rotate the secret)",
             field="Authorization",
         )
-    await _commit(orch, orch.accounts.revoke(claims, orch.clock()))
-    log.info("user %s logged out", claims.user.name)
-    return json_reply({"user": claims.user.name, "revoked": True})
+    now = orch.clock()
+    until = now + orch.settings.auth.refresh_ttl  # no token of the session outlives this
+    await _commit(orch, orch.accounts.revoke(claims.token_id, until, now))
+    name = claims.user.name
+    audit("logout", f"user {name} logged out", actor=name, address=_address(request))
+    return json_reply({"user": name, "revoked": True})
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -117,7 +151,7 @@ async def add_user(request: web.Request) -> web.Response:
     orch.accounts.check_new(name, role)  # before the slow hash
     salt, digest = await _password(doc)
     await _commit(orch, orch.accounts.add(name, role, salt, digest, orch.clock()))
-    log.warning("user %s added with role %s by %s", name, role, by.name)
+    _audit(request, "user.add", f"user {name} added with role {role} by {by.name}", by, name)
     return json_reply(orch.accounts.view(name), 201)
 
 
@@ -141,7 +175,7 @@ async def change_user(request: web.Request) -> web.Response:
     password = await _password(doc) if "password" in doc else None
     await _commit(orch, orch.accounts.change(name, orch.clock(), role=role, password=password))
     what = " and ".join(w for w, v in (("password", password), ("role", role)) if v)
-    log.warning("user %s: %s changed by %s", name, what, by.name)
+    _audit(request, "user.change", f"user {name}: {what} changed by {by.name}", by, name)
     return json_reply(orch.accounts.view(name))
 
 
@@ -149,7 +183,7 @@ async def remove_user(request: web.Request) -> web.Response:
     orch, by = request.app[ORCHESTRATOR], _admin(request)
     name = request.match_info["name"]
     await _commit(orch, orch.accounts.remove(name))
-    log.warning("user %s removed by %s", name, by.name)
+    _audit(request, "user.remove", f"user {name} removed by {by.name}", by, name)
     return json_reply({"name": name, "removed": True})
 
 
@@ -158,12 +192,13 @@ async def sign_out(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     by, name = _admin_or_self(request)
     await _commit(orch, orch.accounts.change(name, orch.clock(), sign_out=True))
-    log.warning("every token of user %s revoked by %s", name, by.name)
+    _audit(request, "user.revoke", f"every token of user {name} revoked by {by.name}", by, name)
     return json_reply({"name": name, "revoked": True})
 
 
 ROUTES = [
     web.post("/v1/login", login),
+    web.post("/v1/refresh", refresh),
     web.post("/v1/logout", logout),
     web.get("/v1/users", list_users),
     web.post("/v1/users", add_user),

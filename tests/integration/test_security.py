@@ -1,0 +1,172 @@
+"""Credentials on a real cluster, tried as an attacker and as a user would: throttled
+password guessing (while the cluster stays responsive), short access tokens renewed by a
+refresh token, and sessions that a logout ends everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from mutirao.client.http import Client
+from tests.integration.cluster import LocalCluster, eventually
+from tests.integration.scrape import scrape, total
+from tests.integration.test_cli import cli_env, mutirao
+
+PASSWORD = "right horse battery"
+
+
+async def _login(
+    http: aiohttp.ClientSession, url: str, name: str, password: str
+) -> tuple[int, dict[str, object], dict[str, str]]:
+    body = {"username": name, "password": password}
+    async with http.post(url + "/v1/login", json=body) as resp:
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+def _from(address: str) -> aiohttp.ClientSession:
+    """A client whose connections come from ``address`` (any of 127.0.0.0/8 on Linux)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+
+
+async def test_password_guessing_is_throttled_counted_and_audited_while_health_stays_fast(
+    cluster: LocalCluster,
+) -> None:
+    await cluster.start()
+    await cluster.add_user("bob", PASSWORD)
+    url = cluster.url
+    async with _from("127.0.0.1") as attacker, aiohttp.ClientSession() as probe:
+        latencies: list[float] = []
+        flooding = True
+
+        async def health() -> None:
+            while flooding:
+                started = time.perf_counter()
+                async with probe.get(url + "/healthz") as resp:
+                    assert resp.status == 200
+                latencies.append(time.perf_counter() - started)
+                await asyncio.sleep(0.02)
+
+        prober = asyncio.create_task(health())
+        answers = await asyncio.gather(
+            *(_login(attacker, url, "bob", f"guess-{i}") for i in range(30))
+        )
+        flooding = False
+        await prober
+    statuses = Counter(status for status, _, _ in answers)
+    assert statuses[401] >= 6, statuses  # 5 free failures, the 6th locks the user name
+    assert statuses[429] >= 20, statuses
+    assert statuses[401] + statuses[429] == 30, statuses
+    refused = next((body, headers) for status, body, headers in answers if status == 429)
+    assert refused[0]["field"] == "username", refused
+    assert int(refused[1]["Retry-After"]) >= 1, refused
+    # scrypt runs in a thread, one check at a time: the loop keeps serving everyone else.
+    assert latencies, "no health probe ran during the flood"
+    assert statistics.median(latencies) < 0.2, sorted(latencies)
+
+    async with _from("127.0.0.3") as elsewhere:
+        # Locked by name: the right password from another address waits too...
+        status, body, _ = await _login(elsewhere, url, "bob", PASSWORD)
+        assert status == 429, body
+
+        # ...until the lock (a few seconds by now) runs out.
+        async def let_in() -> bool:
+            return (await _login(elsewhere, url, "bob", PASSWORD))[0] == 200
+
+        await eventually(let_in, timeout=40, every=1.0, what="bob let in after the lock")
+
+        # Guessing many names from one address locks the address, not those users.
+        async with _from("127.0.0.2") as sprayer:
+            for i in range(21):
+                await _login(sprayer, url, f"user{i}", "wrong password")
+            status, body, _ = await _login(sprayer, url, "bob", PASSWORD)
+            assert status == 429, body
+            assert "address" in str(body["message"]), body
+        assert (await _login(elsewhere, url, "bob", PASSWORD))[0] == 200
+
+    samples = await scrape(url)
+    assert total(samples, "mutirao_logins_refused_total", reason="password") >= 6 + 21
+    assert total(samples, "mutirao_logins_refused_total", reason="throttled") >= 21
+    [trail] = (cluster.root / "logs").glob("audit-orchestrator-*.jsonl")
+    entries = [json.loads(line) for line in trail.read_text().splitlines()]
+    failed = [e for e in entries if e["event"] == "login" and e["outcome"] == "failed"]
+    assert {(e["target"], e["address"]) for e in failed} >= {("bob", "127.0.0.1")}
+    assert any(e["outcome"] == "throttled" and e["address"] == "127.0.0.2" for e in entries)
+    assert any(e["event"] == "user.add" and e["target"] == "bob" for e in entries), entries
+    assert any(e["event"] == "login" and e["outcome"] == "ok" for e in entries)
+    assert all(e["time"].endswith("Z") and e["node"] for e in entries)
+
+
+async def _get(http: aiohttp.ClientSession, url: str, token: str) -> tuple[int, dict[str, object]]:
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_access_tokens_expire_soon_and_a_refresh_renews_them_until_logout(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster.env_extra["MUTIRAO_AUTH_TOKEN_TTL"] = "2"
+    await cluster.start("W1")
+    await cluster.add_user("carla", PASSWORD)
+    tasks = cluster.url + "/v1/tasks"
+    async with aiohttp.ClientSession() as http:
+        status, session, _ = await _login(http, cluster.url, "carla", PASSWORD)
+        assert status == 200, session
+        access, renew = str(session["token"]), str(session["refresh_token"])
+        assert float(session["refresh_expires_at"]) - float(session["expires_at"]) > 3600
+        assert (await _get(http, tasks, access))[0] == 200
+        status, body = await _get(http, tasks, renew)
+        assert (status, body["field"]) == (401, "Authorization"), body
+
+        async def expired() -> bool:
+            status, body = await _get(http, tasks, access)
+            return status == 401 and body.get("expired") is True
+
+        await eventually(expired, timeout=10, what="the access token to expire")
+        async with http.post(cluster.url + "/v1/refresh", json={"refresh_token": renew}) as r:
+            assert r.status == 200
+            fresh = str((await r.json())["token"])
+        assert (await _get(http, tasks, fresh))[0] == 200
+
+        # The Python client renews by itself and says so (the CLI saves the new token).
+        renewed: list[str] = []
+        async with Client(
+            cluster.urls, access, refresh_token=renew, on_refresh=renewed.append
+        ) as c:
+            await c.submit("echo", "after a refresh")
+        assert len(renewed) == 1
+        assert renewed[0] != access
+
+        # A logout ends the session: its access tokens and its refresh token.
+        async with http.post(
+            cluster.url + "/v1/logout", headers={"Authorization": f"Bearer {fresh}"}
+        ) as r:
+            assert r.status == 200
+        async with http.post(cluster.url + "/v1/refresh", json={"refresh_token": renew}) as r:
+            assert r.status == 401
+            assert "revoked" in (await r.json())["message"]
+        assert (await _get(http, tasks, renewed[0]))[0] == 401
+
+    # The CLI: a saved login outlives its access token.
+    env = cli_env(tmp_path, MUTIRAO_URL=cluster.url)
+    login = await mutirao(
+        "login", "--user", "carla", "--password-stdin", env=env, cwd=tmp_path, stdin=PASSWORD
+    )
+    assert login.code == 0, login
+    saved = tmp_path / "config" / "credentials.json"
+    first = json.loads(saved.read_text())["token"]
+
+    async def cli_expired() -> bool:
+        async with aiohttp.ClientSession() as http:
+            return (await _get(http, tasks, first))[0] == 401
+
+    await eventually(cli_expired, timeout=10, what="the saved access token to expire")
+    listed = await mutirao("tasks", env=env, cwd=tmp_path)
+    assert listed.code == 0, listed
+    assert listed.out.startswith("ID"), listed
+    assert json.loads(saved.read_text())["token"] != first
