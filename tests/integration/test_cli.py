@@ -160,8 +160,10 @@ async def _add_user_and_login(cli: Cli, cluster: LocalCluster) -> None:
     right = await cli(*login, stdin="carla-secret\n")
     assert right.code == 0, right
     saved = json.loads(saved_path.read_text())
-    assert saved == {"urls": [cluster.url], "token": saved["token"], "user": "carla"}
+    tokens = {"token": saved["token"], "refresh_token": saved["refresh_token"]}
+    assert saved == {"urls": [cluster.url], "user": "carla", **tokens}
     assert saved["token"]
+    assert saved["refresh_token"]
     assert stat.S_IMODE(saved_path.stat().st_mode) == 0o600
 
 
