@@ -170,3 +170,80 @@ async def test_access_tokens_expire_soon_and_a_refresh_renews_them_until_logout(
     assert listed.code == 0, listed
     assert listed.out.startswith("ID"), listed
     assert json.loads(saved.read_text())["token"] != first
+
+
+async def _trickle(host: str, port: int, head: bytes, body: bool, deadline: float) -> bytes:
+    """Open a connection from 127.0.0.2 and send ``head``, then one byte a second (of the
+    headers or of the body), until the server answers or closes; what it answered."""
+    reader, writer = await asyncio.open_connection(host, port, local_addr=("127.0.0.2", 0))
+    writer.write(head)
+    answer = b""
+    try:
+        while time.monotonic() < deadline:
+            writer.write(b"x" if body else b"X")
+            try:
+                chunk = await asyncio.wait_for(reader.read(4096), 1.0)
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                return answer  # closed while our bytes were on the way
+            if not chunk:
+                return answer
+            answer += chunk
+            if b"\r\n\r\n" in answer:
+                return answer
+        raise AssertionError(f"still open after the deadline, answered {answer!r}")
+    finally:
+        writer.close()
+
+
+async def test_slow_clients_are_cut_off_and_one_address_cannot_hog_connections(
+    cluster: LocalCluster,
+) -> None:
+    """200 connections from one address trickle a request at 1 B/s: those trickling a body get
+    408 naming ``body``, those trickling headers are closed, those past the per-address cap
+    are refused with 429; meanwhile another address's requests keep their latency."""
+    cluster.env_extra.update(
+        MUTIRAO_LIMITS_HEADER_TIMEOUT="2",
+        MUTIRAO_LIMITS_BODY_TIMEOUT="2",
+        MUTIRAO_LIMITS_CONNECTIONS_PER_ADDRESS="150",
+    )
+    await cluster.start("W1")
+    host, port = "127.0.0.1", int(cluster.url.rsplit(":", 1)[1])
+    token = cluster.token()
+    post = (
+        f"POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    ).encode()
+    get = f"GET /v1/tasks HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n".encode()
+    deadline = time.monotonic() + 30
+    slow: list[asyncio.Task[bytes]] = []
+    for i in range(200):
+        head, body = (post, True) if i < 100 else (get, False)
+        slow.append(asyncio.create_task(_trickle(host, port, head, body, deadline)))
+        await asyncio.sleep(0.005)  # in order, so the last 50 are the ones past the cap
+
+    latencies: list[float] = []
+    async with cluster.client(token) as client:
+        while not all(t.done() for t in slow[:150]):
+            started = time.perf_counter()
+            await client.submit("echo", {"n": len(latencies)}, wait=5)
+            latencies.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)
+            assert time.monotonic() < deadline, "slow connections still open"
+    answers = await asyncio.gather(*slow)
+
+    for answer in answers[:100]:
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert all(b'"field":"body"' in a for a in answers[:100] if a.endswith(b"}")), answers[0]
+    assert all(a == b"" for a in answers[100:150]), answers[100:150]
+    for answer in answers[150:]:
+        assert answer.startswith(b"HTTP/1.1 429"), answer
+    assert len(latencies) >= 10, latencies
+    assert statistics.median(latencies) < 0.2, sorted(latencies)
+
+    samples = await scrape(cluster.url)
+    refused = "mutirao_http_connections_refused_total"
+    assert total(samples, refused, reason="body_timeout") == 100
+    assert total(samples, refused, reason="header_timeout") == 50
+    assert total(samples, refused, reason="per_address") == 50

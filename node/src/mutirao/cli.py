@@ -12,7 +12,6 @@ import fcntl
 import gc
 import importlib
 import logging
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +24,7 @@ from mutirao.client import commands, credentials, top, users
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
 from mutirao.private import private_dir
+from mutirao.serving import Guard, listen, serve
 from mutirao.settings import Settings, SettingsError, from_env, validate
 
 log = logging.getLogger("mutirao")
@@ -367,7 +367,6 @@ def _tune_gc() -> None:
 
 
 def _run_orchestrator(args: argparse.Namespace) -> int:
-    from aiohttp import web
 
     from mutirao.ha.backends import make_lease
     from mutirao.orchestrator.api import create_app
@@ -402,14 +401,9 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     )
     _tune_gc()
     try:
-        web.run_app(
-            create_app(orch),
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log=None,
-            shutdown_timeout=5,
-        )
+        refused = orch.metrics.connections_refused
+        guard = Guard(settings.limits, lambda reason: refused.labels(reason).inc())
+        serve(create_app(orch), listen(settings.host, settings.port), guard)
     except RecoveryError as exc:
         log.critical("%s", exc)
         raise SystemExit(f"error: {exc}") from None
@@ -438,7 +432,6 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from aiohttp import web
 
     from mutirao.registry import REGISTRY
     from mutirao.worker import builtins
@@ -485,9 +478,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             f"error: --pool must be processes or threads, not {settings.worker.pool!r}"
         )
     node = WorkerNode(settings, REGISTRY, token)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.worker.port))
+    sock = listen(settings.host, settings.worker.port)
     node.url = f"http://{settings.host}:{sock.getsockname()[1]}"
     log.info(
         "worker %s (%d slots, types %s) status at %s, orchestrator(s) %s",
@@ -498,7 +489,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         ",".join(settings.urls),
     )
     _tune_gc()
-    web.run_app(create_app(node), sock=sock, print=None, access_log=None, shutdown_timeout=5)
+    serve(create_app(node), sock, Guard(settings.limits))
     log.info("worker %s stopped", node.id)
     return 0
 

@@ -87,6 +87,13 @@ class NotFoundError(PermanentError):
     code = "not_found"
 
 
+class RequestTimeoutError(PermanentError):
+    """The client took too long to send its request."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class ConflictError(PermanentError):
     status = 409
     code = "conflict"

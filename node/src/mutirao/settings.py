@@ -65,6 +65,13 @@ class LimitSettings:
     """Most tasks accepted in one submission request."""
     max_wait: float = 60.0
     """Longest long-poll a client may ask for, in seconds."""
+    header_timeout: float = 10.0
+    """Seconds a client may take to send a request's headers (from its first byte, or from
+    the connection opening); then the connection is closed."""
+    body_timeout: float = 30.0
+    """Seconds a client may take to send a request body (then 408)."""
+    connections_per_address: int = 512
+    """Open connections one client address may hold; the next is refused with 429."""
 
 
 @dataclass

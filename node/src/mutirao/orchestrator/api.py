@@ -23,10 +23,11 @@ from mutirao.errors import (
 from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
 from mutirao.orchestrator import session, users_api
-from mutirao.orchestrator.reply import body_of, json_reply, user_of
+from mutirao.orchestrator.reply import json_reply, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
 from mutirao.protocol import TaskState
+from mutirao.serving import read_body
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
 
 async def submit(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
-    specs, batch = orch.submissions.parse(await body_of(request))
+    specs, batch = orch.submissions.parse(await read_body(request))
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
     tasks, created = await orch.submit(specs, _submitter(request).name)
     for task in tasks[:1] if batch else tasks:
@@ -216,7 +217,7 @@ async def wait_tasks(request: web.Request) -> web.Response:
     """Wait up to ``wait`` seconds until every task in ``ids`` has finished; ``view``
     ``brief`` answers only id, state, result and error (what a waiting client needs)."""
     orch = request.app[ORCHESTRATOR]
-    doc = protocol.decode_json(await body_of(request))
+    doc = protocol.decode_json(await read_body(request))
     ids = doc.get("ids") if isinstance(doc, dict) else None
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValidationError("ids must be a list of task ids", field="ids")

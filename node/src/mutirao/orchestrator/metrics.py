@@ -108,6 +108,13 @@ class OrchestratorMetrics:
             ["reason"],
             registry=registry,
         )
+        self.connections_refused = Counter(
+            "mutirao_http_connections_refused",
+            "Client connections refused or closed: per_address (too many open from one "
+            "address), header_timeout, body_timeout (a request too slow to arrive).",
+            ["reason"],
+            registry=registry,
+        )
         self.takeovers = Counter(
             "mutirao_orchestrator_takeovers",
             "Times this orchestrator became the active one (each takeover adds one epoch).",

@@ -1,4 +1,4 @@
-"""What every HTTP handler of the orchestrator needs: JSON replies, the body, the user."""
+"""What every HTTP handler of the orchestrator needs: JSON replies and the user."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import orjson
 from aiohttp import web
 
 from mutirao.auth import User
-from mutirao.errors import MalformedError
 
 
 def json_reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -21,9 +20,3 @@ def user_of(request: web.Request) -> User:
     """The authenticated user (set by the API middleware)."""
     user: User = request["user"]
     return user
-
-
-async def body_of(request: web.Request) -> bytes:
-    if not request.body_exists:
-        raise MalformedError("request body is required", field="body")
-    return await request.read()

@@ -17,12 +17,13 @@ from mutirao import protocol
 from mutirao.audit import audit
 from mutirao.auth import ADMIN, SUBMITTER, User, check_role, hash_password, new_session
 from mutirao.errors import AuthError, ForbiddenError, ValidationError
-from mutirao.orchestrator.reply import body_of, json_reply, user_of
+from mutirao.orchestrator.reply import json_reply, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
+from mutirao.serving import read_body
 
 
 async def _object(request: web.Request) -> dict[str, Any]:
-    doc = protocol.decode_json(await body_of(request))
+    doc = protocol.decode_json(await read_body(request))
     if not isinstance(doc, dict):
         raise ValidationError("expected a JSON object", field="body")
     return doc
