@@ -410,7 +410,7 @@ async def test_server_and_user_errors_are_clean(tmp_path: Path) -> None:
     assert_last_line_error(busy_orchestrator, "address already in use")
     assert_last_line_error(bad_dir, "Not a directory")
     assert_clean_error(bad_level, "unknown log level 'LOUD'")
-    assert_last_line_error(busy_worker, "Address already in use")
+    assert_last_line_error(busy_worker, "address already in use")
     assert_clean_error(no_token_file, "missing.token")
     assert_clean_error(user_bad_dir, "Not a directory")
 
