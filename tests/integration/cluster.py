@@ -322,7 +322,7 @@ class UpCluster:
         self.info = json.loads(banner.read_text())
 
     def client(self, **kw: Any) -> Client:
-        return Client(self.info["urls"], self.info["token"], **kw)
+        return Client(self.info["urls"], self.info["token"], ca=self.info.get("ca", ""), **kw)
 
     def proc_output(self) -> str:
         """What ``mutirao up`` and its children printed (stdout and stderr)."""

@@ -165,6 +165,9 @@ def test_leadership_of_a_lease() -> None:
     assert leadership_of(lease("o-1"), "mutirao-orchestrator-headless", 7000) == Leadership(
         "o-1", "http://o-1.mutirao-orchestrator-headless:7000", 3
     )
+    assert leadership_of(lease("o-1"), "headless", 7000, "https") == Leadership(
+        "o-1", "https://o-1.headless:7000", 3
+    )
     assert leadership_of(lease("")) is None  # released
     assert leadership_of({"metadata": {"name": "x"}}) is None
 

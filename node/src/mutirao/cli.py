@@ -12,13 +12,14 @@ import fcntl
 import gc
 import importlib
 import logging
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mutirao import logs
+from mutirao import logs, tls
 from mutirao.auth import ADMIN, JOIN_TOKEN_FILE, ROLES, SUBMITTER
 from mutirao.client import commands, credentials, top, users
 from mutirao.client.http import ApiError, Client, Unreachable
@@ -133,6 +134,27 @@ def _common_client(parser: argparse.ArgumentParser) -> None:
 
 
 def _common_server(parser: argparse.ArgumentParser) -> None:
+    _flag(
+        parser,
+        "--tls-cert",
+        setting="tls.cert",
+        help="PEM certificate to serve HTTPS with and present to other nodes [plain HTTP]",
+    )
+    _flag(parser, "--tls-key", setting="tls.key", help="PEM private key of --tls-cert")
+    _flag(
+        parser,
+        "--tls-ca",
+        setting="tls.ca",
+        help="PEM authority the other nodes' certificates are checked with [system's]",
+    )
+    parser.add_argument(
+        "--tls-client-auth",
+        dest=_SETTING + "tls.client_auth",
+        action="store_const",
+        const=True,
+        default=None,
+        help="mutual TLS: the worker socket and replication need a node certificate",
+    )
     _flag(parser, "--log-level", setting="log.level", help="DEBUG, INFO, WARNING... [INFO]")
     _flag(
         parser,
@@ -295,20 +317,28 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--once", action="store_true", help="print one screen and exit")
 
 
-def client_settings(args: argparse.Namespace) -> tuple[list[str], str]:
-    """URLs and token: flags, then environment, then what `mutirao login` saved."""
+def client_settings(args: argparse.Namespace) -> credentials.Target:
+    """URLs, token and CA: flags, then environment, then what `mutirao login` saved, then
+    the ``cluster.json`` of a `mutirao up` run from here."""
     env = from_env()
-    defaults = Settings()
     saved = credentials.load()
-    saved_urls = saved.get("urls")
+    local = credentials.local_cluster()
     if args.url:
         urls = _url_list(args.url)
-    elif env.urls == defaults.urls and isinstance(saved_urls, list) and saved_urls:
-        urls = [str(u) for u in saved_urls]
-    else:
+    elif env.urls != Settings().urls:
         urls = env.urls
+    else:
+        urls = next(
+            ([str(u) for u in found] for found in (saved.get("urls"), local.get("urls"))
+             if isinstance(found, list) and found),
+            env.urls,
+        )  # fmt: skip
     token = getattr(args, "token", None) or env.token or saved.get("token")
-    return urls, str(token or "")
+    # A saved or local CA belongs to the URLs it came with.
+    ca = env.tls.ca or next(
+        (str(d.get("ca") or "") for d in (saved, local) if d.get("urls") == urls), ""
+    )
+    return credentials.Target(urls, str(token or ""), ca)
 
 
 KEY_HOLDER = "cluster-admin"
@@ -331,16 +361,20 @@ def _client_runner(
     fn: Callable[[Client, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        urls, token = client_settings(args)
-        if not token and args.command == "user":
-            token = _key_holder_token()
+        target = client_settings(args)
+        if not target.token and args.command == "user":
+            target = target._replace(token=_key_holder_token())
         if args.command == "submit" and args.count < 1:
             raise SystemExit("error: --count must be at least 1")
 
         async def go() -> int:
-            refresh = credentials.refresh_for(token)
+            refresh = credentials.refresh_for(target.token)
             async with Client(
-                urls, token, refresh_token=refresh, on_refresh=credentials.renewed
+                target.urls,
+                target.token,
+                refresh_token=refresh,
+                on_refresh=credentials.renewed,
+                ca=target.ca,
             ) as client:
                 return await fn(client, args)
 
@@ -392,9 +426,11 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     private_dir(settings.data_dir)
     lock = _lock_data_dir(settings.data_dir)
     orch = Orchestrator(validate(settings), make_lease(settings))
+    ssl_context = _server_tls(settings)
     log.info(
-        "orchestrator %s serving http://%s:%d (data dir %s)",
+        "orchestrator %s serving %s://%s:%d (data dir %s)",
         settings.node_id,
+        tls.scheme(settings.tls),
         settings.host,
         settings.port,
         settings.data_dir.resolve(),
@@ -403,13 +439,21 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     try:
         refused = orch.metrics.connections_refused
         guard = Guard(settings.limits, lambda reason: refused.labels(reason).inc())
-        serve(create_app(orch), listen(settings.host, settings.port), guard)
+        sock = listen(settings.host, settings.port)
+        serve(create_app(orch), sock, guard, ssl_context=ssl_context)
     except RecoveryError as exc:
         log.critical("%s", exc)
         raise SystemExit(f"error: {exc}") from None
     log.info("orchestrator %s stopped", settings.node_id)
     lock.close()
     return 0
+
+
+def _server_tls(settings: Settings) -> ssl.SSLContext | None:
+    try:
+        return tls.server_context(validate(settings).tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"error: cannot load --tls-cert/--tls-key/--tls-ca: {exc}") from None
 
 
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
@@ -477,9 +521,10 @@ def _run_worker(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"error: --pool must be processes or threads, not {settings.worker.pool!r}"
         )
+    ssl_context = _server_tls(settings)
     node = WorkerNode(settings, REGISTRY, token)
     sock = listen(settings.host, settings.worker.port)
-    node.url = f"http://{settings.host}:{sock.getsockname()[1]}"
+    node.url = f"{tls.scheme(settings.tls)}://{settings.host}:{sock.getsockname()[1]}"
     log.info(
         "worker %s (%d slots, types %s) status at %s, orchestrator(s) %s",
         node.id,
@@ -489,7 +534,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         ",".join(settings.urls),
     )
     _tune_gc()
-    serve(create_app(node), sock, Guard(settings.limits))
+    serve(create_app(node), sock, Guard(settings.limits), ssl_context=ssl_context)
     log.info("worker %s stopped", node.id)
     return 0
 
@@ -561,8 +606,7 @@ def _run_user_add(args: argparse.Namespace) -> int:
 def _run_shell(args: argparse.Namespace) -> int:
     from mutirao.client.shell import run_shell
 
-    urls, token = client_settings(args)
-    return run_shell(urls, token)
+    return run_shell(client_settings(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 from mutirao.client.commands import worker_table
+from mutirao.client.credentials import CLUSTER_FILE
 from mutirao.client.http import Client
-from mutirao.launcher import CLUSTER_FILE
 
 
 def _pid_listening(url: str) -> int:

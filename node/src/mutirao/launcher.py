@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,8 +40,11 @@ from mutirao.auth import (
     UserStore,
     read_or_create_secret,
 )
+from mutirao.client.credentials import CLUSTER_FILE
+from mutirao.private import private_dir
+from mutirao.settings import TlsSettings
+from mutirao.tls import ORCHESTRATOR, WORKER, LocalCa, client_context, local_ca
 
-CLUSTER_FILE = "cluster.json"
 DEV_USER = "dev"
 
 
@@ -90,6 +94,17 @@ def add_up_parser(sub: Any) -> None:
         default=1,
         help="warm spare workers kept started, each ready to replace a worker that dies [1]",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="HTTPS and WSS on every link, with a CA and certificates made in DATA_DIR/tls "
+        "(kept for the next run); cluster.json and the banner say where the CA is",
+    )
+    p.add_argument(
+        "--tls-client-auth",
+        action="store_true",
+        help="--tls, and mutual TLS: workers and the standby must present their certificate",
+    )
     p.add_argument("--log-level", default="INFO", help="children's log level [INFO]")
     p.set_defaults(run=run_up)
 
@@ -132,13 +147,17 @@ class Child:
 
 
 def _poll(
-    request: urllib.request.Request, ok: Callable[[Any], bool], timeout: float, what: str
+    request: urllib.request.Request,
+    ok: Callable[[Any], bool],
+    timeout: float,
+    what: str,
+    context: ssl.SSLContext | None,
 ) -> None:
     """Poll ``request`` until ``ok(json body)``; exit with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(request, timeout=1) as resp:
+            with urllib.request.urlopen(request, timeout=1, context=context) as resp:
                 if ok(json.load(resp)):
                     return
         except (urllib.error.URLError, OSError, ValueError):
@@ -148,16 +167,19 @@ def _poll(
         time.sleep(0.05)
 
 
-def _wait_ready(url: str, timeout: float) -> None:
+def _wait_ready(url: str, timeout: float, context: ssl.SSLContext | None) -> None:
     _poll(
         urllib.request.Request(url + "/readyz"),
         lambda body: body["role"] == "active",
         timeout,
         f"orchestrator at {url} not ready",
+        context,
     )
 
 
-def _wait_workers(url: str, token: str, count: int, timeout: float) -> None:
+def _wait_workers(
+    url: str, token: str, count: int, timeout: float, context: ssl.SSLContext | None
+) -> None:
     request = urllib.request.Request(
         url + "/v1/workers", headers={"Authorization": f"Bearer {token}"}
     )
@@ -166,6 +188,7 @@ def _wait_workers(url: str, token: str, count: int, timeout: float) -> None:
         lambda body: sum(w["state"] == "alive" for w in body["workers"]) >= count,
         timeout,
         f"fewer than {count} workers registered",
+        context,
     )
 
 
@@ -178,6 +201,13 @@ def _dev_credentials(data_dir: Path) -> tuple[str, str]:
     if first:
         UserStore(data_dir / USERS_FILE).add(DEV_USER, password, role=ADMIN, replace=True)
     return DEV_USER, password
+
+
+def _tls_argv(ca: LocalCa | None, role: str, client_auth: bool) -> list[str]:
+    if ca is None:
+        return []
+    argv = ["--tls-cert", str(ca.cert(role)), "--tls-key", str(ca.key(role))]
+    return [*argv, "--tls-ca", str(ca.ca), *(["--tls-client-auth"] if client_auth else [])]
 
 
 def _orchestrator_argv(args: argparse.Namespace, command: str, port: int, data: Path) -> list[str]:
@@ -207,21 +237,9 @@ def _worker_port(host: str, first: int, i: int) -> int:
     return port
 
 
-def run_up(args: argparse.Namespace) -> int:
-    if args.workers < 0 or args.slots < 1:
-        raise SystemExit("error: --workers must be >= 0 and --slots >= 1")
-    root: Path = args.data_dir
-    primary, backup = root / "primary", root / "backup"
-    primary.mkdir(parents=True, exist_ok=True)
-    urls = [f"http://{args.host}:{args.port}"]
-    user, password = _dev_credentials(primary)
-    join_token = read_or_create_secret(root / JOIN_TOKEN_FILE)
-    os.environ["MUTIRAO_AUTH_JOIN_TOKEN"] = join_token  # inherited by every child
-    children = [Child("orchestrator", _orchestrator_argv(args, "orchestrator", args.port, primary))]
-    if not args.no_backup:
-        urls.append(f"http://{args.host}:{args.port + 1}")
-        argv = _orchestrator_argv(args, "backup", args.port + 1, backup)
-        children.append(Child("backup", [*argv, "--url", urls[0]]))
+def _workers(
+    args: argparse.Namespace, urls: list[str], tls_argv: list[str]
+) -> tuple[list[Child], Spares]:
     first_port = args.port + 100 if args.worker_port is None else args.worker_port
     worker_argv = [
         sys.executable, "-m", "mutirao", "worker",
@@ -230,35 +248,68 @@ def run_up(args: argparse.Namespace) -> int:
         "--slots", str(args.slots),
         "--log-dir", str(args.log_dir),
         "--log-level", args.log_level,
+        *tls_argv,
     ]  # fmt: skip
     worker_argv += ["--allow-crash"] if args.allow_crash else []
     for module in args.tasks:
         worker_argv += ["--tasks", module]
+    children = []
     for i in range(1, args.workers + 1):
         port = _worker_port(args.host, first_port, i)
         argv = [*worker_argv, "--id", f"W{i}", "--port", str(port)]
         children.append(Child(f"worker W{i}", argv, assign=f"W{i} {port}"))
-    spares = Spares([*worker_argv, "--spare"], args.spares if args.workers else 0)
+    return children, Spares([*worker_argv, "--spare"], args.spares if args.workers else 0)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.slots < 1:
+        raise SystemExit("error: --workers must be >= 0 and --slots >= 1")
+    root: Path = args.data_dir
+    primary, backup = root / "primary", root / "backup"
+    primary.mkdir(parents=True, exist_ok=True)
+    client_auth = args.tls_client_auth
+    tls_on = args.tls or client_auth
+    if tls_on:
+        private_dir(root / "tls")
+    ca = local_ca(root / "tls", [args.host, socket.gethostname()]) if tls_on else None
+    context = client_context(TlsSettings(ca=str(ca.ca))) if ca else None
+    scheme = "https" if ca else "http"
+    urls = [f"{scheme}://{args.host}:{args.port}"]
+    user, password = _dev_credentials(primary)
+    join_token = read_or_create_secret(root / JOIN_TOKEN_FILE)
+    os.environ["MUTIRAO_AUTH_JOIN_TOKEN"] = join_token  # inherited by every child
+    node_tls = _tls_argv(ca, ORCHESTRATOR, client_auth)
+    argv = _orchestrator_argv(args, "orchestrator", args.port, primary)
+    children = [Child("orchestrator", [*argv, *node_tls])]
+    if not args.no_backup:
+        urls.append(f"{scheme}://{args.host}:{args.port + 1}")
+        argv = [*_orchestrator_argv(args, "backup", args.port + 1, backup), *node_tls]
+        children.append(Child("backup", [*argv, "--url", urls[0]]))
+    workers, spares = _workers(args, urls, _tls_argv(ca, WORKER, client_auth))
+    children += workers
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
         children[0].start()
-        _wait_ready(urls[0], 30)
+        _wait_ready(urls[0], 30, context)
         token = TokenSigner(read_or_create_secret(primary / SECRET_FILE)).mint(
             User(user, ADMIN), time.time(), 30 * 24 * 3600
         )
         for child in children[1:]:
             child.start()
-        _wait_workers(urls[0], token, args.workers, 30)
+        _wait_workers(urls[0], token, args.workers, 30, context)
         spares.fill()
-        _write_cluster_file(root, urls, user, password, token)
+        ca_file = str(ca.ca.resolve()) if ca else ""
+        info = {"urls": urls, "user": user, "password": password, "token": token, "ca": ca_file}
+        _write_cluster_file(root, info)
         print(
             _banner(
                 urls,
                 user,
                 password,
                 token,
+                ca=ca_file,
                 workers=args.workers,
                 data_dir=root,
                 log_dir=args.log_dir,
@@ -276,13 +327,11 @@ def run_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_cluster_file(
-    data_dir: Path, urls: list[str], user: str, password: str, token: str
-) -> None:
+def _write_cluster_file(data_dir: Path, info: dict[str, Any]) -> None:
     path = data_dir / CLUSTER_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"urls": urls, "user": user, "password": password, "token": token}, fh)
+        json.dump({k: v for k, v in info.items() if v}, fh)
 
 
 def _banner(
@@ -291,21 +340,24 @@ def _banner(
     password: str,
     token: str,
     *,
+    ca: str,
     workers: int,
     data_dir: Path,
     log_dir: Path,
 ) -> str:
     standby = f", hot standby {urls[1]}" if len(urls) > 1 else " (no standby)"
+    trust = f"\n  export MUTIRAO_TLS_CA={ca}" if ca else ""
+    curl = f"curl -s --cacert {ca}" if ca else "curl -s"
     return f"""
 Mutirão is up: active orchestrator {urls[0]}{standby}, {workers} worker(s).
   data dir {data_dir.resolve()}   logs {log_dir.resolve()}
 Development login: user {user!r}, password {password!r}. In another terminal:
-  export MUTIRAO_URL={",".join(urls)}
+  export MUTIRAO_URL={",".join(urls)}{trust}
   mutirao login --user {user}              # or: export MUTIRAO_TOKEN={token}
   mutirao submit echo --payload '"hello"' --wait
   mutirao cluster                          # leader, epoch, standby lag, workers
   mutirao top                              # live view: load, heartbeat age, queue
-  curl -s {urls[0]}/metrics | grep ^mutirao_   # Prometheus metrics, docs/metrics.md
+  {curl} {urls[0]}/metrics | grep ^mutirao_   # Prometheus metrics, docs/metrics.md
 Press Ctrl-C to stop everything."""
 
 

@@ -75,6 +75,22 @@ class LimitSettings:
 
 
 @dataclass
+class TlsSettings:
+    cert: str = ""
+    """PEM certificate (chain) this node serves HTTPS with, and presents as a client to
+    other nodes; empty: plain HTTP. Its subject's OU names the role (``orchestrator`` or
+    ``worker``) that ``client_auth`` checks."""
+    key: str = ""
+    """PEM private key of ``cert`` (if not in the same file)."""
+    ca: str = ""
+    """PEM bundle of the authorities that signed the servers' (and with ``client_auth``
+    the nodes') certificates; empty: the system's."""
+    client_auth: bool = False
+    """Mutual TLS: the worker socket, replication and a worker's switch endpoint need a
+    client certificate from ``ca`` with the right role (orchestrators and workers)."""
+
+
+@dataclass
 class TaskDefaults:
     max_attempts: int = 3
     """Attempts before a task fails for good (worker deaths count as attempts)."""
@@ -163,6 +179,7 @@ class Settings:
     journal: JournalSettings = field(default_factory=JournalSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     tasks: TaskDefaults = field(default_factory=TaskDefaults)
     log: LogSettings = field(default_factory=LogSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
@@ -170,7 +187,8 @@ class Settings:
 
     @property
     def advertised_url(self) -> str:
-        return self.ha.url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls.cert else "http"
+        return self.ha.url or f"{scheme}://{self.host}:{self.port}"
 
 
 def validate(settings: Settings) -> Settings:
@@ -186,6 +204,9 @@ def validate(settings: Settings) -> Settings:
         )
     if not 0 <= settings.tasks.retention < math.inf:
         raise SettingsError(f"tasks.retention must be >= 0 s, not {settings.tasks.retention}")
+    tls = settings.tls
+    if tls.client_auth and not (tls.cert and tls.ca):
+        raise SettingsError("tls.client_auth needs tls.cert and tls.ca (the nodes' authority)")
     if hb.interval >= hb.timeout:
         raise SettingsError(
             f"heartbeat.interval ({hb.interval}) must be below heartbeat.timeout ({hb.timeout})"

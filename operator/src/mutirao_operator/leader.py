@@ -21,7 +21,9 @@ class Leadership:
     epoch: int
 
 
-def leadership_of(lease: Mapping[str, Any], service: str = "", port: int = 0) -> Leadership | None:
+def leadership_of(
+    lease: Mapping[str, Any], service: str = "", port: int = 0, scheme: str = "http"
+) -> Leadership | None:
     """Who holds the Lease, or None while nobody does (never taken, or released).
 
     Without a URL in the Lease, the holder is reached through the headless ``service``.
@@ -33,7 +35,7 @@ def leadership_of(lease: Mapping[str, Any], service: str = "", port: int = 0) ->
     annotations = (lease.get("metadata") or {}).get("annotations") or {}
     url = annotations.get(URL_ANNOTATION) or ""
     if not url and service:
-        url = f"http://{holder}.{service}:{port}"
+        url = f"{scheme}://{holder}.{service}:{port}"
     return Leadership(holder, url, int(spec.get("leaseTransitions") or 0))
 
 

@@ -32,6 +32,7 @@ class Orchestrators:
             settings.token,
             retry_for=settings.retry_for,
             timeout=settings.poll_wait + settings.retry_for,
+            ca=settings.ca,
         )
         self.epoch = 0
         """The leader's epoch, as the Lease (or the orchestrator) last said."""

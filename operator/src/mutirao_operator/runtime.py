@@ -243,7 +243,7 @@ class Runtime:
     async def on_lease(self, lease: Mapping[str, Any]) -> list[Notice]:
         """The Lease changed (or was renewed): follow a new holder and label its pod."""
         s = self.settings
-        lead = leadership_of(lease, s.orchestrator_service, s.orchestrator_port)
+        lead = leadership_of(lease, s.orchestrator_service, s.orchestrator_port, s.scheme)
         if lead is None:
             return []
         notices = []

@@ -57,6 +57,13 @@ class OperatorSettings:
     """Longest long-poll (``result?wait=``) for a running Task, in seconds."""
     retry_for: float = 10.0
     """Seconds one API call keeps trying the known orchestrators before giving up."""
+    ca: str = ""
+    """``MUTIRAO_TLS_CA``: PEM file of the authority of the orchestrators' certificates; set,
+    the orchestrators are spoken to over HTTPS (and checked against it)."""
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ca else "http"
 
     def validate(self) -> OperatorSettings:
         if not self.urls:
@@ -74,6 +81,7 @@ _ENV = {
     "urls": "MUTIRAO_URL",
     "token": "MUTIRAO_TOKEN",
     "token_secret": "MUTIRAO_AUTH_TOKEN_SECRET",
+    "ca": "MUTIRAO_TLS_CA",
 }
 
 

@@ -81,7 +81,7 @@ async def login(client: Client, args: argparse.Namespace) -> int:
     if args.print_token:
         print(token)
         return 0
-    path = credentials.save(client.urls, token, user, client.refresh_token)
+    path = credentials.save(client.urls, token, user, client.refresh_token, client.ca)
     print(f"logged in as {user}; tokens saved to {path}", file=sys.stderr)
     return 0
 

@@ -4,8 +4,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
+
+
+class Target(NamedTuple):
+    """Where a client command goes, as whom, and the authority (a PEM file) the servers'
+    certificates are checked with (empty: the system's)."""
+
+    urls: list[str]
+    token: str
+    ca: str
+
+
+CLUSTER_FILE = "cluster.json"
+"""What ``mutirao up`` writes at the top of its data dir: URLs, the development login, the
+CA file with ``--tls``."""
+
+
+def local_cluster() -> dict[str, object]:
+    """The ``cluster.json`` of a ``mutirao up`` run from here (``$MUTIRAO_DATA_DIR``, else
+    ``./mutirao-data``), or ``{}``."""
+    path = Path(os.environ.get("MUTIRAO_DATA_DIR") or "mutirao-data") / CLUSTER_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def config_dir() -> Path:
@@ -16,13 +42,15 @@ def config_dir() -> Path:
     return Path(base) / "mutirao"
 
 
-def save(urls: list[str], token: str, user: str, refresh_token: str = "") -> Path:
+def save(urls: list[str], token: str, user: str, refresh_token: str = "", ca: str = "") -> Path:
+    """Keep a login: where (``urls``, and ``ca``, the authority their certificates are
+    checked with), who, and the tokens."""
     path = config_dir() / "credentials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         doc = {"urls": urls, "token": token, "user": user, "refresh_token": refresh_token}
-        fh.write(orjson.dumps(doc))
+        fh.write(orjson.dumps({**doc, "ca": ca} if ca else doc))
     return path
 
 
@@ -31,8 +59,8 @@ def renewed(token: str) -> None:
     saved = load()
     if saved:
         urls, user = saved.get("urls"), saved.get("user")
-        refresh = str(saved.get("refresh_token") or "")
-        save(urls if isinstance(urls, list) else [], token, str(user or ""), refresh)
+        refresh, ca = str(saved.get("refresh_token") or ""), str(saved.get("ca") or "")
+        save(urls if isinstance(urls, list) else [], token, str(user or ""), refresh, ca)
 
 
 def refresh_for(token: str) -> str:

@@ -7,6 +7,7 @@ reached or answers that it is not ready, so callers follow the active orchestrat
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,6 +20,8 @@ import orjson
 from mutirao.client.errors import ApiError, Unreachable
 from mutirao.client.session import Session
 from mutirao.protocol import TaskBrief, TaskView, UserView, WorkerView
+from mutirao.settings import TlsSettings
+from mutirao.tls import client_context
 
 __all__ = ["ApiError", "Client", "Unreachable"]
 """The errors are defined in :mod:`mutirao.client.errors` and offered here too."""
@@ -34,9 +37,11 @@ class Client:
         on_refresh: Callable[[str], None] | None = None,
         retry_for: float = 10.0,
         timeout: float = 90.0,
+        ca: str = "",
     ) -> None:
         """``refresh_token`` (from a login) renews ``token`` when it expires; ``on_refresh``
-        is then called with the new one (the CLI saves it)."""
+        is then called with the new one (the CLI saves it). ``ca``: the PEM file of the
+        authority ``https`` orchestrators are checked against (default: the system's)."""
         if not urls:
             raise ValueError("at least one orchestrator URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
@@ -47,10 +52,13 @@ class Client:
         self._current = 0
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._http: aiohttp.ClientSession | None = None
+        self.ca = ca
+        context = client_context(TlsSettings(ca=ca))
+        self._ssl: ssl.SSLContext | bool = context if context is not None else True
 
     async def __aenter__(self) -> Client:
         self._http = aiohttp.ClientSession(
-            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256)
+            timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256, ssl=self._ssl)
         )
         return self
 
@@ -106,6 +114,8 @@ class Client:
                     if resp.status not in (421, 503):
                         raise ApiError(resp.status, body)
                     problem = f"{self.url}: {body.get('message', 'not ready')}"
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise self._untrusted(exc) from None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 problem = f"{self.url}: {exc or type(exc).__name__}"
             pause = await self._next_url(deadline, problem, pause)
@@ -129,9 +139,18 @@ class Client:
                 if exc.status not in (421, 503):
                     raise ApiError(exc.status, {"message": exc.message}) from None
                 problem = f"{self.url}: HTTP {exc.status}"
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise self._untrusted(exc) from None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 problem = f"{self.url}: {exc or type(exc).__name__}"
             pause = await self._next_url(deadline, problem, pause)
+
+    def _untrusted(self, exc: aiohttp.ClientConnectorCertificateError) -> Unreachable:
+        """A certificate the client does not trust will not be trusted on a retry either."""
+        return Unreachable(
+            f"{self.url}: its certificate is not trusted ({exc.certificate_error}); give the "
+            "cluster's CA in MUTIRAO_TLS_CA (`mutirao up --tls` writes DATA_DIR/tls/ca.pem)"
+        )
 
     async def _next_url(self, deadline: float, problem: str, pause: float) -> float:
         """After a failed try: give up past ``deadline``, else move on to the next URL after

@@ -33,9 +33,16 @@ class _Auth:
     refresh: str
 
 
-async def _one(urls: list[str], auth: _Auth, fn: Callable[[Client], Awaitable[Any]]) -> Any:
+async def _one(
+    target: credentials.Target, auth: _Auth, fn: Callable[[Client], Awaitable[Any]]
+) -> Any:
     async with Client(
-        urls, auth.token, refresh_token=auth.refresh, on_refresh=credentials.renewed, retry_for=3
+        target.urls,
+        auth.token,
+        refresh_token=auth.refresh,
+        on_refresh=credentials.renewed,
+        retry_for=3,
+        ca=target.ca,
     ) as client:
         try:
             return await fn(client)
@@ -43,9 +50,9 @@ async def _one(urls: list[str], auth: _Auth, fn: Callable[[Client], Awaitable[An
             auth.token, auth.refresh = client.token, client.refresh_token
 
 
-def run_shell(urls: list[str], token: str) -> int:
-    auth = _Auth(token, credentials.refresh_for(token))
-    print(f"Mutirão client for {', '.join(urls)}. Type 'help' for commands.")
+def run_shell(target: credentials.Target) -> int:
+    auth = _Auth(target.token, credentials.refresh_for(target.token))
+    print(f"Mutirão client for {', '.join(target.urls)}. Type 'help' for commands.")
     while True:
         try:
             line = input("mutirao> ").strip()
@@ -63,22 +70,22 @@ def run_shell(urls: list[str], token: str) -> int:
         if command in ("quit", "exit"):
             return 0
         try:
-            _dispatch(urls, auth, command, rest)
+            _dispatch(target, auth, command, rest)
         except (ApiError, Unreachable) as exc:
             print(f"error: {exc}")
         except (ValueError, IndexError) as exc:
             print(f"error: {exc}; type 'help'")
 
 
-def _dispatch(urls: list[str], auth: _Auth, command: str, rest: list[str]) -> None:
+def _dispatch(target: credentials.Target, auth: _Auth, command: str, rest: list[str]) -> None:
     def run(fn: Callable[[Client], Awaitable[Any]]) -> Any:
-        return asyncio.run(_one(urls, auth, fn))
+        return asyncio.run(_one(target, auth, fn))
 
     if command == "login":
         user = rest[0] if rest else input("User: ")
         password = getpass.getpass("Password: ")
         run(lambda c: c.login(user, password))
-        credentials.save(urls, auth.token, user, auth.refresh)
+        credentials.save(target.urls, auth.token, user, auth.refresh, target.ca)
         print(f"logged in as {user}")
     elif command == "submit":
         payload = orjson.loads(rest[1]) if len(rest) > 1 else None

@@ -16,7 +16,7 @@ def make_lease(settings: Settings) -> LeaseBackend:
     if ha.backend == "file":
         return FileLease(ha.lease_dir, settings.node_id, ha.lease_duration)
     if ha.backend == "peer":
-        return PeerLease(settings.node_id, ha.peers, ha.lease_duration)
+        return PeerLease(settings.node_id, ha.peers, ha.lease_duration, settings.tls)
     if ha.backend == "kubernetes":
         # Imported here: only this backend needs the kubernetes client.
         from mutirao.ha.kubernetes_lease import KubernetesLease

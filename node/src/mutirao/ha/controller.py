@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 
-from mutirao import protocol
+from mutirao import protocol, tls
 from mutirao.errors import ProtocolError
 from mutirao.ha.lease import Lease, Tenure, may_take
 from mutirao.ha.replication import Replica
@@ -270,7 +270,7 @@ class Controller:
         body = {"url": orch.url, "epoch": epoch}
         headers = {protocol.JOIN_TOKEN_HEADER: orch.join_token}
         timeout = aiohttp.ClientTimeout(total=1.0)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with tls.http_session(orch.settings.tls, timeout=timeout) as http:
 
             async def call(wid: str, url: str) -> None:
                 if wid in orch.links or not url:
@@ -291,6 +291,7 @@ class Controller:
     async def replication_socket(self, request: web.Request) -> web.StreamResponse:
         orch = self.orch
         require_secret(request, protocol.PEER_TOKEN_HEADER, orch.peer_token, "peer token")
+        tls.require_role(request, orch.settings.tls, tls.ORCHESTRATOR)
         self.roles.require_active()
         ws = web.WebSocketResponse(max_msg_size=0)
         await ws.prepare(request)
@@ -366,7 +367,7 @@ class Controller:
         """Peer lease: wait until ``replica`` can no longer take over (see _drop_replica)."""
         orch, roles = self.orch, self.roles
         timeout = aiohttp.ClientTimeout(total=max(0.2, self.ha.retry_interval))
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with tls.http_session(orch.settings.tls, timeout=timeout) as http:
             while roles.role is Role.ACTIVE and orch.hub.replicas.get(replica.node) is replica:
                 try:
                     async with http.get(replica.url.rstrip("/") + protocol.HA_PATH) as resp:

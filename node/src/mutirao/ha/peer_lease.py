@@ -22,6 +22,8 @@ import aiohttp
 
 from mutirao.ha.lease import Lease, may_take, next_lease, renewed
 from mutirao.protocol import HA_PATH, HaView
+from mutirao.settings import TlsSettings
+from mutirao.tls import http_session
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,11 @@ class PeerLease:
     """No record outside this process: a standby that drops may still be alive and take
     over after one lease duration, so the active waits that long before going on alone."""
 
-    def __init__(self, node: str, peers: Sequence[str], duration: float) -> None:
+    def __init__(
+        self, node: str, peers: Sequence[str], duration: float, tls: TlsSettings | None = None
+    ) -> None:
         self.node = node
+        self.tls = tls or TlsSettings()
         self.peers = [p.rstrip("/") for p in peers]
         self.duration = duration
         self._view: Lease | None = None
@@ -44,7 +49,7 @@ class PeerLease:
 
     async def _views(self) -> list[HaView]:
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5))
+            self._http = http_session(self.tls, timeout=aiohttp.ClientTimeout(total=0.5))
 
         async def ask(peer: str) -> HaView | None:
             assert self._http is not None

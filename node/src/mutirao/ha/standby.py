@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import msgspec
 
-from mutirao import protocol
+from mutirao import protocol, tls
 from mutirao.errors import ProtocolError
 from mutirao.ha.lease import Lease
 from mutirao.ha.role import Role
@@ -74,7 +74,7 @@ class Standby:
         orch = self.orch
         pause = 0.05
         failures = 0
-        async with aiohttp.ClientSession() as http:
+        async with tls.http_session(orch.settings.tls) as http:
             while True:
                 try:
                     async with http.ws_connect(

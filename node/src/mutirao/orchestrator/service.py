@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from mutirao import protocol
+from mutirao import protocol, tls
 from mutirao.audit import audit
 from mutirao.auth import (
     JOIN_TOKEN_FILE,
@@ -435,6 +435,7 @@ class Orchestrator:
 
     async def worker_socket(self, request: web.Request) -> web.StreamResponse:
         require_secret(request, protocol.JOIN_TOKEN_HEADER, self.join_token, "worker join token")
+        tls.require_role(request, self.settings.tls, tls.WORKER)
         self.roles.require_active()
         ws = web.WebSocketResponse(max_msg_size=self.settings.limits.max_request_bytes)
         await ws.prepare(request)

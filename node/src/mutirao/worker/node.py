@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 from aiohttp import web
 
-from mutirao import protocol
-from mutirao.errors import ProtocolError
+from mutirao import protocol, tls
+from mutirao.errors import ForbiddenError, ProtocolError
 from mutirao.metrics import respond
 from mutirao.protocol import AttemptRef, ResultItem
 from mutirao.registry import Registry
@@ -97,7 +97,7 @@ class WorkerNode:
     async def _connect_loop(self) -> None:
         backoff = 0.05
         urls = itertools.cycle(self.settings.urls)
-        async with aiohttp.ClientSession() as http:
+        async with tls.http_session(self.settings.tls) as http:
             while True:
                 base = self._next_url(urls)
                 self._connecting_to = base
@@ -113,7 +113,18 @@ class WorkerNode:
                         await self._session(base, ws)
                 except aiohttp.WSServerHandshakeError as exc:
                     # 421: a standby; the next URL is worth trying at once.
-                    log.info("orchestrator %s refused: HTTP %d", base, exc.status)
+                    if exc.status in (401, 403):
+                        log.warning(
+                            "orchestrator %s refused this worker: HTTP %d; it needs the "
+                            "cluster's join token%s",
+                            base,
+                            exc.status,
+                            " and, with mutual TLS, this worker's certificate (--tls-cert)"
+                            if exc.status == 403
+                            else "",
+                        )
+                    else:
+                        log.info("orchestrator %s refused: HTTP %d", base, exc.status)
                     if exc.status == 421:
                         backoff = 0.02
                 except (aiohttp.ClientError, OSError, ProtocolError, TimeoutError) as exc:
@@ -295,6 +306,10 @@ async def switch(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "unauthorized", "message": "wrong join token"}, status=401
         )
+    try:
+        tls.require_role(request, node.settings.tls, tls.ORCHESTRATOR)
+    except ForbiddenError as exc:
+        return web.json_response(exc.to_json(), status=exc.status)
     try:
         body = await request.json()
         url, epoch = str(body["url"]), int(body["epoch"])
