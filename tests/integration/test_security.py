@@ -12,8 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from mutirao.client.http import Client
+from mutirao.client.http import ApiError, Client
 from tests.integration.cluster import LocalCluster, eventually
 from tests.integration.scrape import scrape, total
 from tests.integration.test_cli import cli_env, mutirao
@@ -247,3 +248,28 @@ async def test_slow_clients_are_cut_off_and_one_address_cannot_hog_connections(
     assert total(samples, refused, reason="body_timeout") == 100
     assert total(samples, refused, reason="header_timeout") == 50
     assert total(samples, refused, reason="per_address") == 50
+
+
+async def test_the_operator_token_submits_and_reads_its_own_tasks_and_nothing_else(
+    cluster: LocalCluster,
+) -> None:
+    """The chart gives the operator this static token instead of the token-signing key
+    (which could mint an admin): it acts as the submitter ``mutirao-operator``."""
+    cluster.env_extra["MUTIRAO_AUTH_OPERATOR_TOKEN"] = "operator-secret-for-tests"
+    await cluster.start("W1")
+    async with cluster.client("operator-secret-for-tests") as operator:
+        done = await operator.submit("echo", "from a Task", wait=10)
+        assert (done["state"], done["owner"]) == ("succeeded", "mutirao-operator"), done
+        assert [t["id"] for t in await operator.tasks()] == [done["id"]]
+        for admin_only in (operator.users, operator.workers, operator.cluster):
+            with pytest.raises(ApiError) as refused:
+                await admin_only()
+            assert refused.value.status == 403, admin_only
+    async with cluster.client(cluster.token()) as admin:
+        other = await admin.submit("echo", "not the operator's", wait=10)
+    async with cluster.client("operator-secret-for-tests") as operator:
+        assert other["id"] not in [t["id"] for t in await operator.tasks()]
+    async with cluster.client("operator-secret-for-test") as wrong:
+        with pytest.raises(ApiError) as refused:
+            await wrong.tasks()
+        assert refused.value.status == 401

@@ -290,8 +290,12 @@ def test_leader_routing_names_agree(rendered: dict[str, str]) -> None:
     )
     assert selector == pod_labels
     assert operator["MUTIRAO_URL"] == "http://mutirao-orchestrator:7000"
-    # The operator mints API tokens with the key the orchestrators check them with.
-    assert operator["MUTIRAO_AUTH_TOKEN_SECRET"] == env_of(sts)["MUTIRAO_AUTH_TOKEN_SECRET"]
+    # The operator has a token of its own, which the orchestrators take; never their key.
+    assert operator["MUTIRAO_TOKEN"] == env_of(sts)["MUTIRAO_AUTH_OPERATOR_TOKEN"]
+    assert operator["MUTIRAO_TOKEN"] == {
+        "secretKeyRef": {"name": "mutirao-join-token", "key": "operator-token"}
+    }
+    assert "MUTIRAO_AUTH_TOKEN_SECRET" not in operator
 
 
 def test_workers(rendered: dict[str, str]) -> None:
@@ -391,6 +395,37 @@ def test_service_monitor(rendered: dict[str, str]) -> None:
     assert not [o for o in documents(rendered["defaults"]) if o["kind"] == "ServiceMonitor"]
 
 
+def test_image_digests_pin_the_images(helm_env: dict[str, str]) -> None:
+    node, operator, tasks = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
+    objects = documents(
+        helm_template(
+            helm_env, [f"--set=image.digest={node}", f"--set=operator.image.digest={operator}"]
+        ).stdout
+    )
+    images = {o["metadata"]["name"]: container(o)["image"] for o in objects if o["kind"] in (
+        "StatefulSet", "Deployment")}  # fmt: skip
+    assert images == {
+        "mutirao-orchestrator": f"mutirao/node@{node}",
+        "mutirao-worker": f"mutirao/node@{node}",
+        "mutirao-operator": f"mutirao/operator@{operator}",
+    }
+    own = documents(
+        helm_template(
+            helm_env,
+            [
+                f"--set=image.digest={node}",
+                "--set=workers.image.repository=registry.example/tasks",
+                f"--set=workers.image.digest={tasks}",
+            ],
+        ).stdout
+    )
+    worker = find(own, "Deployment", "mutirao-worker")
+    assert container(worker)["image"] == f"registry.example/tasks@{tasks}"
+    bad = helm_template(helm_env, ["--set=image.digest=latest"], check=False)
+    assert bad.returncode != 0
+    assert "digest" in bad.stderr
+
+
 def test_rbac_is_least_privilege(rendered: dict[str, str]) -> None:
     objects = documents(rendered["defaults"])
     roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
@@ -409,8 +444,12 @@ def test_rbac_is_least_privilege(rendered: dict[str, str]) -> None:
     operator = find(objects, "Role", "mutirao-operator")
     assert {(r["resources"][0], tuple(r["verbs"])) for r in operator["rules"]} == {
         ("leases", ("get", "list", "watch")),
-        ("pods", ("get", "list", "patch")),
+        ("pods", ("get", "list")),
+        ("pods", ("patch",)),
     }
+    [patch] = [r for r in operator["rules"] if r["verbs"] == ["patch"]]
+    # Only the orchestrator pods may be labelled, by name.
+    assert patch["resourceNames"] == ["mutirao-orchestrator-0", "mutirao-orchestrator-1"]
     cluster = find(objects, "ClusterRole", "mutirao-operator-mutirao")
     resources = {res for r in cluster["rules"] for res in r["resources"]}
     assert resources == {"customresourcedefinitions", "tasks", "tasks/status", "events", "leases"}
@@ -423,7 +462,8 @@ def test_join_token_secret(helm_env: dict[str, str], rendered: dict[str, str]) -
     assert len(secret["data"]["token"]) == 64  # base64 of 48 random characters
     assert len(secret["data"]["token-secret"]) == 64
     assert len(secret["data"]["peer-token"]) == 64
-    assert len(set(secret["data"].values())) == 3
+    assert len(secret["data"]["operator-token"]) == 64
+    assert len(set(secret["data"].values())) == 4
 
     given = helm_template(helm_env, ["--set=auth.joinToken.value=a-fixed-token-of-some-length"])
     secret = find(documents(given.stdout), "Secret", "mutirao-join-token")
@@ -662,9 +702,11 @@ def test_hadolint(dockerfile: str) -> None:
 @pytest.mark.parametrize("dockerfile", ["node/Dockerfile", "operator/Dockerfile"])
 def test_images_are_slim_non_root_with_health_checks(dockerfile: str) -> None:
     text = (ROOT / dockerfile).read_text()
+    # The base is an argument (so a digest can pin it), slim by default.
+    assert "\nARG PYTHON_IMAGE=python:3.11-slim\n" in text
     stages = [line for line in text.splitlines() if line.startswith("FROM ")]
-    assert stages == ["FROM python:3.11-slim AS builder", "FROM python:3.11-slim"]
-    final = text.split("\nFROM python:3.11-slim\n", 1)[1]
+    assert stages == ["FROM ${PYTHON_IMAGE} AS builder", "FROM ${PYTHON_IMAGE}"]
+    final = text.split("\nFROM ${PYTHON_IMAGE}\n", 1)[1]
     assert "USER 10001:10001" in final
     assert "HEALTHCHECK" in final
     assert "urllib.request.urlopen" in final

@@ -83,15 +83,24 @@ http://{{ include "mutirao.orchestrator.name" . }}:{{ .Values.orchestrator.port 
 {{- end }}
 {{- end }}
 
+{{/* repository@digest when a digest is given (it pins the image), else repository:tag. */}}
 {{- define "mutirao.image" -}}
-{{- $tag := default .root.Chart.AppVersion .image.tag }}
-{{- printf "%s:%s" .image.repository $tag }}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "mutirao.worker.image" -}}
-{{- $repository := default .Values.image.repository .Values.workers.image.repository }}
-{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.workers.image.tag }}
-{{- printf "%s:%s" $repository $tag }}
+{{- $own := .Values.workers.image }}
+{{- $repository := default .Values.image.repository $own.repository }}
+{{- $digest := $own.digest }}
+{{- if and (not $digest) (eq $repository .Values.image.repository) (not $own.tag) }}
+{{- $digest = .Values.image.digest }}
+{{- end }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $own.tag }}
+{{- include "mutirao.image" (dict "root" . "image" (dict "repository" $repository "tag" $tag "digest" $digest)) }}
 {{- end }}
 
 {{/* prometheus.io annotations for a pod serving /metrics on `port`. */}}

@@ -49,6 +49,12 @@ class AuthSettings:
     secret and password hash): never given to workers. If empty with the ``file`` lease, a
     generated one in the lease dir; the ``peer`` and ``kubernetes`` backends need it set,
     the same on every orchestrator."""
+    operator_token: str = ""
+    """A static bearer token for the Kubernetes operator: it acts as ``operator_user``
+    with the ``submitter`` role (its own Tasks, nothing else), so the operator never needs
+    the token-signing key. Empty: no such token."""
+    operator_user: str = "mutirao-operator"
+    """Who ``operator_token`` authenticates as (the owner of the Tasks' tasks)."""
     token_secret: str = ""
     """Key that signs login tokens. If empty, the journal's (which the first leader
     generated). Set it (from a Kubernetes Secret, say) to share it with a client that mints
