@@ -99,6 +99,8 @@ class LocalCluster:
     procs: list[Proc] = field(default_factory=list)
     env_extra: dict[str, str] = field(default_factory=dict)
     backup_port: int = field(default_factory=free_port)
+    backup_host: str = "127.0.0.1"
+    """Another loopback address (127.0.0.2) lets the two orchestrators share a port number."""
     has_backup: bool = False
 
     @property
@@ -107,7 +109,7 @@ class LocalCluster:
 
     @property
     def backup_url(self) -> str:
-        return f"http://127.0.0.1:{self.backup_port}"
+        return f"http://{self.backup_host}:{self.backup_port}"
 
     @property
     def urls(self) -> list[str]:
@@ -165,6 +167,7 @@ class LocalCluster:
             "backup",
             [
                 "backup",
+                "--host", self.backup_host,
                 "--port", str(self.backup_port),
                 "--data-dir", str(self.root / "backup-data"),
                 "--url", self.url,

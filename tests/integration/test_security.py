@@ -14,8 +14,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mutirao import protocol
 from mutirao.client.http import ApiError, Client
-from tests.integration.cluster import LocalCluster, eventually
+from tests.integration.cluster import LocalCluster, eventually, free_port
 from tests.integration.scrape import scrape, total
 from tests.integration.test_cli import cli_env, mutirao
 
@@ -273,3 +274,31 @@ async def test_the_operator_token_submits_and_reads_its_own_tasks_and_nothing_el
         with pytest.raises(ApiError) as refused:
             await wrong.tasks()
         assert refused.value.status == 401
+
+
+async def test_with_a_peer_port_replication_is_served_there_only(cluster: LocalCluster) -> None:
+    """``ha.peer_port`` moves replication off the API port (so a NetworkPolicy can keep it to
+    the orchestrators): the API port no longer serves it, the peer port serves nothing else,
+    and a standby following there takes over after a SIGKILL with nothing lost."""
+    peer_port = free_port()
+    cluster.backup_host = "127.0.0.2"  # both orchestrators listen on the same peer port
+    cluster.env_extra["MUTIRAO_HA_PEER_PORT"] = str(peer_port)
+    await cluster.start_ha("W1")
+    headers = {protocol.PEER_TOKEN_HEADER: cluster.peer_token}
+    async with aiohttp.ClientSession() as http:
+        for api in cluster.urls:
+            async with http.get(api + protocol.REPLICATION_WS_PATH, headers=headers) as resp:
+                assert resp.status == 404, api
+        for host in ("127.0.0.1", "127.0.0.2"):
+            peer = f"http://{host}:{peer_port}"
+            async with http.get(peer + "/v1/tasks", headers=headers) as resp:
+                assert resp.status == 404, peer
+            async with http.get(peer + protocol.REPLICATION_WS_PATH) as resp:
+                assert resp.status == 401, peer  # there, but for the peer token only
+
+    async with cluster.client() as client:
+        tasks = [await client.submit("sleep", 0.2) for _ in range(8)]
+        cluster.proc("orchestrator").kill()
+        views = await client.wait_many([t["id"] for t in tasks], timeout=30)
+        assert [v["state"] for v in views] == ["succeeded"] * 8, views
+        assert (await client.cluster())["url"] == cluster.backup_url

@@ -51,6 +51,11 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set=workers.image.repository=registry.example/mutirao-tasks",
         "--set=workers.image.tag=1.2.3",
     ],
+    "restricted-api": [
+        '--set-json=networkPolicy.apiFrom=[{"namespaceSelector": {"matchLabels": '
+        '{"kubernetes.io/metadata.name": "ingress-nginx"}}}]',
+        "--set-json=networkPolicy.metricsFrom=[]",
+    ],
     "kind-namespaced": [
         "--set=orchestrator.service.type=NodePort",
         "--set=orchestrator.service.nodePort=30700",
@@ -199,6 +204,9 @@ def test_default_install_objects(rendered: dict[str, str]) -> None:
             ("PodDisruptionBudget", "mutirao-orchestrator"),
             ("PodDisruptionBudget", "mutirao-worker"),
             ("ConfigMap", "mutirao-grafana-dashboards"),
+            ("NetworkPolicy", "mutirao-orchestrator"),
+            ("NetworkPolicy", "mutirao-worker"),
+            ("NetworkPolicy", "mutirao-operator"),
         ]
     )
 
@@ -211,7 +219,10 @@ def test_orchestrator_statefulset(rendered: dict[str, str]) -> None:
     pod = sts["spec"]["template"]
     main = container(sts)
     assert main["args"] == ["orchestrator"]
-    assert main["ports"] == [{"name": "http", "containerPort": 7000, "protocol": "TCP"}]
+    assert main["ports"] == [
+        {"name": "http", "containerPort": 7000, "protocol": "TCP"},
+        {"name": "peer", "containerPort": 7001, "protocol": "TCP"},
+    ]
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     # /readyz is 200 on the leader only: a standby must still count as Ready.
     assert main["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -385,7 +396,8 @@ def test_service_monitor(rendered: dict[str, str]) -> None:
         for o in objects
         if o["kind"] == "Service" and wanted.items() <= o["metadata"]["labels"].items()
     ]
-    ports = {p["name"] for s in selected for p in s["spec"]["ports"]}
+    # The orchestrators' peer port (replication) serves no metrics.
+    ports = {p["name"] for s in selected for p in s["spec"]["ports"]} - {"peer"}
     assert {e["port"] for e in monitor["spec"]["endpoints"]} == ports == {"http", "metrics"}
     assert sorted(s["metadata"]["name"] for s in selected) == [
         "mutirao-operator-metrics",
@@ -424,6 +436,61 @@ def test_image_digests_pin_the_images(helm_env: dict[str, str]) -> None:
     bad = helm_template(helm_env, ["--set=image.digest=latest"], check=False)
     assert bad.returncode != 0
     assert "digest" in bad.stderr
+
+
+def _ingress(policy: dict[str, Any]) -> dict[str, list[dict[str, Any]] | None]:
+    """Port name -> who may reach it (None: anyone)."""
+    return {
+        port["port"]: rule.get("from")
+        for rule in policy["spec"]["ingress"]
+        for port in rule["ports"]
+    }
+
+
+def test_network_policies_keep_replication_to_the_orchestrators(
+    rendered: dict[str, str],
+) -> None:
+    objects = documents(rendered["defaults"])
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    assert set(policies) == {"mutirao-orchestrator", "mutirao-worker", "mutirao-operator"}
+    pods = {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for o in objects
+        if o["kind"] in ("StatefulSet", "Deployment")
+    }
+    for name, policy in policies.items():
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        selector = policy["spec"]["podSelector"]["matchLabels"]
+        assert selector.items() <= pods[name].items(), name
+    orchestrator = find(objects, "StatefulSet", "mutirao-orchestrator")
+    ports = {p["name"]: p["containerPort"] for p in container(orchestrator)["ports"]}
+    assert ports == {"http": 7000, "peer": 7001}
+    assert env_of(orchestrator)["MUTIRAO_HA_PEER_PORT"] == "7001"
+    only_orchestrators = [{"podSelector": policies["mutirao-orchestrator"]["spec"]["podSelector"]}]
+    prometheus = [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+    assert _ingress(policies["mutirao-orchestrator"]) == {"http": None, "peer": only_orchestrators}
+    assert _ingress(policies["mutirao-worker"]) == {"http": only_orchestrators + prometheus}
+    assert _ingress(policies["mutirao-operator"]) == {"metrics": prometheus}
+
+    restricted = documents(rendered["restricted-api"])
+    policy = find(restricted, "NetworkPolicy", "mutirao-orchestrator")
+    api = _ingress(policy)["http"]
+    assert api is not None
+    components = {
+        peer["podSelector"]["matchLabels"].get("app.kubernetes.io/component")
+        for peer in api
+        if "podSelector" in peer
+    }
+    assert components == {"worker", "operator", "orchestrator"}
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    } in api
+    assert _ingress(find(restricted, "NetworkPolicy", "mutirao-operator")) == {}
 
 
 def test_rbac_is_least_privilege(rendered: dict[str, str]) -> None:

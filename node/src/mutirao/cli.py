@@ -119,6 +119,14 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
         help="other orchestrators' URLs, comma-separated (peer lease)",
     )
     _flag(p, "--advertise-url", setting="ha.url", help="URL others reach this node at")
+    _flag(
+        p,
+        "--peer-port",
+        setting="ha.peer_port",
+        type=int,
+        help="serve replication on this port only, not the API's, the same on every "
+        "orchestrator (so a firewall can keep it to them) [0: the API port]",
+    )
     _common_server(p)
     p.set_defaults(_defaults={"port": port, "node_id": node, "data_dir": Path(data)})
 
@@ -403,7 +411,7 @@ def _tune_gc() -> None:
 def _run_orchestrator(args: argparse.Namespace) -> int:
 
     from mutirao.ha.backends import make_lease
-    from mutirao.orchestrator.api import create_app
+    from mutirao.orchestrator.api import create_app, create_peer_app
     from mutirao.orchestrator.checkpoint import RecoveryError
     from mutirao.orchestrator.service import Orchestrator
 
@@ -439,8 +447,12 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     try:
         refused = orch.metrics.connections_refused
         guard = Guard(settings.limits, lambda reason: refused.labels(reason).inc())
-        sock = listen(settings.host, settings.port)
-        serve(create_app(orch), sock, guard, ssl_context=ssl_context)
+        app = create_app(orch)
+        listeners = [(app, listen(settings.host, settings.port))]
+        if settings.ha.peer_port:
+            peer = listen(settings.host, settings.ha.peer_port)
+            listeners.append((create_peer_app(app), peer))
+        serve(listeners, guard, ssl_context=ssl_context)
     except RecoveryError as exc:
         log.critical("%s", exc)
         raise SystemExit(f"error: {exc}") from None
@@ -534,7 +546,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         ",".join(settings.urls),
     )
     _tune_gc()
-    serve(create_app(node), sock, Guard(settings.limits), ssl_context=ssl_context)
+    serve([(create_app(node), sock)], Guard(settings.limits), ssl_context=ssl_context)
     log.info("worker %s stopped", node.id)
     return 0
 

@@ -24,7 +24,6 @@ import signal
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -235,34 +234,33 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+Listener = tuple[web.Application, socket.socket]
+
+
 def serve(
-    app: web.Application,
-    sock: socket.socket,
-    guard: Guard,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    **runner_args: Any,
+    listeners: list[Listener], guard: Guard, *, ssl_context: ssl.SSLContext | None = None
 ) -> None:
-    """Serve ``app`` on the bound ``sock`` until SIGTERM or SIGINT, then shut down cleanly
-    (handlers get 5 s to finish, cleanup contexts run)."""
-    asyncio.run(_serve(guarded(app, guard), sock, guard, ssl_context, runner_args))
+    """Serve each app on its bound socket until SIGTERM or SIGINT, then shut down cleanly
+    (handlers get 5 s to finish, cleanup contexts run; the first app's last)."""
+    guarded_listeners = [(guarded(app, guard), sock) for app, sock in listeners]
+    asyncio.run(_serve(guarded_listeners, guard, ssl_context))
 
 
 async def _serve(
-    app: web.Application,
-    sock: socket.socket,
-    guard: Guard,
-    ssl_context: ssl.SSLContext | None,
-    runner_args: dict[str, Any],
+    listeners: list[Listener], guard: Guard, ssl_context: ssl.SSLContext | None
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, **runner_args)
-    await runner.setup()
+    runners: list[web.AppRunner] = []
     try:
-        await _GuardedSite(runner, guard, sock, ssl_context).start()
+        for app, sock in listeners:
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+            runners.append(runner)
+            await runner.setup()
+            await _GuardedSite(runner, guard, sock, ssl_context).start()
         await stop.wait()
     finally:
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()

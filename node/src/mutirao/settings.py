@@ -131,6 +131,11 @@ class HaSettings:
     """URLs of the other orchestrators (``peer`` backend; also where a standby looks)."""
     url: str = ""
     """URL others reach this orchestrator at; defaults to ``http://<host>:<port>``."""
+    peer_port: int = 0
+    """Port of a second listener that serves replication, and the API port then does not,
+    so a firewall or NetworkPolicy can let only orchestrators reach it. The same on every
+    orchestrator of a cluster (a standby reaches it on the leader's host). 0: replication
+    is served on the API port."""
     lease_duration: float = 5.0
     """Seconds a lease lasts without renewal; a hung leader is replaced after this."""
     renew_interval: float = 1.0

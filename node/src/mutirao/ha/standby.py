@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
+import yarl
 
 from mutirao import protocol, tls
 from mutirao.errors import ProtocolError
@@ -65,6 +66,15 @@ class _Acks:
                 await self.ws.send_bytes(protocol.encode(ack))
 
 
+def replication_url(leader: str, peer_port: int) -> str:
+    """Where the leader at ``leader`` (its API URL) serves replication: on its API port, or
+    on the cluster's peer port of the same host."""
+    base = yarl.URL(leader.rstrip("/"))
+    if peer_port:
+        base = base.with_port(peer_port)
+    return str(base.with_path(protocol.REPLICATION_WS_PATH))
+
+
 class Standby:
     def __init__(self, orch: Orchestrator) -> None:
         self.orch = orch
@@ -74,11 +84,12 @@ class Standby:
         orch = self.orch
         pause = 0.05
         failures = 0
+        url = replication_url(leader, orch.settings.ha.peer_port)
         async with tls.http_session(orch.settings.tls) as http:
             while True:
                 try:
                     async with http.ws_connect(
-                        leader.rstrip("/") + protocol.REPLICATION_WS_PATH,
+                        url,
                         headers={protocol.PEER_TOKEN_HEADER: orch.peer_token},
                         max_msg_size=0,
                     ) as ws:

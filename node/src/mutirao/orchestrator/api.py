@@ -59,13 +59,28 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         too_large = TooLargeError(exc.text or "request too large", field="body")
         return json_reply(too_large.to_json(), 413)
     except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        body = {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}
-        return json_reply(body, exc.status)
+        return _http_error(exc)
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return json_reply(INTERNAL_ERROR, 500)
+
+
+@web.middleware
+async def peer_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as JSON, and nothing else: replication checks its own credentials."""
+    try:
+        return await handler(request)
+    except MutiraoError as exc:
+        return json_reply(exc.to_json(), exc.status, exc.headers)
+    except web.HTTPException as exc:
+        return _http_error(exc)
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    if exc.status < 400:
+        raise exc
+    body = {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}
+    return json_reply(body, exc.status)
 
 
 def _check_role(request: web.Request) -> bool:
@@ -356,7 +371,19 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.get(protocol.SESSION_PATH, client_session),
             web.get("/v1/cluster", cluster),
             web.get(protocol.HA_PATH, ha),
-            web.get(protocol.REPLICATION_WS_PATH, replication_socket),
         ]
     )
+    if not orch.settings.ha.peer_port:
+        app.router.add_get(protocol.REPLICATION_WS_PATH, replication_socket)
     return app
+
+
+def create_peer_app(app: web.Application) -> web.Application:
+    """The listener on ``ha.peer_port``: replication only, for the other orchestrators,
+    served by the same orchestrator and controller as ``app``."""
+    peer = web.Application(middlewares=[peer_middleware])
+    peer[ORCHESTRATOR], peer[CONTROLLER] = app[ORCHESTRATOR], app[CONTROLLER]
+    peer.add_routes(
+        [web.get("/healthz", healthz), web.get(protocol.REPLICATION_WS_PATH, replication_socket)]
+    )
+    return peer
