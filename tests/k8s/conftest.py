@@ -41,6 +41,9 @@ async def apiserver(kmock: ApiServer) -> ApiServer:
     kmock.resources["v1/pods"] = kmock.ResourceInfo(
         kind="Pod", singular="pod", namespaced=True, verbs=verbs
     )
+    kmock.resources["v1/secrets"] = kmock.ResourceInfo(
+        kind="Secret", singular="secret", namespaced=True, verbs=verbs
+    )
     kmock.resources["v1/events"] = kmock.ResourceInfo(
         kind="Event", singular="event", namespaced=True, verbs=verbs
     )

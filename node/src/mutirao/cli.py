@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_parser(sub)
 
     _add_user_parser(sub)
+    _add_tls_secrets_parser(sub)
 
     client_commands: list[tuple[str, str, Callable[..., Awaitable[int]]]] = [
         ("login", "log in and save a token", commands.login),
@@ -452,7 +453,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
         if settings.ha.peer_port:
             peer = listen(settings.host, settings.ha.peer_port)
             listeners.append((create_peer_app(app), peer))
-        serve(listeners, guard, ssl_context=ssl_context)
+        serve(listeners, guard, ssl_context=ssl_context, tls_reload=settings.tls.reload_interval)
     except RecoveryError as exc:
         log.critical("%s", exc)
         raise SystemExit(f"error: {exc}") from None
@@ -546,7 +547,12 @@ def _run_worker(args: argparse.Namespace) -> int:
         ",".join(settings.urls),
     )
     _tune_gc()
-    serve([(create_app(node), sock)], Guard(settings.limits), ssl_context=ssl_context)
+    serve(
+        [(create_app(node), sock)],
+        Guard(settings.limits),
+        ssl_context=ssl_context,
+        tls_reload=settings.tls.reload_interval,
+    )
     log.info("worker %s stopped", node.id)
     return 0
 
@@ -560,6 +566,51 @@ def _assign_spare(settings: Settings, line: str) -> None:
             settings.worker.id, settings.worker.port = worker_id, int(port)
         case _:
             raise SystemExit(f"error: --spare expects 'ID [PORT]' on standard input, got {line!r}")
+
+
+def _add_tls_secrets_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "tls-secrets",
+        help="create or renew the cluster's certificates in Kubernetes Secrets",
+        description="Create or renew the Secrets <prefix>-ca, <prefix>-orchestrator-tls and "
+        "<prefix>-worker-tls (type kubernetes.io/tls, keys tls.crt, tls.key, ca.crt) in "
+        "NAMESPACE: what the chart's hook Job runs when cert-manager is not installed. "
+        "Uses the in-cluster service account, else the kubeconfig.",
+    )
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--prefix", required=True, help="Secret name prefix (the chart's fullname)")
+    for role in ("orchestrator", "worker"):
+        p.add_argument(
+            f"--{role}-host",
+            dest=f"{role}_hosts",
+            action="append",
+            default=[],
+            metavar="HOST",
+            help=f"DNS name (*.wildcard allowed) or IP the {role} certificate is valid for "
+            "(repeatable)",
+        )
+    p.add_argument("--days", type=float, default=365.0, help="node certificates' life [365]")
+    p.add_argument(
+        "--renew-before-days",
+        type=float,
+        default=30.0,
+        help="renew a certificate this long before it expires [30]",
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="label the Secrets (repeatable)",
+    )
+    p.set_defaults(run=_run_tls_secrets)
+
+
+def _run_tls_secrets(args: argparse.Namespace) -> int:
+    # Imported here: the certificate and Kubernetes libraries would slow every other command.
+    from mutirao import kube_certs
+
+    return kube_certs.main(args)
 
 
 def _add_user_parser(sub: Any) -> None:

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from mutirao import tls
 from mutirao.errors import MalformedError, RequestTimeoutError
 from mutirao.settings import LimitSettings
 
@@ -238,22 +239,29 @@ Listener = tuple[web.Application, socket.socket]
 
 
 def serve(
-    listeners: list[Listener], guard: Guard, *, ssl_context: ssl.SSLContext | None = None
+    listeners: list[Listener],
+    guard: Guard,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    tls_reload: float = 0.0,
 ) -> None:
     """Serve each app on its bound socket until SIGTERM or SIGINT, then shut down cleanly
-    (handlers get 5 s to finish, cleanup contexts run; the first app's last)."""
+    (handlers get 5 s to finish, cleanup contexts run; the first app's last). With TLS,
+    renewed certificate files are picked up every ``tls_reload`` seconds."""
     guarded_listeners = [(guarded(app, guard), sock) for app, sock in listeners]
-    asyncio.run(_serve(guarded_listeners, guard, ssl_context))
+    asyncio.run(_serve(guarded_listeners, guard, ssl_context, tls_reload))
 
 
 async def _serve(
-    listeners: list[Listener], guard: Guard, ssl_context: ssl.SSLContext | None
+    listeners: list[Listener], guard: Guard, ssl_context: ssl.SSLContext | None, tls_reload: float
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runners: list[web.AppRunner] = []
+    watching = ssl_context is not None and tls_reload > 0
+    watcher = asyncio.create_task(tls.watch(tls_reload)) if watching else None
     try:
         for app, sock in listeners:
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
@@ -262,5 +270,7 @@ async def _serve(
             await _GuardedSite(runner, guard, sock, ssl_context).start()
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         for runner in reversed(runners):
             await runner.cleanup()

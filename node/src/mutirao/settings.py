@@ -94,6 +94,9 @@ class TlsSettings:
     client_auth: bool = False
     """Mutual TLS: the worker socket, replication and a worker's switch endpoint need a
     client certificate from ``ca`` with the right role (orchestrators and workers)."""
+    reload_interval: float = 30.0
+    """Seconds between two looks at the files above: renewed ones (cert-manager, the
+    chart's hook Job, a copy) are loaded for new connections without a restart."""
 
 
 @dataclass

@@ -15,10 +15,11 @@ still refuses one the CA did not sign); the endpoints above require it.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
+import asyncio
+import logging
 import os
 import ssl
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ WORKER = "worker"
 ROLES = (ORCHESTRATOR, WORKER)
 CA_FILE = "ca.pem"
 
+log = logging.getLogger(__name__)
+
 
 def scheme(tls: TlsSettings) -> str:
     return "https" if tls.cert else "http"
@@ -46,11 +49,9 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert, tls.key or None)
     if tls.client_auth:
-        ctx.load_verify_locations(cafile=tls.ca or None)
         ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
+    return _loaded(ctx, tls, trust=tls.client_auth)
 
 
 def client_context(tls: TlsSettings) -> ssl.SSLContext | None:
@@ -59,11 +60,81 @@ def client_context(tls: TlsSettings) -> ssl.SSLContext | None:
     aiohttp's default (system authorities, no certificate)."""
     if not (tls.ca or tls.cert):
         return None
-    ctx = ssl.create_default_context(cafile=tls.ca or None)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert:
-        ctx.load_cert_chain(tls.cert, tls.key or None)
+    if not tls.ca:
+        ctx.load_default_certs()
+    return _loaded(ctx, tls, trust=bool(tls.ca))
+
+
+# Every context made from certificate files, to load them again when they are renewed.
+_watched: dict[
+    tuple[str, str, str], tuple[tuple[object, ...], weakref.WeakKeyDictionary[ssl.SSLContext, bool]]
+] = {}
+
+
+def _files(tls: TlsSettings) -> tuple[str, str, str]:
+    return (tls.cert, tls.key, tls.ca)
+
+
+def _stamp(files: tuple[str, ...]) -> tuple[object, ...]:
+    stamps: list[object] = []
+    for path in files:
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        stamps.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
+    return tuple(stamps)
+
+
+def _load(ctx: ssl.SSLContext, files: tuple[str, str, str], trust: bool) -> None:
+    cert, key, ca = files
+    if cert:
+        ctx.load_cert_chain(cert, key or None)
+    if trust:
+        # Adds to the authorities already trusted: during a rotation of the CA, nodes still
+        # on the old one are accepted until this process restarts.
+        ctx.load_verify_locations(cafile=ca or None)
+
+
+def _loaded(ctx: ssl.SSLContext, tls: TlsSettings, *, trust: bool) -> ssl.SSLContext:
+    files = _files(tls)
+    _, contexts = _watched.setdefault(files, (_stamp(files), weakref.WeakKeyDictionary()))
+    _load(ctx, files, trust)
+    contexts[ctx] = trust
     return ctx
+
+
+def reload_changed() -> int:
+    """Load renewed certificate files into every live context made from them; returns how
+    many contexts were reloaded. A half-written renewal (key and certificate not matching)
+    keeps the old ones and is tried again next time."""
+    reloaded = 0
+    for files, (stamp, contexts) in list(_watched.items()):
+        now = _stamp(files)
+        if now == stamp:
+            continue
+        try:
+            # A failed load can leave a context without a usable certificate: try first on
+            # a scratch one.
+            _load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), files, trust=bool(files[2]))
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("renewed certificate %s not loaded yet: %s", files[0] or files[2], exc)
+            continue
+        for ctx, trust in list(contexts.items()):
+            _load(ctx, files, trust)
+            reloaded += 1
+        _watched[files] = (now, contexts)
+        log.info("loaded renewed certificate files %s", ", ".join(f for f in files if f))
+    return reloaded
+
+
+async def watch(interval: float) -> None:
+    """Look for renewed certificate files every ``interval`` seconds, forever."""
+    while True:
+        await asyncio.sleep(interval)
+        reload_changed()
 
 
 def http_session(tls: TlsSettings, **kwargs: Any) -> aiohttp.ClientSession:
@@ -134,91 +205,21 @@ def local_ca(directory: Path, hosts: list[str], *, days: int = 825) -> LocalCa:
     paths = [found.ca, *(p for r in ROLES for p in (found.cert(r), found.key(r)))]
     if all(p.exists() for p in paths):
         return found
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from mutirao import pki  # only here: cryptography takes 0.1 s to import
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
-
-    def name(common: str, unit: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Mutirão"),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-                x509.NameAttribute(NameOID.COMMON_NAME, common),
-            ]
-        )
-
-    def write(path: Path, data: bytes, secret: bool) -> None:
-        fd = open_private(path) if secret else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-
-    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("Mutirão local CA", "ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys([*hosts, "localhost", "127.0.0.1"]):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
+    ca = pki.new_ca("Mutirão local CA", days)
     for role in ROLES:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(f"mutirao-{role}", role))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        write(found.key(role), pem_key(key), secret=True)
-        write(found.cert(role), cert.public_bytes(serialization.Encoding.PEM), secret=False)
+        pair = pki.issue(ca, role, [*hosts, "localhost", "127.0.0.1"], days)
+        _write(found.key(role), pair.key, secret=True)
+        _write(found.cert(role), pair.cert, secret=False)
     # The CA's key is written last and kept only to sign again (a new host, a renewal).
-    write(directory / "ca.key", pem_key(ca_key), secret=True)
-    write(found.ca, ca_cert.public_bytes(serialization.Encoding.PEM), secret=False)
+    _write(directory / "ca.key", ca.key, secret=True)
+    _write(found.ca, ca.cert, secret=False)
     return found
+
+
+def _write(path: Path, data: bytes, *, secret: bool) -> None:
+    fd = open_private(path) if secret else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
