@@ -58,10 +58,8 @@ done
 {
     echo "$header"
     echo "# Mutirão as plain YAML: kubectl apply -k manifests/"
-    echo "# The pods wait for the Secret $release-join-token (keys \"token\" and \"token-secret\"):"
-    echo "#   kubectl -n $namespace create secret generic $release-join-token \\"
-    echo "#     --from-literal=token=\"\$(head -c 32 /dev/urandom | base64 | tr -d '/+=')\" \\"
-    echo "#     --from-literal=token-secret=\"\$(head -c 32 /dev/urandom | base64 | tr -d '/+=')\""
+    echo "# The pods wait for the Secret $release-join-token (keys \"token\", \"token-secret\","
+    echo "# \"peer-token\" and \"operator-token\"), as manifests/README.md shows."
     echo "apiVersion: kustomize.config.k8s.io/v1beta1"
     echo "kind: Kustomization"
     echo "namespace: $namespace"

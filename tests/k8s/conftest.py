@@ -4,6 +4,7 @@ and a real local cluster of orchestrator and worker processes."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,12 @@ import pytest
 from tests.k8s.apiserver import ApiServer
 
 NAMESPACE = "mutirao-test"
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Helm keeps config and cache under HOME: give it an empty one."""
+    return {**os.environ, "HOME": str(tmp_path_factory.mktemp("helm-home"))}
 
 
 @pytest.fixture

@@ -56,20 +56,93 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "mutirao.operator.name" -}}{{ include "mutirao.fullname" . }}-operator{{- end }}
 {{- define "mutirao.leaseName" -}}{{ include "mutirao.fullname" . }}-leader{{- end }}
 
+{{/* The Secret of a role's certificate (keys tls.crt, tls.key, ca.crt), made by cert-manager
+or by the hook Job: include with (dict "ctx" $ "component" "worker"). */}}
+{{- define "mutirao.tls.secret" -}}{{ include "mutirao.fullname" .ctx }}-{{ .component }}-tls{{- end }}
+
+{{/* cert-manager or the hook Job, as tls.provider says ("auto": cert-manager when the
+cluster serves its API). */}}
+{{- define "mutirao.tls.provider" -}}
+{{- if eq .Values.tls.provider "auto" }}
+{{- .Capabilities.APIVersions.Has "cert-manager.io/v1/Certificate" | ternary "cert-manager" "job" }}
+{{- else }}
+{{- .Values.tls.provider }}
+{{- end }}
+{{- end }}
+
+{{/* The names each component's certificate is valid for, one per line. */}}
+{{- define "mutirao.tls.hosts" -}}
+{{- $ns := .ctx.Release.Namespace }}
+{{- if eq .component "orchestrator" }}
+{{- $svc := include "mutirao.orchestrator.name" .ctx }}
+{{- $hosts := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "*.%s" (include "mutirao.orchestrator.podDomain" .ctx)) }}
+{{- concat $hosts .ctx.Values.tls.extraHosts (list "localhost" "127.0.0.1") | uniq | join "\n" }}
+{{- else }}
+{{- $name := include "mutirao.worker.name" .ctx }}
+{{- list $name (printf "%s.%s.svc" $name $ns) "localhost" "127.0.0.1" | join "\n" }}
+{{- end }}
+{{- end }}
+
+{{/* MUTIRAO_TLS_* of a node (.component: orchestrator or worker), with its Secret mounted at /etc/mutirao/tls. */}}
+{{- define "mutirao.tls.env" -}}
+{{- if .ctx.Values.tls.enabled }}
+- name: MUTIRAO_TLS_CERT
+  value: /etc/mutirao/tls/tls.crt
+- name: MUTIRAO_TLS_KEY
+  value: /etc/mutirao/tls/tls.key
+- name: MUTIRAO_TLS_CA
+  value: /etc/mutirao/tls/ca.crt
+- name: MUTIRAO_TLS_CLIENT_AUTH
+  value: {{ .ctx.Values.tls.clientAuth | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The volume of a component's certificate Secret; with caOnly, just the authorities (ca.crt). */}}
+{{- define "mutirao.tls.volume" -}}
+{{- if .ctx.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "mutirao.tls.secret" . }}
+    defaultMode: 0440
+    {{- if .caOnly }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mutirao.tls.mount" -}}
+{{- if .Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/mutirao/tls
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{- define "mutirao.joinTokenSecret" -}}
 {{- default (printf "%s-join-token" (include "mutirao.fullname" .)) .Values.auth.joinToken.existingSecret }}
 {{- end }}
 
 {{/* The client Service URL (the leader), as seen from the release's namespace. */}}
 {{- define "mutirao.orchestrator.serviceUrl" -}}
-http://{{ include "mutirao.orchestrator.name" . }}:{{ .Values.orchestrator.port }}
+{{ include "mutirao.scheme" . }}://{{ include "mutirao.orchestrator.name" . }}:{{ .Values.orchestrator.port }}
+{{- end }}
+
+{{/* https with TLS on, else http. */}}
+{{- define "mutirao.scheme" -}}{{ .Values.tls.enabled | ternary "https" "http" }}{{- end }}
+
+{{/* An orchestrator pod's DNS name: <pod>.<headless>.<namespace>.svc, which the
+certificate's wildcard *.<headless>.<namespace>.svc covers however many replicas run. */}}
+{{- define "mutirao.orchestrator.podDomain" -}}
+{{ include "mutirao.orchestrator.headless" . }}.{{ .Release.Namespace }}.svc
 {{- end }}
 
 {{/* Every orchestrator pod's URL through the headless Service, comma-separated. */}}
 {{- define "mutirao.orchestrator.podUrls" -}}
 {{- $urls := list }}
 {{- range $i := until (int .Values.orchestrator.replicas) }}
-{{- $urls = append $urls (printf "http://%s-%d.%s:%d" (include "mutirao.orchestrator.name" $) $i (include "mutirao.orchestrator.headless" $) (int $.Values.orchestrator.port)) }}
+{{- $urls = append $urls (printf "%s://%s-%d.%s:%d" (include "mutirao.scheme" $) (include "mutirao.orchestrator.name" $) $i (include "mutirao.orchestrator.podDomain" $) (int $.Values.orchestrator.port)) }}
 {{- end }}
 {{- join "," $urls }}
 {{- end }}
@@ -103,12 +176,16 @@ http://{{ include "mutirao.orchestrator.name" . }}:{{ .Values.orchestrator.port 
 {{- include "mutirao.image" (dict "root" . "image" (dict "repository" $repository "tag" $tag "digest" $digest)) }}
 {{- end }}
 
-{{/* prometheus.io annotations for a pod serving /metrics on `port`. */}}
+{{/* prometheus.io annotations for a pod serving /metrics on `port` (over https when
+`tls` is true). */}}
 {{- define "mutirao.scrapeAnnotations" -}}
 {{- if .ctx.Values.metrics.podAnnotations -}}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
+{{- if .tls }}
+prometheus.io/scheme: https
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -155,7 +232,106 @@ same namespaces). */}}
 {{- if ge (float64 .Values.heartbeat.intervalSeconds) (float64 .Values.heartbeat.timeoutSeconds) }}
 {{- fail "heartbeat.intervalSeconds must be shorter than heartbeat.timeoutSeconds" }}
 {{- end }}
+{{- if ge (int .Values.tls.renewBeforeDays) (int .Values.tls.certificateDays) }}
+{{- fail "tls.renewBeforeDays must be shorter than tls.certificateDays" }}
+{{- end }}
+{{- if and .Values.tls.certManager.issuerRef (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.issuerRef needs a name" }}
+{{- end }}
 {{- if and .Values.orchestrator.service.nodePort (eq .Values.orchestrator.service.type "ClusterIP") }}
 {{- fail "orchestrator.service.nodePort needs orchestrator.service.type NodePort or LoadBalancer" }}
+{{- end }}
+{{- end }}
+
+{{/* The pod of the certificate Job (`mutirao tls-secrets`): .ctx, .serviceAccount. */}}
+{{- define "mutirao.tls.jobPod" -}}
+{{- $root := .ctx -}}
+metadata:
+  labels:
+    {{- include "mutirao.selectorLabels" (dict "ctx" $root "component" "tls") | nindent 4 }}
+spec:
+  serviceAccountName: {{ .serviceAccount }}
+  restartPolicy: Never
+  {{- with $root.Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
+  containers:
+    - name: tls-secrets
+      image: {{ include "mutirao.image" (dict "root" $root "image" $root.Values.image) | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      args:
+        - tls-secrets
+        - --namespace={{ $root.Release.Namespace }}
+        - --prefix={{ include "mutirao.fullname" $root }}
+        {{- range $component := list "orchestrator" "worker" }}
+        {{- range splitList "\n" (include "mutirao.tls.hosts" (dict "ctx" $root "component" $component)) }}
+        - --{{ $component }}-host={{ . }}
+        {{- end }}
+        {{- end }}
+        - --days={{ $root.Values.tls.certificateDays }}
+        - --renew-before-days={{ $root.Values.tls.renewBeforeDays }}
+        - --label=app.kubernetes.io/instance={{ $root.Release.Name }}
+        - --label=app.kubernetes.io/part-of=mutirao
+      resources:
+        requests:
+          cpu: 50m
+          memory: 64Mi
+        limits:
+          memory: 256Mi
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+  volumes:
+    - name: tmp
+      emptyDir: {}
+{{- end }}
+
+{{/* What the certificate Job may do: read and rewrite the chart's three certificate Secrets
+(by name) and create them (create cannot be limited to names). .ctx, .name, .hook. */}}
+{{- define "mutirao.tls.jobRbac" -}}
+{{- $root := .ctx }}
+{{- $meta := dict "ctx" $root "component" "tls" }}
+{{- range $kind := list "ServiceAccount" "Role" "RoleBinding" }}
+---
+apiVersion: {{ eq $kind "ServiceAccount" | ternary "v1" "rbac.authorization.k8s.io/v1" }}
+kind: {{ $kind }}
+metadata:
+  name: {{ $.name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "mutirao.componentLabels" $meta | nindent 4 }}
+  {{- if $.hook }}
+  annotations:
+    helm.sh/hook: pre-install,pre-upgrade
+    helm.sh/hook-weight: "-10"
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+  {{- end }}
+{{- if eq $kind "Role" }}
+rules:
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["get", "update"]
+    resourceNames:
+      - {{ include "mutirao.fullname" $root }}-ca
+      - {{ include "mutirao.tls.secret" (dict "ctx" $root "component" "orchestrator") }}
+      - {{ include "mutirao.tls.secret" (dict "ctx" $root "component" "worker") }}
+  - apiGroups: [""]
+    resources: ["secrets"]
+    verbs: ["create"]
+{{- else if eq $kind "RoleBinding" }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: {{ $.name }}
+subjects:
+  - kind: ServiceAccount
+    name: {{ $.name }}
+    namespace: {{ $root.Release.Namespace }}
+{{- end }}
 {{- end }}
 {{- end }}
