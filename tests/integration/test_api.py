@@ -449,7 +449,7 @@ async def test_bad_input_gets_4xx_naming_the_field_and_loses_nothing(
         ("GET", f"/v1/tasks/{done}/result?wait=-1", 422, "wait"),
         ("GET", f"/v1/tasks/{done}/result?wait=nan", 422, "wait"),
         ("GET", f"/v1/tasks/{done}/result?wait=inf", 422, "wait"),
-        ("POST", f"/v1/tasks/{done}/cancel", 422, "id"),
+        ("POST", f"/v1/tasks/{done}/cancel", 409, "id"),
         ("GET", "/v1/tasks?state=bogus", 422, "state"),
         ("GET", "/v1/tasks?limit=abc", 422, "limit"),
         ("GET", "/v1/tasks?limit=0", 422, "limit"),

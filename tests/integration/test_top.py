@@ -64,7 +64,7 @@ async def test_top_shows_workers_queue_and_leader_and_stops_on_ctrl_c(
     plain = cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token("bob", False))
     run = await mutirao("top", "--once", env=plain, cwd=tmp_path)
     assert run.code == 1, run  # the cluster view, worker URLs included, is for admins
-    assert "for admins [HTTP 403]" in run.err, run
+    assert "for admins (field Authorization) [HTTP 403]" in run.err, run
     assert "W1" not in run.out + run.err, run
 
     # Through a pipe: one screen after the other; Ctrl-C exits 0.

@@ -167,7 +167,7 @@ class UserStore:
     def verify(self, name: str, password: str) -> User:
         entry = self.entries().get(name, {})
         if not password_matches(password, entry.get("salt"), entry.get("hash")):
-            raise AuthError("wrong user name or password")
+            raise AuthError("wrong user name or password", field="password")
         return User(name, entry["role"])
 
 

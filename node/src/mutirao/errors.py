@@ -16,11 +16,13 @@ class MutiraoError(Exception):
 
     status = 500
     code = "internal"
+    default_field: str | None = None
+    """What an error of this kind names when the raiser names nothing more precise."""
 
     def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.field = field if field is not None else self.default_field
         self.details = details
 
     @property
@@ -104,11 +106,15 @@ class AuthError(PermanentError):
 
     status = 401
     code = "unauthorized"
+    default_field = "Authorization"
 
 
 class ForbiddenError(PermanentError):
+    """The credentials are fine but their role (or certificate) may not do this."""
+
     status = 403
     code = "forbidden"
+    default_field = "Authorization"
 
 
 class ProtocolError(PermanentError):
@@ -129,6 +135,7 @@ class TooManyRequestsError(TemporaryError):
 
     status = 429
     code = "too_many_requests"
+    default_field = "address"
 
 
 class NoSpaceError(TemporaryError):

@@ -5,23 +5,37 @@ from __future__ import annotations
 from typing import Any
 
 from mutirao.auth import MIN_PASSWORD, ROLES
-from mutirao.protocol import MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT
+from mutirao.protocol import MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT, TaskState
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_CLIENT_ERROR = {"$ref": "#/components/schemas/ClientError"}
 _TASK = {"$ref": "#/components/schemas/Task"}
 
 
 def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
     out: dict[str, Any] = {"200": {"description": "OK", "content": {"application/json": ok}}}
     for code in codes:
+        # A client error names what to fix; 421 (ask the leader) and 5xx are about the
+        # cluster, not the request.
+        schema = _CLIENT_ERROR if code < 500 and code != 421 else _ERROR
         out[str(code)] = {
             "description": "error",
-            "content": {"application/json": {"schema": _ERROR}},
+            "content": {"application/json": {"schema": schema}},
         }
     return out
 
 
 _ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_STATES = {"enum": [state.value for state in TaskState]}
+# Query numbers are capped, not refused, above their maximum (a long wait ends early).
+_WAIT = {"type": "number", "minimum": 0}
+_LOCATION = {
+    "Location": {
+        "description": "single task: /v1/tasks/{id} of the task submitted",
+        "schema": {"type": "string"},
+    }
+}
+
 _NAME = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]
 _USER = {"$ref": "#/components/schemas/User"}
 _ROLE = {"enum": list(ROLES), "description": "admin: every task and the users; viewer: reads"}
@@ -40,8 +54,23 @@ _SESSION = {
 }
 
 
+def _created(responses: dict[str, Any]) -> dict[str, Any]:
+    """201 for what was created, 200 for what existed (a repeated idempotency key)."""
+    responses["201"] = {**responses["200"], "description": "Created"}
+    return responses
+
+
+def _located(responses: dict[str, Any]) -> dict[str, Any]:
+    """A single task's answer says where the task is (``Location``), from which clients
+    (and the fuzz's stateful phase) reach its endpoints with a real id; a batch has none.
+    Explicit OpenAPI links cannot be used: one expression must resolve in both shapes."""
+    for code in ("200", "201"):
+        responses[code] = {**responses[code], "headers": _LOCATION}
+    return responses
+
+
 def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 _TASK_SPEC = {
@@ -51,12 +80,19 @@ _TASK_SPEC = {
     "properties": {
         "type": {"type": "string", "minLength": 1, "description": "handler name"},
         "payload": {
+            "$ref": "#/components/schemas/JsonValue",
             "description": (
                 "any JSON value passed to the handler: integers within 64 bits, nested at "
                 f"most {MAX_PAYLOAD_DEPTH} arrays or objects deep"
-            )
+            ),
         },
-        "priority": {"type": "integer", "default": 0},
+        "priority": {
+            "type": "integer",
+            "minimum": -(2**31),
+            "maximum": 2**31 - 1,
+            "default": 0,
+            "description": "higher runs first",
+        },
         "max_attempts": {
             "type": "integer",
             "minimum": 1,
@@ -69,7 +105,12 @@ _TASK_SPEC = {
             "maximum": MAX_TIMEOUT,
             "default": 300,
         },
-        "key": {"type": "string", "maxLength": 256, "description": "idempotency key"},
+        "key": {
+            "type": ["string", "null"],
+            "minLength": 1,
+            "maxLength": 256,
+            "description": "idempotency key",
+        },
     },
 }
 
@@ -88,6 +129,23 @@ OPENAPI: dict[str, Any] = {
                     "field": {"type": "string"},
                 },
             },
+            "ClientError": {
+                "allOf": [{"$ref": "#/components/schemas/Error"}, {"required": ["field"]}],
+                "description": "a 4xx: `field` names the field, header or part at fault",
+            },
+            "JsonValue": {
+                "description": "any JSON value whose integers fit in 64 bits",
+                "anyOf": [
+                    {"type": ["null", "boolean", "string"]},
+                    {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+                    {"type": "number", "not": {"type": "integer"}},
+                    {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+                    {
+                        "type": "object",
+                        "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+                    },
+                ],
+            },
             "TaskSpec": _TASK_SPEC,
             "User": {
                 "type": "object",
@@ -102,16 +160,7 @@ OPENAPI: dict[str, Any] = {
                 "properties": {
                     "id": {"type": "string"},
                     "type": {"type": "string"},
-                    "state": {
-                        "enum": [
-                            "pending",
-                            "assigned",
-                            "running",
-                            "succeeded",
-                            "failed",
-                            "cancelled",
-                        ]
-                    },
+                    "state": _STATES,
                     "owner": {"type": "string"},
                     "attempts": {"type": "array", "items": {"type": "object"}},
                     "result": {},
@@ -177,11 +226,14 @@ OPENAPI: dict[str, Any] = {
                             "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
                             "password": {"type": "string", "minLength": MIN_PASSWORD},
                             "role": _ROLE,
-                            "admin": {"type": "boolean", "description": "shorthand for role"},
+                            "admin": {
+                                "type": ["boolean", "null"],
+                                "description": "shorthand for role (null: not given)",
+                            },
                         },
                     }
                 ),
-                "responses": _responses({"schema": _USER}, 400, 401, 403, 409, 422),
+                "responses": _created(_responses({"schema": _USER}, 400, 401, 403, 409, 422)),
             },
         },
         "/v1/users/{name}": {
@@ -196,6 +248,7 @@ OPENAPI: dict[str, Any] = {
                 "requestBody": _body(
                     {
                         "type": "object",
+                        "minProperties": 1,
                         "properties": {
                             "password": {"type": "string", "minLength": MIN_PASSWORD},
                             "role": _ROLE,
@@ -232,10 +285,11 @@ OPENAPI: dict[str, Any] = {
                         "name": "wait",
                         "in": "query",
                         "description": "single task: answer once it finished (seconds)",
-                        "schema": {"type": "number", "minimum": 0},
+                        "schema": _WAIT,
                     }
                 ],
                 "requestBody": {
+                    "required": True,
                     "content": {
                         "application/json": {
                             "schema": {
@@ -248,6 +302,7 @@ OPENAPI: dict[str, Any] = {
                                         "properties": {
                                             "tasks": {
                                                 "type": "array",
+                                                "minItems": 1,
                                                 "items": {"$ref": "#/components/schemas/TaskSpec"},
                                             }
                                         },
@@ -255,15 +310,23 @@ OPENAPI: dict[str, Any] = {
                                 ]
                             }
                         }
-                    }
+                    },
                 },
-                "responses": _responses({"schema": _TASK}, 400, 401, 413, 422, 503),
+                "operationId": "submitTasks",
+                "responses": _located(
+                    _created(_responses({"schema": _TASK}, 400, 401, 413, 422, 503, 507))
+                ),
             },
             "get": {
                 "summary": "List your tasks, newest first",
                 "parameters": [
-                    {"name": "state", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "state", "in": "query", "schema": _STATES},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "at most this many tasks (capped at 10,000)",
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
                 ],
                 "responses": _responses({"schema": {"type": "object"}}, 401, 422),
             },
@@ -272,6 +335,7 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Wait up to `wait` seconds for every task in `ids` to finish",
                 "requestBody": {
+                    "required": True,
                     "content": {
                         "application/json": {
                             "schema": {
@@ -279,7 +343,7 @@ OPENAPI: dict[str, Any] = {
                                 "required": ["ids"],
                                 "properties": {
                                     "ids": {"type": "array", "items": {"type": "string"}},
-                                    "wait": {"type": "number", "minimum": 0},
+                                    "wait": _WAIT,
                                     "view": {
                                         "enum": ["full", "brief"],
                                         "description": "brief: id, state, result, error only",
@@ -287,7 +351,7 @@ OPENAPI: dict[str, Any] = {
                                 },
                             }
                         }
-                    }
+                    },
                 },
                 "responses": _responses({"schema": {"type": "object"}}, 400, 401, 404, 413, 422),
             }
@@ -305,6 +369,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/tasks/{id}": {
             "get": {
                 "summary": "One task with its attempts",
+                "operationId": "getTask",
                 "parameters": _ID,
                 "responses": _responses({"schema": _TASK}, 401, 404),
             }
@@ -312,18 +377,17 @@ OPENAPI: dict[str, Any] = {
         "/v1/tasks/{id}/result": {
             "get": {
                 "summary": "The task, after waiting up to `wait` seconds for it to finish",
-                "parameters": [
-                    *_ID,
-                    {"name": "wait", "in": "query", "schema": {"type": "number"}},
-                ],
+                "operationId": "getTaskResult",
+                "parameters": [*_ID, {"name": "wait", "in": "query", "schema": _WAIT}],
                 "responses": _responses({"schema": _TASK}, 401, 404, 422),
             }
         },
         "/v1/tasks/{id}/cancel": {
             "post": {
-                "summary": "Cancel a task that has not finished",
+                "summary": "Cancel a task that has not finished (409 once it has)",
+                "operationId": "cancelTask",
                 "parameters": _ID,
-                "responses": _responses({"schema": _TASK}, 401, 404, 422),
+                "responses": _responses({"schema": _TASK}, 401, 404, 409, 507),
             }
         },
         "/v1/workers": {

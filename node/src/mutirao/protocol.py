@@ -133,7 +133,10 @@ class SubmissionParser:
             else:
                 specs = [cast(TaskSpec, self._single.decode(body))]
         except msgspec.ValidationError as exc:
-            raise invalid(exc) from None
+            exact = _integral_floats(body)
+            if exact is None:
+                raise invalid(exc) from None
+            return self.parse(exact)
         except msgspec.DecodeError as exc:
             raise MalformedError(f"request body is not valid JSON: {exc}", field="body") from None
         except RecursionError:
@@ -157,6 +160,28 @@ class SubmissionParser:
                     field=_payload_field(i, batch),
                 )
         return specs, batch
+
+
+_INTEGER_FIELDS = ("priority", "max_attempts")
+
+
+def _integral_floats(body: bytes) -> bytes | None:
+    """The body with ``3.0`` as ``3`` in the integer fields, or None if it has none: JSON
+    Schema's integers include them (so the OpenAPI document does), msgspec's do not. Only
+    on the error path, so well-formed submissions decode at full speed."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    specs = doc.get("tasks") if isinstance(doc, dict) and "tasks" in doc else [doc]
+    changed = False
+    for spec in specs if isinstance(specs, list) else ():
+        for name in _INTEGER_FIELDS:
+            value = spec.get(name) if isinstance(spec, dict) else None
+            if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+                spec[name] = int(value)
+                changed = True
+    return orjson.dumps(doc) if changed else None
 
 
 def _payload_field(index: int, batch: bool) -> str:

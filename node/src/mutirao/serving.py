@@ -89,6 +89,7 @@ class _Connection(asyncio.Protocol):
                 {
                     "error": "too_many_connections",
                     "message": f"at most {cap} connections per address",
+                    "field": "address",
                 }
             )
             transport.write(

@@ -14,6 +14,7 @@ from mutirao.auth import User
 from mutirao.errors import (
     INTERNAL_ERROR,
     AuthError,
+    ConflictError,
     ForbiddenError,
     MutiraoError,
     NotFoundError,
@@ -76,11 +77,23 @@ async def peer_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return _http_error(exc)
 
 
+# What aiohttp's own refusals are about: no such resource, or not this method on it.
+_HTTP_ERROR_FIELDS = {404: "path", 405: "method"}
+
+
 def _http_error(exc: web.HTTPException) -> web.Response:
     if exc.status < 400:
         raise exc
-    body = {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason}
-    return json_reply(body, exc.status)
+    body = {
+        "error": exc.reason.lower().replace(" ", "_"),
+        "message": exc.reason,
+        "field": _HTTP_ERROR_FIELDS.get(exc.status, "body"),
+    }
+    headers = None
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        # RFC 9110: a 405 says which methods the resource does take.
+        headers = {"Allow": ", ".join(sorted(exc.allowed_methods))}
+    return json_reply(body, exc.status, headers)
 
 
 def _check_role(request: web.Request) -> bool:
@@ -188,7 +201,9 @@ async def submit(request: web.Request) -> web.Response:
     if wait:
         await orch.wait_finished(tasks[:1], wait)
         await orch.barrier()
-    return json_reply(tasks[0].view(), 201 if created else 200)
+    # Where the task lives (RFC 9110 for a 201), which generic clients follow.
+    location = {"Location": f"/v1/tasks/{tasks[0].id}"}
+    return json_reply(tasks[0].view(), 201 if created else 200, location)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -257,7 +272,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     _submitter(request)
     task = _visible(request, request.match_info["id"])
     if task.state.terminal:
-        raise ValidationError(f"task {task.id} is already {task.state}", field="id")
+        raise ConflictError(f"task {task.id} is already {task.state}", field="id")
     orch.require_writable()
     await orch.commit(orch.engine.cancel(task, orch.clock()))
     log.info(
@@ -363,7 +378,8 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.post("/v1/tasks", submit),
             web.get("/v1/tasks", list_tasks),
             web.post("/v1/tasks/wait", wait_tasks),
-            web.get("/v1/tasks/{id}", get_task),
+            # Not "wait": that path is POST /v1/tasks/wait alone (and 405 names only POST).
+            web.get(r"/v1/tasks/{id:(?!wait$)[^/]+}", get_task),
             web.get("/v1/tasks/{id}/result", get_result),
             web.post("/v1/tasks/{id}/cancel", cancel_task),
             web.get("/v1/workers", list_workers),

@@ -45,7 +45,7 @@ class Logins:
                 )
                 raise TooManyRequestsError(
                     f"too many failed logins for this {limit}: try again later",
-                    field="username" if limit == "user" else None,
+                    field="username" if limit == "user" else "address",
                     delay=wait,
                 )
             user = await self._verify(accounts, name, password)
@@ -61,7 +61,7 @@ class Logins:
                 address=address,
                 reason="wrong user name or password",
             )
-            raise AuthError("wrong user name or password")
+            raise AuthError("wrong user name or password", field="password")
         self.throttle.succeeded(name)
         audit("login", f"user {name} logged in from {address}", target=name, address=address)
         return user

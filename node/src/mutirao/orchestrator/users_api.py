@@ -38,13 +38,13 @@ def _string(doc: dict[str, Any], name: str) -> str:
 
 def _role(doc: dict[str, Any]) -> str | None:
     """``role``, or the shorthand ``"admin": true|false``."""
+    admin = doc.get("admin")
+    if admin is not None and not isinstance(admin, bool):
+        raise ValidationError("admin must be true or false", field="admin")
     if "role" in doc:
         return check_role(doc["role"])
-    admin = doc.get("admin")
     if admin is None:
         return None
-    if not isinstance(admin, bool):
-        raise ValidationError("admin must be true or false", field="admin")
     return ADMIN if admin else SUBMITTER
 
 
