@@ -293,6 +293,17 @@ def overview() -> dict[str, Any]:
                 f"(rate(mutirao_task_run_duration_seconds_bucket[{RATE}])))", "{{type}}")],
                 unit="s"), 12),
         ],
+        [
+            (timeseries("Waiting tasks", "Tasks waiting for their dependencies (after, "
+                        "$result inputs) to settle: they are not in the queue yet.", [
+                target('sum(mutirao_tasks{state="waiting"})', "waiting"),
+            ]), 12),
+            (timeseries("Dependency cancellations", "Per second, by type: waiting tasks "
+                        "cancelled because a dependency failed, was cancelled or lacked an "
+                        "input.", [target(
+                f"sum by (type) (rate(mutirao_tasks_dependency_cancelled_total[{RATE}]))",
+                "{{type}}")], unit="ops"), 12),
+        ],
     ]  # fmt: skip
     return dashboard(
         "mutirao-overview",

@@ -117,6 +117,7 @@ _COMMANDS = [
     ["tasks"],
     ["workers"],
     ["cancel"],
+    ["graph"],
     ["cluster"],
     ["client"],
 ]

@@ -42,6 +42,8 @@ async def _document(url: str, token: str) -> dict[str, object]:
     assert set(QUICK_TYPES) <= set(worker["types"]), worker
     spec = doc["components"]["schemas"]["TaskSpec"]  # type: ignore[index]
     spec["properties"]["type"]["enum"] = QUICK_TYPES
+    # Likewise the task ids a task may wait for (a generated one names no task: 400).
+    spec["properties"]["after"]["maxItems"] = 0
     return doc
 
 

@@ -701,7 +701,8 @@ def test_crd_shape(crd: dict[str, Any]) -> None:
     ]
     assert [c.upper() for c in default_columns] == ["TYPE", "PHASE", "WORKER", "ATTEMPTS", "AGE"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    assert status["phase"]["enum"] == ["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+    phases = ["Waiting", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+    assert status["phase"]["enum"] == phases
     assert {"worker", "attempts", "result", "error", "startedAt", "completedAt", "epoch",
             "taskId", "conditions"} <= status.keys()  # fmt: skip
 
@@ -853,14 +854,19 @@ def test_statuses_the_operator_writes_fit_the_crd(
     from mutirao.protocol import TaskState
     from mutirao_operator.reconcile import status_from_view, submission
 
-    spec = {"type": "sum", "payload": [1, 2], "priority": -1, "maxAttempts": 2, "timeoutSeconds": 5}
+    spec = {
+        "type": "sum", "payload": [1, {"$result": "other"}], "priority": -1, "maxAttempts": 2,
+        "timeoutSeconds": 5, "after": ["first"], "onFailure": "run",
+    }  # fmt: skip
     [version] = crd["spec"]["versions"]
     assert set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]) == set(
         spec
     )
-    assert set(submission(spec, "uid")) == {
-        "type", "payload", "key", "priority", "max_attempts", "timeout"
+    body = submission(spec, "uid", {"first": "t-0", "other": "t-9"})
+    assert set(body) == {
+        "type", "payload", "key", "priority", "max_attempts", "timeout", "after", "on_failure"
     }  # fmt: skip
+    assert (body["after"], body["payload"]) == (["t-0"], [1, {"$result": "t-9"}])
     attempt = {
         "attempt": 1, "worker": "mutirao-worker-abc", "assigned_at": 1.0e9, "started_at": 1.0e9,
         "ended_at": None, "outcome": None, "error": None,

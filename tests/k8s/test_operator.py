@@ -298,6 +298,35 @@ async def test_a_crashing_worker_shows_two_attempts_and_the_task_still_succeeds(
         assert [a["outcome"] for a in view["attempts"]] == ["lost", "succeeded"]
 
 
+async def test_tasks_that_wait_for_other_tasks_by_name_take_their_results(
+    apiserver: ApiServer, cluster: LocalCluster
+) -> None:
+    """KMock stands in for a real API server. Tasks applied in any order: the one that
+    waits is created first, names the others in ``after`` and ``{"$result": name}``, is
+    submitted once they have task ids, and shows ``Waiting`` until they succeeded."""
+    await with_shared_secret(cluster).start("W1")
+    async with running_operator(apiserver, operator_settings(cluster)):
+        naps = [{"$result": name, "path": "slept"} for name in ("nap-a", "nap-b")]
+        await create_task(
+            apiserver, "total", {"type": "sum", "payload": [*naps, 1], "after": ["nap-a"]}
+        )
+        # Long enough to outlast kopf's retry of "total" (2 s) even on a busy machine.
+        await create_task(apiserver, "nap-a", {"type": "sleep", "payload": {"seconds": 5.0}})
+        await create_task(apiserver, "nap-b", {"type": "sleep", "payload": {"seconds": 5.5}})
+        waiting = await wait_phase(apiserver, "total", "Waiting")
+        done = await wait_phase(apiserver, "total", "Succeeded", "Failed", "Cancelled")
+        assert done["result"] == 11.5, done
+        ids = [status(apiserver, name)["taskId"] for name in ("nap-a", "nap-b")]
+        view = await orchestrator_view(cluster, waiting["taskId"])
+        assert view["after"] == ids
+
+        # One that waits for a Task the orchestrators refused is refused too.
+        await create_task(apiserver, "bad", {"type": ""})
+        await create_task(apiserver, "after-bad", {"type": "echo", "after": ["bad"]})
+        refused = await wait_phase(apiserver, "after-bad", "Failed")
+        assert refused["error"].startswith("rejected: dependency Task bad rejected"), refused
+
+
 async def test_deleting_a_running_task_cancels_it(
     apiserver: ApiServer, cluster: LocalCluster
 ) -> None:

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from mutirao import logs, tls
 from mutirao.auth import ADMIN, JOIN_TOKEN_FILE, ROLES, SUBMITTER
-from mutirao.client import commands, credentials, top, users
+from mutirao.client import commands, credentials, graph, top, users
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
 from mutirao.private import private_dir
@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("result", "print a task's result", commands.result),
         ("tasks", "list your tasks", commands.tasks),
         ("workers", "list workers with load and heartbeat age", commands.workers),
-        ("cancel", "cancel a task", commands.cancel),
+        ("cancel", "cancel a task (and the tasks waiting for it)", commands.cancel),
+        ("graph", "a task and what it waits for, as a tree with states", graph.graph),
         ("cluster", "leader, epoch, queue and workers (admins)", commands.cluster),
         ("top", "live view: workers with load and heartbeat age, queue, tasks", top.top),
     ]
@@ -312,7 +313,21 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--timeout", type=float, help="seconds per attempt [300]")
         p.add_argument("--key", help="idempotency key (with --count: prefix of per-task keys)")
         p.add_argument("--count", type=int, default=1, help="submit N copies, in batches [1]")
+        p.add_argument(
+            "--after",
+            action="append",
+            metavar="ID",
+            help="run once task ID succeeded (repeatable); the task is `waiting` until then",
+        )
+        p.add_argument(
+            "--on-failure",
+            choices=("cancel", "run"),
+            help="if a dependency fails: cancel this task, or run it anyway [cancel]",
+        )
         p.add_argument("--wait", action="store_true", help="wait for the result(s)")
+    elif name == "graph":
+        p.add_argument("id", help="task id (the last step of a workflow shows all of it)")
+        p.add_argument("--limit", type=int, default=1000, help="show at most N tasks [1000]")
     elif name in ("status", "result", "cancel"):
         p.add_argument("id", help="task id")
         if name == "result":

@@ -73,6 +73,14 @@ class UnstorableError(ValidationError):
     status = 400
 
 
+class DependencyError(ValidationError):
+    """A task's ``after`` or ``$result`` refs cannot be waited for: a task that does not
+    exist or is someone else's, an item outside the batch, a cycle (HTTP 400)."""
+
+    status = 400
+    code = "bad_dependency"
+
+
 class MalformedError(PermanentError):
     """The request body is not valid JSON (or not the expected shape at all)."""
 

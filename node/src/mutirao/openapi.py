@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mutirao.auth import MIN_PASSWORD, ROLES
-from mutirao.protocol import MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT, TaskState
+from mutirao.protocol import MAX_AFTER, MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT, TaskState
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _CLIENT_ERROR = {"$ref": "#/components/schemas/ClientError"}
@@ -111,6 +111,24 @@ _TASK_SPEC = {
             "maxLength": 256,
             "description": "idempotency key",
         },
+        "after": {
+            "type": ["array", "null"],
+            "items": {"type": "string", "minLength": 1, "maxLength": 256},
+            "maxItems": MAX_AFTER,
+            "description": (
+                "tasks that must succeed first: task ids of yours, or #N (item N, from 0, "
+                'of the same batch); {"$result": ref} inputs in the payload count too. '
+                "The task is `waiting` until then; see docs/workflows.md"
+            ),
+        },
+        "on_failure": {
+            "enum": ["cancel", "run"],
+            "default": "cancel",
+            "description": (
+                "a dependency that fails or is cancelled cancels this task (cancel), or "
+                "it runs anyway and such inputs become {$error, id, state} (run)"
+            ),
+        },
     },
 }
 
@@ -165,6 +183,8 @@ OPENAPI: dict[str, Any] = {
                     "attempts": {"type": "array", "items": {"type": "object"}},
                     "result": {},
                     "error": {"type": ["string", "null"]},
+                    "after": {"type": "array", "items": {"type": "string"}},
+                    "on_failure": {"enum": ["cancel", "run"]},
                 },
             },
         },

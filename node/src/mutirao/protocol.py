@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, NewType, NotRequired, TypedDict, cas
 import msgspec
 import orjson
 
+from mutirao import dependencies
 from mutirao.errors import (
     MalformedError,
     ProtocolError,
@@ -40,6 +41,8 @@ STALE_EPOCH_CLOSE = 4409
 
 
 class TaskState(StrEnum):
+    WAITING = "waiting"
+    """Submitted with dependencies (``after``) not all settled yet."""
     PENDING = "pending"
     ASSIGNED = "assigned"
     RUNNING = "running"
@@ -77,8 +80,12 @@ MAX_TIMEOUT = 7 * 24 * 3600.0
 """Longest time limit an attempt may ask for, in seconds (a week)."""
 MAX_PAYLOAD_DEPTH = 254
 """Deepest nesting of arrays and objects in a payload (what the journal's encoder takes)."""
+MAX_AFTER = 10_000
+"""Most dependencies one task may name (a fan-in of a whole batch)."""
 _Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
 _Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
+_Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+OnFailure = Literal["cancel", "run"]
 
 
 class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -92,6 +99,12 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
     max_attempts: _Attempts = 3
     timeout: _Timeout = 300.0
     key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    after: Annotated[list[_Ref], msgspec.Meta(max_length=MAX_AFTER)] | None = None
+    """Tasks (ids, or ``#N``: item N of the same batch) that must succeed first; the
+    parser adds the ``{"$result": ref}`` inputs of the payload (see :mod:`.dependencies`)."""
+    on_failure: OnFailure = "cancel"
+    """What a failed, cancelled dependency does to this task: cancel it, or run it anyway
+    (a cleanup step), its inputs from such dependencies then naming their error."""
 
 
 class _Envelope(msgspec.Struct):
@@ -159,7 +172,19 @@ class SubmissionParser:
                     f"payload exceeds {limits.max_payload_bytes} bytes",
                     field=_payload_field(i, batch),
                 )
+        # Payloads are walked for inputs only when the body may hold one (a payload may
+        # spell "$result" with an escape), so plain submissions pay a substring search.
+        if b'$result"' in body or b"\\u0024" in body:
+            _add_inputs(specs, batch)
         return specs, batch
+
+
+def _add_inputs(specs: list[TaskSpec], batch: bool) -> None:
+    """The refs of each payload's ``{"$result": ref}`` inputs are dependencies too."""
+    for i, spec in enumerate(specs):
+        refs = dependencies.input_refs(spec.payload, _payload_field(i, batch))
+        if refs:
+            spec.after = list(dict.fromkeys([*(spec.after or ()), *refs]))
 
 
 _INTEGER_FIELDS = ("priority", "max_attempts")
@@ -260,6 +285,9 @@ class TaskView(TypedDict):
     attempts: list[AttemptView]
     result: Any
     error: str | None
+    after: list[str]
+    """The tasks this one waits for (ids), payload inputs included."""
+    on_failure: str
 
 
 class TaskBrief(TypedDict):

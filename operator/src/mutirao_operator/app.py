@@ -3,7 +3,8 @@
 :func:`register` puts them on a registry: ``mutirao_operator.handlers`` does it on kopf's
 default registry for ``kopf run``; tests do it on a registry of their own.
 
-- Task created / operator restarted (resume): submit it, keyed by its uid;
+- Task created / operator restarted (resume): submit it, keyed by its uid (once the Tasks
+  it waits for, ``spec.after``, have task ids);
 - a timer per unfinished Task: follow its progress into ``status``, with Events;
 - Task deleted (finalizer ``mutirao.dev/cancel-on-delete``): cancel its task;
 - the orchestrators' Lease (any event): follow a new leader, label its pod.
@@ -18,7 +19,7 @@ from typing import Any
 import kopf
 
 from mutirao_operator.reconcile import GROUP, PLURAL, VERSION, Notice, is_terminal
-from mutirao_operator.runtime import Progress, Runtime, Unavailable
+from mutirao_operator.runtime import Progress, Runtime, TaskRef, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,13 @@ def register(
         spec: kopf.Spec,
         status: kopf.Status,
         uid: str,
+        namespace: str | None,
         meta: kopf.Meta,
         patch: kopf.Patch,
         **_: Any,
     ) -> None:
-        progress = slot.get().submit(uid, spec, status, meta.get("generation"))
+        task = TaskRef(uid, namespace or "", spec, meta.get("generation"))
+        progress = slot.get().submit(task, status)
         _apply(body, patch, await _guard(progress))
 
     @kopf.timer(*task, registry=registry, id="track", interval=interval, when=_unfinished)
@@ -121,11 +124,13 @@ def register(
         spec: kopf.Spec,
         status: kopf.Status,
         uid: str,
+        namespace: str | None,
         meta: kopf.Meta,
         patch: kopf.Patch,
         **_: Any,
     ) -> None:
-        progress = slot.get().reconcile(uid, spec, status, meta.get("generation"))
+        task = TaskRef(uid, namespace or "", spec, meta.get("generation"))
+        progress = slot.get().reconcile(task, status)
         _apply(body, patch, await _guard(progress))
 
     @kopf.on.delete(*task, registry=registry, id="cancel")

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from mutirao import dependencies
+from mutirao.errors import MutiraoError
 from mutirao.protocol import TaskState, TaskView
 
 GROUP, VERSION, PLURAL = "mutirao.dev", "v1", "tasks"
 
 
 class Phase(StrEnum):
+    WAITING = "Waiting"
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
@@ -30,6 +33,7 @@ class Phase(StrEnum):
 TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 
 _PHASES = {
+    TaskState.WAITING: Phase.WAITING,  # for the Tasks of spec.after
     TaskState.PENDING: Phase.PENDING,
     TaskState.ASSIGNED: Phase.PENDING,  # handed to a worker that has not started it yet
     TaskState.RUNNING: Phase.RUNNING,
@@ -53,9 +57,29 @@ def is_terminal(status: Mapping[str, Any] | None) -> bool:
     return bool(status) and (status or {}).get("phase") in TERMINAL
 
 
-def submission(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
-    """The orchestrator submission (``POST /v1/tasks``) for a Task spec."""
-    body: dict[str, Any] = {"type": spec["type"], "payload": spec.get("payload"), "key": key}
+def dependency_names(spec: Mapping[str, Any]) -> list[str]:
+    """The other Tasks (by name, in the Task's namespace) this one waits for: those of
+    ``spec.after`` and of ``{"$result": name}`` inputs in its payload."""
+    try:
+        inputs = dependencies.input_refs(spec.get("payload"), "spec.payload")
+    except MutiraoError:
+        inputs = []  # a malformed input: the orchestrators refuse it, naming the field
+    return list(dict.fromkeys([*(spec.get("after") or ()), *inputs]))
+
+
+def submission(
+    spec: Mapping[str, Any], key: str, task_ids: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The orchestrator submission (``POST /v1/tasks``) for a Task spec; ``task_ids``: the
+    task id of each Task it names (:func:`dependency_names`)."""
+    payload = spec.get("payload")
+    body: dict[str, Any] = {"type": spec["type"], "payload": payload, "key": key}
+    if task_ids:
+        body["payload"] = dependencies.rename_inputs(payload, task_ids)
+        if spec.get("after"):
+            body["after"] = [task_ids[name] for name in spec["after"]]
+    if spec.get("onFailure") is not None:
+        body["on_failure"] = spec["onFailure"]
     for field, name in (("priority", "priority"), ("maxAttempts", "max_attempts")):
         if spec.get(field) is not None:
             body[name] = spec[field]

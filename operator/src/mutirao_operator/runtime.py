@@ -30,6 +30,7 @@ from mutirao_operator.reconcile import (
     Notice,
     Phase,
     conditions,
+    dependency_names,
     is_terminal,
     status_from_view,
     status_patch,
@@ -51,6 +52,20 @@ FINISHED_MEMORY = 4096
 
 class Unavailable(Exception):
     """The orchestrators (or the Kubernetes API) cannot be reached now: retry later."""
+
+
+class DependencyRejected(Exception):
+    """A Task this one waits for was refused by the orchestrators: so is this one."""
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """The Task a handler was called for."""
+
+    uid: str
+    namespace: str
+    spec: Mapping[str, Any]
+    generation: int | None
 
 
 @dataclass
@@ -139,44 +154,62 @@ class Runtime:
         self._submitted.pop(uid, None)
         self._locks.pop(uid, None)
 
-    async def submit(
-        self, uid: str, spec: Mapping[str, Any], status: Mapping[str, Any], generation: int | None
-    ) -> Progress:
+    async def submit(self, task: TaskRef, status: Mapping[str, Any]) -> Progress:
         """Submit the Task (again: the uid finds the task already created)."""
-        async with self._lock(uid):
-            if uid in self._finished:
+        async with self._lock(task.uid):
+            if task.uid in self._finished:
                 return Progress()
-            return await self._submit(uid, spec, self._known(uid, status), generation)
+            return await self._submit(task, self._known(task.uid, status))
 
-    async def reconcile(
-        self, uid: str, spec: Mapping[str, Any], status: Mapping[str, Any], generation: int | None
-    ) -> Progress:
+    async def reconcile(self, task: TaskRef, status: Mapping[str, Any]) -> Progress:
         """One look at the task: submit it if needed (first time, or a new leader since),
         else long-poll its progress; the status changes and Events since the last look."""
+        uid, generation = task.uid, task.generation
         async with self._lock(uid):
             if uid in self._finished:
                 return Progress()
             old = self._known(uid, status)
             task_id = old.get("taskId")
             if not task_id or self._submitted.get(uid) != self.orch.generation:
-                return await self._submit(uid, spec, old, generation)
+                return await self._submit(task, old)
             wait = self.settings.poll_wait if old.get("phase") == Phase.RUNNING else 0.0
             view = await self._call("poll", self.orch.result(task_id, wait))
             if view is None:
                 log.warning("task %s unknown to %s: submitting it again", task_id, self.orch.url)
-                return await self._submit(uid, spec, old, generation)
+                return await self._submit(task, old)
             return await self._progress(uid, old, view, generation)
 
-    async def _submit(
-        self, uid: str, spec: Mapping[str, Any], old: dict[str, Any], generation: int | None
-    ) -> Progress:
+    async def _submit(self, task: TaskRef, old: dict[str, Any]) -> Progress:
+        uid, generation = task.uid, task.generation
         submitted_in = self.orch.generation
         try:
-            view = await self._call("submit", self.orch.submit(submission(spec, uid)))
-        except ApiError as exc:
+            ids = await self._task_ids(task)
+            body = submission(task.spec, uid, ids)
+            view = await self._call("submit", self.orch.submit(body))
+        except (ApiError, DependencyRejected) as exc:
             return self._rejected(uid, old, str(exc), generation)
         self._submitted[uid] = submitted_in
         return await self._progress(uid, old, view, generation)
+
+    async def _task_ids(self, task: TaskRef) -> dict[str, str]:
+        """The task id of each Task this one waits for; raises :class:`Unavailable` (kopf
+        retries) while one of them is not there or not submitted yet, as Tasks applied
+        together arrive in any order."""
+        ids: dict[str, str] = {}
+        for name in dependency_names(task.spec):
+            try:
+                other = await self.kube.task(task.namespace, name)
+            except KubeError as exc:
+                raise Unavailable(f"reading Task {name}: {exc}") from exc
+            status = (other or {}).get("status") or {}
+            if status.get("taskId"):
+                ids[name] = status["taskId"]
+            elif other is not None and is_terminal(status):
+                raise DependencyRejected(f"dependency Task {name} {status.get('error', '')}")
+            else:
+                state = "does not exist" if other is None else "is not submitted"
+                raise Unavailable(f"waiting for Task {name}: it {state} yet")
+        return ids
 
     async def _progress(
         self, uid: str, old: dict[str, Any], view: TaskView, generation: int | None

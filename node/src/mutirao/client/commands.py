@@ -106,7 +106,7 @@ def _payload(text: str | None) -> Any:
 
 async def submit(client: Client, args: argparse.Namespace) -> int:
     spec: dict[str, Any] = {"type": args.type, "payload": _payload(args.payload)}
-    for name in ("priority", "max_attempts", "timeout"):
+    for name in ("priority", "max_attempts", "timeout", "after", "on_failure"):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
     if args.count == 1:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from mutirao.client.canvas import Canvas, Workflow, build
 from mutirao.client.errors import ApiError, Unreachable
 from mutirao.client.session import Session
 from mutirao.protocol import TaskBrief, TaskView, UserView, WorkerView
@@ -214,6 +215,13 @@ class Client:
         reply = await self.request("POST", "/v1/tasks", {"tasks": specs})
         tasks: list[dict[str, Any]] = reply["tasks"]
         return tasks
+
+    async def submit_workflow(self, canvas: Canvas) -> Workflow:
+        """Submit a chain, group or chord (see :mod:`mutirao.client.canvas`) as one batch:
+        recorded whole or not at all; the answer names each step's task."""
+        specs, steps = build(canvas)
+        tasks = await self.submit_batch(specs)
+        return Workflow(steps, [t["id"] for t in tasks])
 
     async def get(self, task_id: str) -> TaskView:
         result: TaskView = await self.request("GET", f"/v1/tasks/{task_id}")

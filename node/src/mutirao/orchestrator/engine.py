@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from mutirao import dependencies
 from mutirao.errors import NotFoundError, ValidationError
 from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
 from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
@@ -134,6 +135,8 @@ class Engine:
         self.workers: dict[str, Worker] = {}
         self._new_id = new_id or task_ids()
         self._finished: list[Task] = []
+        self.settled: list[Change] = []
+        """Waiting tasks the last record released or cancelled (see TaskTable._settle)."""
 
     @property
     def epoch(self) -> int:
@@ -144,16 +147,20 @@ class Engine:
 
     def apply(self, record: Record) -> list[Change]:
         """Apply a record live or during recovery, keeping queue and workers in step."""
-        changes = self.table.apply(record)
+        table = self.table
+        changes = table.apply(record)
         if not changes:
             return changes
         # The most frequent kinds, by batch: what _track does for each of their changes.
         kind = record["e"]
         if kind == "submit":
             push = self.queue.push
+            # Tasks with dependencies wait; those released at once are in table.settled.
+            deps = "deps" in record
             for change in changes:
                 task = change.task
-                push(task.type, Entry(-task.priority, task.seq, task.id, 0, None))
+                if not deps or task.deps is None:
+                    push(task.type, Entry(-task.priority, task.seq, task.id, 0, None))
         elif kind == "assign":
             worker = self._worker(record["w"])
             held = worker.attempts
@@ -165,6 +172,11 @@ class Engine:
             self._finished_attempts(changes)
         else:
             for change in changes:
+                self._track(change)
+        if table.settled:
+            self.settled = table.settled
+            table.settled = []
+            for change in self.settled:
                 self._track(change)
         # Amortised O(1) per entry: compacting costs the queue's size, and happens only once
         # it holds twice as many entries as there are pending tasks.
@@ -232,6 +244,9 @@ class Engine:
         changes = self.apply(record)
         if changes:
             self.observer.on_changes(record["e"], changes)
+            if self.settled:
+                self.observer.on_changes("settle", self.settled)
+                self.settled = []
         effects.records.append(record)
         if self._finished:
             effects.finished.extend(self._finished)
@@ -277,6 +292,8 @@ class Engine:
         # Rows only: the table creates each task once, when it applies the record.
         ids: list[TaskId] = []
         rows: list[list[Any]] = []
+        row_of: list[int | None] = []
+        """Each spec's row, None where its key named an existing task."""
         fresh: dict[str, TaskId] = {}
         by_key = self.table.by_key
         for spec in specs:
@@ -286,7 +303,9 @@ class Engine:
                 earlier = existing.id if existing is not None else fresh.get(key)
                 if earlier is not None:
                     ids.append(earlier)
+                    row_of.append(None)
                     continue
+            row_of.append(len(rows))
             task_id = self._new_id()
             if key is not None:
                 fresh[key] = task_id
@@ -304,11 +323,45 @@ class Engine:
                     now,
                 ]
             )
+        # Refs are checked even when every key named an existing task: the request is
+        # refused or not whatever the state.
+        deps = None
+        if any(spec.after for spec in specs):
+            deps = self._dependencies(specs, ids, row_of, rows, owner)
         effects = Effects()
         if rows:
-            self._record(effects, {"e": "submit", "tasks": rows})
+            record: Record = {"e": "submit", "tasks": rows}
+            if deps:
+                record["deps"] = deps
+            self._record(effects, record)
         tasks = self.table.tasks
         return [tasks[task_id] for task_id in ids], effects.extend(self.dispatch(now))
+
+    def _dependencies(
+        self,
+        specs: list[TaskSpec],
+        ids: list[TaskId],
+        row_of: list[int | None],
+        rows: list[list[Any]],
+        owner: str,
+    ) -> list[list[Any]]:
+        """The ``deps`` of a submit record (see :mod:`.tasks`), refs checked; ``#N`` refs
+        of payload inputs become task ids in the rows."""
+        tasks = self.table.tasks
+
+        def owner_of(task_id: str) -> str | None:
+            task = tasks.get(task_id)
+            return None if task is None else task.owner
+
+        new = [row is not None for row in row_of]
+        deps: list[list[Any]] = []
+        for i, after in dependencies.plan(specs, ids, new, owner, owner_of):
+            row = rows[cast(int, row_of[i])]
+            inputs = bool(dependencies.input_refs(row[2], "payload"))
+            if inputs:
+                row[2] = dependencies.rename_inputs(row[2], ids)
+            deps.append([row_of[i], after, specs[i].on_failure, inputs])
+        return deps
 
     def cancel(self, task: Task, now: float) -> Effects:
         effects = Effects()

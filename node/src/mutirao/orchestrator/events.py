@@ -23,7 +23,8 @@ RedistributionCause = Literal["worker_dead", "worker_restarted"]
 class EngineObserver(Protocol):
     def on_changes(self, kind: str, changes: Sequence[Change]) -> None:
         """A record of ``kind`` (``submit``, ``assign``, ``finish``, ``cancel``) changed the
-        state of these tasks; each :class:`Change` carries the state before."""
+        state of these tasks; each :class:`Change` carries the state before. ``settle``:
+        waiting tasks that record released or cancelled (their dependencies settled)."""
 
     def on_heartbeat(self, worker: str) -> None:
         """A heartbeat from a current connection of ``worker`` arrived."""

@@ -50,13 +50,18 @@ class Intake:
 
     def _flush(self) -> None:
         queued, self._queued = self._queued, []
-        by_owner: dict[str, list[_Submission]] = {}
+        by_owner: dict[object, list[_Submission]] = {}
         for submission in queued:
-            by_owner.setdefault(submission.owner, []).append(submission)
+            # A submission with dependencies is a command of its own: its ``#N`` refs
+            # count in it alone, and a ref refused refuses it alone.
+            has_deps = any(spec.after for spec in submission.specs)
+            key: object = submission if has_deps else submission.owner
+            by_owner.setdefault(key, []).append(submission)
         engine, now = self.engine(), self.clock()
         effects = Effects()
         answered: list[tuple[_Submission, list[Task], bool]] = []
-        for owner, group in by_owner.items():
+        for group in by_owner.values():
+            owner = group[0].owner
             specs = [spec for submission in group for spec in submission.specs]
             seq_before = engine.table.seq
             try:

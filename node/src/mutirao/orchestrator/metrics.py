@@ -73,6 +73,13 @@ class OrchestratorMetrics:
         self.cancelled = Counter(
             "mutirao_tasks_cancelled", "Tasks cancelled.", by_type, registry=registry
         )
+        self.dependency_cancelled = Counter(
+            "mutirao_tasks_dependency_cancelled",
+            "Waiting tasks cancelled because a dependency failed, was cancelled or lacked "
+            "an input (also counted in mutirao_tasks_cancelled).",
+            by_type,
+            registry=registry,
+        )
         self.queue_wait = Histogram(
             "mutirao_task_queue_wait_seconds",
             "Time from submission to the assignment of a task's first attempt.",
@@ -148,6 +155,7 @@ class OrchestratorMetrics:
                 self.failed,
                 self.retried,
                 self.cancelled,
+                self.dependency_cancelled,
             ):
                 counter.labels(kind)
             self.queue_wait.labels(kind)
@@ -176,6 +184,11 @@ class OrchestratorMetrics:
         elif kind == "cancel":
             for task_type, n in tally(map(_TYPE_OF, changes)).items():
                 self.cancelled.labels(task_type).inc(n)
+        elif kind == "settle":
+            ended = [c for c in changes if c.task.state is TaskState.CANCELLED]
+            for task_type, n in tally(map(_TYPE_OF, ended)).items():
+                self.cancelled.labels(task_type).inc(n)
+                self.dependency_cancelled.labels(task_type).inc(n)
 
     def _finished(self, changes: Sequence[Change]) -> None:
         # One dict lookup per task; the counting and durations then run per group, in

@@ -7,7 +7,8 @@ same records again, so replay and live operation cannot disagree.
 Records (``e`` is the kind; batches keep the journal cheap under load):
 
 - ``submit``: ``tasks`` = list of task rows, ``[id, type, payload, priority, max_attempts,
-  timeout, key, owner, created_at]``
+  timeout, key, owner, created_at]``; ``deps`` (only when some have dependencies) =
+  ``[[row index, [task ids], on_failure, has inputs], ...]``: those tasks wait
 - ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
 - ``start``: ``items`` began running at ``at``
 - ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
@@ -21,6 +22,11 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
   cluster's secrets, applied to :attr:`TaskTable.accounts`
   (see :mod:`mutirao.orchestrator.accounts`)
 
+A task with dependencies is ``waiting`` until each of them settled. Settling needs no record
+of its own: the record that ends a dependency (``finish``, ``cancel``) releases its
+dependents (to ``pending``, their payload's inputs replaced by results) or cancels them,
+transitively, naming the dependency, in every replica alike (see :meth:`TaskTable._settle`).
+
 Rows and items are lists rather than objects: the journal is ~40% smaller and they unpack
 in C. Journals written before hold objects (``{"id": ...}``, ``{"t", "n", "o", "v", "err",
 "s", "e"}``), which still apply.
@@ -30,10 +36,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
+from mutirao import dependencies
 from mutirao.orchestrator.accounts import KINDS as ACCOUNT_KINDS
 from mutirao.orchestrator.accounts import Accounts, AccountsState
 from mutirao.protocol import (
@@ -100,7 +107,18 @@ class Attempt(msgspec.Struct, gc=False):
         }
 
 
-class Task(msgspec.Struct, gc=False):
+class Deps(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
+    """What a task waits for: the ids of its dependencies, and how many are unsettled."""
+
+    after: list[str]
+    run: bool = False
+    """``on_failure: run``: a dependency that did not succeed settles this task too."""
+    inputs: bool = False
+    """The payload holds ``{"$result": ...}`` inputs, replaced when the task is released."""
+    left: int = 0
+
+
+class Task(msgspec.Struct, gc=False, omit_defaults=True):
     """One task with its attempts.
 
     Tasks, attempts and changes are msgspec Structs rather than dataclasses: created 2-3x
@@ -124,6 +142,7 @@ class Task(msgspec.Struct, gc=False):
     result: Any = None
     error: str | None = None
     finished_at: float | None = None
+    deps: Deps | None = None
 
     @property
     def current(self) -> Attempt | None:
@@ -146,6 +165,8 @@ class Task(msgspec.Struct, gc=False):
             "attempts": [a.view() for a in self.attempts],
             "result": self.result,
             "error": self.error,
+            "after": [] if self.deps is None else self.deps.after,
+            "on_failure": "run" if self.deps is not None and self.deps.run else "cancel",
         }
 
     def brief(self) -> TaskBrief:
@@ -182,6 +203,15 @@ class TaskTable:
         self.finished: deque[Task] = deque()
         """Finished tasks in the order they finished, oldest first (expiry takes them from
         the left); an entry whose task was expired already is skipped and dropped."""
+        self.children: dict[str, list[str]] = {}
+        """Waiting tasks by the unsettled dependency they wait for."""
+        self.held: dict[str, int] = {}
+        """How many waiting tasks name each dependency: those are not expired, as their
+        results become inputs when the last dependency settles."""
+        self._parked: set[str] = set()
+        """Held finished tasks taken off :attr:`finished`; put back when no longer held."""
+        self.settled: list[Change] = []
+        """Waiting tasks released or cancelled by the last record (the engine takes them)."""
 
     @property
     def seq(self) -> int:
@@ -215,16 +245,16 @@ class TaskTable:
         """Apply one record; returns the tasks whose state changed."""
         kind = record["e"]
         if kind == "submit":
-            return self._submit(record["tasks"])
+            return self._submit(record["tasks"], record.get("deps"))
         if kind == "assign":
             return self._assign(record["w"], record["items"], record["at"])
         if kind == "start":
             self._start(record["items"], record["at"])
             return []
         if kind == "finish":
-            return self._finish(record["items"])
+            return self._settle_ended(self._finish(record["items"]))
         if kind == "cancel":
-            return list(self._cancel(record["tasks"], record["at"]))
+            return self._cancel(record["tasks"], record["at"])
         if kind == "types":
             self.known_types.update(record["types"])
             return []
@@ -243,7 +273,7 @@ class TaskTable:
             return []
         raise ValueError(f"unknown journal record kind {kind!r}")
 
-    def _submit(self, rows: list[Any]) -> list[Change]:
+    def _submit(self, rows: list[Any], deps: list[list[Any]] | None) -> list[Change]:
         tasks, keys, changes = self.tasks, self.keys, []
         pending = TaskState.PENDING
         for row in rows:
@@ -272,6 +302,8 @@ class TaskTable:
         for group, n in tally([(c.task.type, c.task.priority) for c in changes]).items():
             self.pending[group] = self.pending.get(group, 0) + n
         self.by_state[pending] += len(changes)
+        if deps is not None:
+            self._wait(changes, deps)
         return changes
 
     def _assign(self, worker: str, items: list[list[Any]], at: float) -> list[Change]:
@@ -365,7 +397,8 @@ class TaskTable:
                 self.pending[group] = self.pending.get(group, 0) + n
         return changes
 
-    def _cancel(self, task_ids: list[str], at: float) -> Iterator[Change]:
+    def _cancel(self, task_ids: list[str], at: float) -> list[Change]:
+        changes = []
         for task_id in task_ids:
             task = self.tasks[task_id]
             if task.state.terminal:
@@ -374,11 +407,147 @@ class TaskTable:
             if current is not None:
                 current.outcome = Outcome.CANCELLED
                 current.ended_at = at
+            if old_state is TaskState.WAITING:
+                self._unhold(task)
             task.state = TaskState.CANCELLED
             task.finished_at = at
             self.finished.append(task)
             self._moved(task, old_state)
-            yield Change(task, old_state, None if current is None else current.worker)
+            changes.append(Change(task, old_state, None if current is None else current.worker))
+            self._settle(task)
+        return changes
+
+    # -- dependencies ----------------------------------------------------------------------
+
+    def _wait(self, changes: list[Change], deps: list[list[Any]]) -> None:
+        """The tasks of a submission that have dependencies (``[row, ids, on_failure,
+        inputs]``) wait for them, unless those have settled already."""
+        waiting = TaskState.WAITING
+        linked: list[tuple[Task, str | None]] = []
+        for row, after, on_failure, inputs in deps:
+            task = changes[row].task
+            task.deps = Deps(after, on_failure == "run", inputs)
+            task.state = waiting
+            self._moved(task, TaskState.PENDING)
+            linked.append((task, self._link(task)))
+        self._settle_linked(linked)
+
+    def _link(self, task: Task) -> str | None:
+        """Count and index what a waiting task waits for; returns a dependency that ended
+        without success, if any."""
+        deps = cast(Deps, task.deps)
+        tasks, held, children = self.tasks, self.held, self.children
+        left, failed = 0, None
+        for dep_id in deps.after:
+            held[dep_id] = held.get(dep_id, 0) + 1
+            dep = tasks.get(dep_id)
+            if dep is not None and not dep.state.terminal:
+                children.setdefault(dep_id, []).append(task.id)
+                left += 1
+            elif failed is None and (dep is None or dep.state is not TaskState.SUCCEEDED):
+                failed = dep_id
+        deps.left = left
+        return failed
+
+    def _settle_linked(self, linked: list[tuple[Task, str | None]]) -> None:
+        """Release or cancel just linked tasks whose dependencies all settled already."""
+        for task, failed in linked:
+            if task.state is not TaskState.WAITING:
+                continue  # cancelled by the cascade from one settled before it
+            deps = cast(Deps, task.deps)
+            reason: str | None = None
+            at = task.created_at
+            if failed is not None and not deps.run:
+                dep = self.tasks.get(failed)
+                reason = _dependency_error(failed, dep)
+                at = (dep and dep.finished_at) or at
+            elif deps.left == 0:
+                reason = self._release(task)
+            if reason is not None:
+                self._end_waiting(task, reason, at)
+                self._settle(task, {task.id: reason})
+
+    def _settle_ended(self, changes: list[Change]) -> list[Change]:
+        """Settle what waited for the tasks of ``changes`` that ended."""
+        if self.children:
+            for change in changes:
+                if change.task.state is not TaskState.PENDING:
+                    self._settle(change.task)
+        return changes
+
+    def _settle(self, first: Task, causes: dict[str, str] | None = None) -> None:
+        """``first`` ended: release or cancel the tasks waiting for it, and theirs in turn
+        (iteratively: a chain may be long). A task cancelled by the cascade names the
+        dependency where it started, so a whole chain shows the same cause."""
+        children = self.children
+        if first.id not in children:
+            return
+        tasks, causes = self.tasks, causes or {}
+        work = [first]
+        while work:
+            dep = work.pop()
+            for child_id in children.pop(dep.id, ()):
+                child = tasks.get(child_id)
+                if child is None or child.state is not TaskState.WAITING:
+                    continue
+                deps = cast(Deps, child.deps)
+                if dep.state is TaskState.SUCCEEDED or deps.run:
+                    deps.left -= 1
+                    if deps.left:
+                        continue
+                    reason = self._release(child)
+                    if reason is None:
+                        continue
+                else:
+                    reason = causes.get(dep.id) or _dependency_error(dep.id, dep)
+                self._end_waiting(child, reason, dep.finished_at or child.created_at)
+                causes[child.id] = reason
+                work.append(child)
+
+    def _release(self, task: Task) -> str | None:
+        """Every dependency settled: the task is pending, its inputs replaced; or, if an
+        input names a part its result lacks, the reason it cannot run."""
+        deps = cast(Deps, task.deps)
+        if deps.inputs:
+            try:
+                task.payload = dependencies.resolve(task.payload, self._outcome)
+            except dependencies.MissingInput as exc:
+                ref, path = exc.args
+                return f"dependency {ref} has no {path!r} in its result"
+        self._unhold(task)
+        task.state = TaskState.PENDING
+        self._moved(task, TaskState.WAITING)
+        self.settled.append(Change(task, TaskState.WAITING, None))
+        return None
+
+    def _end_waiting(self, task: Task, reason: str, at: float) -> None:
+        self._unhold(task)
+        task.state = TaskState.CANCELLED
+        task.error = reason
+        task.finished_at = at
+        self.finished.append(task)
+        self._moved(task, TaskState.WAITING)
+        self.settled.append(Change(task, TaskState.WAITING, None))
+
+    def _outcome(self, dep_id: str) -> dependencies.Outcome:
+        dep = self.tasks.get(dep_id)
+        if dep is None:
+            return False, dependencies.error_view(dep_id, "forgotten", None)
+        if dep.state is TaskState.SUCCEEDED:
+            return True, dep.result
+        return False, dependencies.error_view(dep_id, dep.state, dep.error)
+
+    def _unhold(self, task: Task) -> None:
+        held, parked = self.held, self._parked
+        for dep_id in cast(Deps, task.deps).after:
+            n = held[dep_id] - 1
+            if n:
+                held[dep_id] = n
+                continue
+            del held[dep_id]
+            if dep_id in parked:
+                parked.discard(dep_id)
+                self.finished.append(self.tasks[dep_id])
 
     def _expire(self, task_ids: list[str]) -> None:
         tasks, keys = self.tasks, self.keys
@@ -389,8 +558,13 @@ class TaskTable:
             if task.key is not None and keys.get((task.owner, task.key)) == task_id:
                 del keys[(task.owner, task.key)]
             self.by_state[task.state] -= 1
-        finished = self.finished
-        while finished and tasks.get(finished[0].id) is not finished[0]:
+        finished, held = self.finished, self.held
+        while finished:
+            head = finished[0]
+            if tasks.get(head.id) is head:
+                if head.id not in held:
+                    break
+                self._parked.add(head.id)
             finished.popleft()
 
     def expirable(self, finished_before: float, limit: int) -> list[TaskId]:
@@ -401,7 +575,7 @@ class TaskTable:
         for task in self.finished:
             if len(ids) >= limit or task.finished_at is None or task.finished_at > finished_before:
                 break
-            if tasks.get(task.id) is task:
+            if tasks.get(task.id) is task and task.id not in self.held:
                 ids.append(task.id)
         return ids
 
@@ -446,6 +620,12 @@ class TaskTable:
                 keys[(task.owner, task.key)] = task.id
         done = [t for t in tasks.values() if t.state.terminal]
         self.finished.extend(sorted(done, key=lambda t: t.finished_at or 0.0))
+        # A snapshot is fuzzy (see snapshot_pieces): a waiting task may have been taken
+        # before a dependency of it settled and the dependency after. Settled here as the
+        # live table did when that dependency ended.
+        waiting = [t for t in tasks.values() if t.state is TaskState.WAITING]
+        self._settle_linked([(task, self._link(task)) for task in waiting])
+        self.settled.clear()
 
 
 class Snapshot(msgspec.Struct):
@@ -476,6 +656,12 @@ def _pieces(header: bytes, tasks: list[Task], size: int | None) -> Iterator[byte
         body = msgspec.json.encode(tasks[start : start + step])[1:-1]
         yield b"," + body if start else body
     yield b"]}"
+
+
+def _dependency_error(dep_id: str, dep: Task | None) -> str:
+    if dep is None:
+        return f"dependency {dep_id} was forgotten"
+    return f"dependency {dep_id} {dep.state}" + (f": {dep.error}" if dep.error else "")
 
 
 def _final_error(task: Task) -> str:
