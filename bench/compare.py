@@ -20,6 +20,7 @@ PEER_FLAGS = {
     "--tasks": "throughput", "--large": "throughput_large", "--latency": "latency",
     "--kill": "kill", "--kill-rounds": "kill_rounds", "--scale": "scale_workers",
     "--slots": "scale_slots", "--pending-first": "pending_first", "--pending": "pending",
+    "--dag-chains": "dag_chains",
 }  # fmt: skip
 """``bench/peers.py``'s size flags, each set from the size of the same name in
 ``bench.run.SIZES`` so that every system runs the same workloads."""
@@ -97,6 +98,9 @@ def comparison(figures: dict[str, Any], peers: dict[str, dict[str, Any]]) -> lis
         row("latency p50 (Mutirão: HTTP request)", "ms", figures.get("latency_p50_http", 0.0),
             "latency.p50_ms", "lower"),
         row("worker SIGKILL: extra time", "s", figures["kill_extra"], "kill.extra_s", "lower"),
+        *([row("workflow: 100,010-task graph (chains of 10, fan-in of 1,000)", "tasks/s",
+               figures["dag_tasks_s"], "dag_tasks_s", "higher")]
+          if "dag_tasks_s" in figures else []),
         *(row(f"throughput, batches, {k} worker(s)", "tasks/s", figure,
               f"scale_workers.{k}", "higher")
           for k, figure in series(figures, "scale_workers_")),

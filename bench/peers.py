@@ -48,10 +48,64 @@ class Sizes:
     slots: int
     pending_first: int
     pending: int
+    dag_chains: int = 0
+
+
+DAG_CHAIN = 10
+DAG_FAN_IN = 1_000
+"""As in Mutirão's workflow workload (``bench.dag``)."""
 
 
 def noop(x: Any) -> Any:
     return x
+
+
+def add(a: float, b: float) -> float:
+    return a + b
+
+
+def total(*values: float) -> float:
+    return sum(values)
+
+
+def _dag_expected(chains: int) -> list[int]:
+    return [DAG_CHAIN * min(DAG_FAN_IN, chains - i) for i in range(0, chains, DAG_FAN_IN)]
+
+
+def _dask_dag(client: Any, chains: int) -> float:
+    """Tasks per second for the workflow graph, as one task graph (Dask's fastest way)."""
+    started = time.perf_counter()
+    graph: dict[Any, Any] = {}
+    for c in range(chains):
+        graph[("step", c, 0)] = (add, 0, 1)
+        for k in range(1, DAG_CHAIN):
+            graph[("step", c, k)] = (add, ("step", c, k - 1), 1)
+    sums = []
+    for j, i in enumerate(range(0, chains, DAG_FAN_IN)):
+        ends = [("step", c, DAG_CHAIN - 1) for c in range(i, min(i + DAG_FAN_IN, chains))]
+        graph[("sum", j)] = (total, *ends)
+        sums.append(("sum", j))
+    results = client.get(graph, sums)
+    elapsed = time.perf_counter() - started
+    assert list(results) == _dag_expected(chains), results
+    return len(graph) / elapsed
+
+
+def _ray_dag(ray: Any, chains: int) -> float:
+    """Tasks per second for the workflow graph, object refs passed as arguments."""
+    remote_add, remote_total = ray.remote(add), ray.remote(total)
+    started = time.perf_counter()
+    ends = []
+    for _ in range(chains):
+        ref = remote_add.remote(0, 1)
+        for _ in range(1, DAG_CHAIN):
+            ref = remote_add.remote(ref, 1)
+        ends.append(ref)
+    sums = [remote_total.remote(*ends[i : i + DAG_FAN_IN]) for i in range(0, chains, DAG_FAN_IN)]
+    results = ray.get(sums)
+    elapsed = time.perf_counter() - started
+    assert results == _dag_expected(chains), results
+    return (chains * DAG_CHAIN + len(sums)) / elapsed
 
 
 def sleepy(x: Any) -> Any:
@@ -190,6 +244,9 @@ def run_dask(size: Sizes) -> dict[str, Any]:
             finish=lambda: client.gather(futures),
         )
         out["kill"] = _dask_kill(client, size.kill, size.kill_rounds)
+        if size.dag_chains:
+            progress("workflow graph")
+            out["dag_tasks_s"] = _dask_dag(client, size.dag_chains)
     progress("scale: workers, slots")
     out["scale_workers"] = {
         str(k): _dask_throughput(k, 1, size.scale) for k in WORKER_COUNTS if size.scale
@@ -304,6 +361,9 @@ def run_ray(size: Sizes) -> dict[str, Any]:
             finish=lambda: ray.get(refs),
         )
         out["kill"] = _ray_kill(ray, size.kill, size.kill_rounds)
+        if size.dag_chains:
+            progress("workflow graph")
+            out["dag_tasks_s"] = _ray_dag(ray, size.dag_chains)
     finally:
         ray.shutdown()
     progress("scale: workers, slots")
@@ -392,10 +452,13 @@ def main() -> int:
     )
     parser.add_argument("--pending-first", type=int, default=100_000)
     parser.add_argument("--pending", type=int, default=1_000_000, help="pending tasks to fill")
+    parser.add_argument(
+        "--dag-chains", type=int, default=10_000, help="chains of the workflow graph; 0: skip"
+    )
     args = parser.parse_args()
     run = run_dask if args.system == "dask" else run_ray
     size = Sizes(args.tasks, args.large, args.latency, args.kill, args.kill_rounds, args.scale,
-                 args.slots, args.pending_first, args.pending)  # fmt: skip
+                 args.slots, args.pending_first, args.pending, args.dag_chains)  # fmt: skip
     print(json.dumps(run(size)))
     return 0
 

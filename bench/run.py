@@ -48,6 +48,7 @@ SIZES = {
         "pending": 5_000,
         "retention": 2_000,
         "recovery": 5_000,
+        "dag_chains": 200,
     },
     "full": {
         "throughput": 20_000,
@@ -63,6 +64,7 @@ SIZES = {
         "pending": 1_000_000,
         "retention": 100_000,
         "recovery": 1_000_000,
+        "dag_chains": 10_000,
     },
 }
 
@@ -320,7 +322,8 @@ Workload = Callable[[Path], Awaitable[Result | list[Result]]]
 
 def workloads(size: str) -> dict[str, Workload]:
     """Every workload by its ``--only`` name, in the order ``make bench`` runs them."""
-    from bench import scale  # imported here: bench.scale builds on this module's helpers
+    # Imported here: these build on this module's helpers.
+    from bench import dag, scale
 
     n = SIZES[size]
     return {
@@ -331,6 +334,7 @@ def workloads(size: str) -> dict[str, Workload]:
         "latency": lambda root: latency(root, n["latency"]),
         "kill": lambda root: worker_kill(root, n["kill"], n["kill_rounds"]),
         "failover": lambda root: failover(root, n["failover"]),
+        "dag": lambda root: dag.dag(root, n["dag_chains"]),
         **scale.workloads(n),
     }
 

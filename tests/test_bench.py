@@ -13,7 +13,9 @@ from bench.run import Result, _document, _merged, main_async, select, workloads
 
 
 async def test_every_benchmark_runs_at_tiny_size() -> None:
-    results = await main_async("tiny", ["throughput", "per-request", "latency", "kill", "failover"])
+    results = await main_async(
+        "tiny", ["throughput", "per-request", "latency", "kill", "failover", "dag"]
+    )
     assert [r.workload.split(",")[0] for r in results] == [
         "throughput",
         "throughput",
@@ -22,6 +24,9 @@ async def test_every_benchmark_runs_at_tiny_size() -> None:
         "latency",
         "worker SIGKILL mid-run",
         "failover",
+        "workflow",
+        "workflow",
+        "workflow",
     ]
     _plausible(results)
 
