@@ -55,7 +55,7 @@ async def test_top_shows_workers_queue_and_leader_and_stops_on_ctrl_c(
     await eventually(busy, timeout=15, what="W1 running 2 tasks with 1 queued", every=0.2)
     run = await mutirao("top", "--once", env=env, cwd=tmp_path)
     assert f"leader: orchestrator at {cluster.url}, epoch 1" in run.out, run
-    assert "tasks: waiting 0  pending 1  assigned 0  running 2" in run.out, run
+    assert "tasks: waiting 0  scheduled 0  pending 1  assigned 0  running 2" in run.out, run
     [w1] = [line.split() for line in run.out.splitlines() if line.startswith("W1 ")]
     assert w1[2:5] == ["2/2", "[##########]", "100%"], run
     assert w1[1] in ("alive", "suspect"), run  # suspect: a heartbeat late on a loaded machine

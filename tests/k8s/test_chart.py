@@ -701,7 +701,7 @@ def test_crd_shape(crd: dict[str, Any]) -> None:
     ]
     assert [c.upper() for c in default_columns] == ["TYPE", "PHASE", "WORKER", "ATTEMPTS", "AGE"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    phases = ["Waiting", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+    phases = ["Waiting", "Scheduled", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
     assert status["phase"]["enum"] == phases
     assert {"worker", "attempts", "result", "error", "startedAt", "completedAt", "epoch",
             "taskId", "conditions"} <= status.keys()  # fmt: skip

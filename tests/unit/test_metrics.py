@@ -202,6 +202,7 @@ def test_gauges_are_read_from_the_state_at_scrape_time(cluster: Cluster) -> None
     tasks = {dict(k)["state"]: v for k, v in samples["mutirao_tasks"].items()}
     assert tasks == {
         "waiting": 0,
+        "scheduled": 0,
         "pending": 2,
         "assigned": 4,
         "running": 0,

@@ -324,6 +324,26 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
             choices=("cancel", "run"),
             help="if a dependency fails: cancel this task, or run it anyway [cancel]",
         )
+        when = p.add_mutually_exclusive_group()
+        when.add_argument(
+            "--countdown", type=float, metavar="S", help="start no sooner than S seconds from now"
+        )
+        when.add_argument(
+            "--at",
+            metavar="TIME",
+            help="start no sooner than TIME: ISO 8601 (2026-12-24T18:00:00+01:00; no zone: "
+            "local time) or unix seconds",
+        )
+        p.add_argument(
+            "--retry-delay",
+            type=float,
+            metavar="S",
+            help="seconds before the 2nd attempt, doubling after each [the cluster's]",
+        )
+        p.add_argument("--retry-backoff", type=float, metavar="F", help="growth of that delay [2]")
+        p.add_argument(
+            "--keep-result", type=float, metavar="S", help="keep the finished task S seconds"
+        )
         p.add_argument("--wait", action="store_true", help="wait for the result(s)")
     elif name == "graph":
         p.add_argument("id", help="task id (the last step of a workflow shows all of it)")

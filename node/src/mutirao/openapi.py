@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from mutirao.auth import MIN_PASSWORD, ROLES
-from mutirao.protocol import MAX_AFTER, MAX_ATTEMPTS, MAX_PAYLOAD_DEPTH, MAX_TIMEOUT, TaskState
+from mutirao.protocol import (
+    MAX_AFTER,
+    MAX_ATTEMPTS,
+    MAX_PAYLOAD_DEPTH,
+    MAX_TIME,
+    MAX_TIMEOUT,
+    TaskState,
+)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _CLIENT_ERROR = {"$ref": "#/components/schemas/ClientError"}
@@ -121,6 +128,33 @@ _TASK_SPEC = {
                 "The task is `waiting` until then; see docs/workflows.md"
             ),
         },
+        "retry": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "description": (
+                "backoff between attempts: attempt n+1 starts no sooner than min(max_delay, "
+                "delay * backoff^(n-1)) s (+/- jitter) after attempt n ended; lost workers' "
+                "attempts retry at once. Default: the cluster's tasks.retry_* settings"
+            ),
+            "properties": {
+                "delay": {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT},
+                "backoff": {"type": "number", "minimum": 1, "maximum": 100},
+                "max_delay": {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT},
+                "jitter": {"type": "number", "minimum": 0, "maximum": 1},
+            },
+        },
+        "not_before": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": MAX_TIME,
+            "description": "unix time before which the task does not start (`scheduled`)",
+        },
+        "keep_result": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": MAX_TIMEOUT,
+            "description": "seconds the finished task is kept (default: tasks.retention)",
+        },
         "on_failure": {
             "enum": ["cancel", "run"],
             "default": "cancel",
@@ -185,6 +219,7 @@ OPENAPI: dict[str, Any] = {
                     "error": {"type": ["string", "null"]},
                     "after": {"type": "array", "items": {"type": "string"}},
                     "on_failure": {"enum": ["cancel", "run"]},
+                    "not_before": {"type": ["number", "null"]},
                 },
             },
         },

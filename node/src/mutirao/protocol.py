@@ -43,6 +43,8 @@ STALE_EPOCH_CLOSE = 4409
 class TaskState(StrEnum):
     WAITING = "waiting"
     """Submitted with dependencies (``after``) not all settled yet."""
+    SCHEDULED = "scheduled"
+    """Not to start before a time: ``not_before``, or a retry's backoff."""
     PENDING = "pending"
     ASSIGNED = "assigned"
     RUNNING = "running"
@@ -85,6 +87,28 @@ MAX_AFTER = 10_000
 _Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
 _Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
 _Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT)]
+MAX_TIME = 2.0**36
+"""Latest ``not_before`` (unix seconds, about the year 4147)."""
+
+
+class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True):
+    """How long a failed attempt's task waits before the next: attempt n+1 starts no
+    sooner than ``min(max_delay, delay * backoff**(n-1))`` seconds, +/- the ``jitter``
+    fraction, after attempt n ended. A lost worker's attempts are retried at once."""
+
+    delay: _Seconds = 0.0
+    backoff: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
+    max_delay: _Seconds = 300.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
+    def after(self, attempt: int, spread: float = 0.0) -> float:
+        """Seconds before the attempt after ``attempt``; ``spread`` in [-1, 1] picks the
+        jitter (chosen by the caller, so that it is recorded, not drawn on replay)."""
+        base = min(self.max_delay, self.delay * self.backoff ** min(attempt - 1, 1000))
+        return max(0.0, base * (1 + self.jitter * spread))
+
+
 OnFailure = Literal["cancel", "run"]
 
 
@@ -105,6 +129,12 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
     on_failure: OnFailure = "cancel"
     """What a failed, cancelled dependency does to this task: cancel it, or run it anyway
     (a cleanup step), its inputs from such dependencies then naming their error."""
+    retry: RetryPolicy | None = None
+    """Backoff between attempts (default: the cluster's ``tasks.retry_*`` settings)."""
+    not_before: Annotated[float, msgspec.Meta(ge=0, le=MAX_TIME)] | None = None
+    """Unix time before which the task does not start (it is ``scheduled`` until then)."""
+    keep_result: _Seconds | None = None
+    """Seconds the finished task is kept, instead of the cluster's ``tasks.retention``."""
 
 
 class _Envelope(msgspec.Struct):
@@ -288,6 +318,8 @@ class TaskView(TypedDict):
     after: list[str]
     """The tasks this one waits for (ids), payload inputs included."""
     on_failure: str
+    not_before: float | None
+    """When a ``scheduled`` task may start (its ``not_before``, or its retry's backoff)."""
 
 
 class TaskBrief(TypedDict):

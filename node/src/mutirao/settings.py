@@ -111,6 +111,16 @@ class TaskDefaults:
     """Seconds a finished task, its result included, stays in the orchestrator's memory and
     checkpoints; then it is forgotten (and its idempotency key with it), as Celery's
     ``result_expires``. 0 forgets finished tasks as soon as possible."""
+    retry_delay: float = 0.0
+    """Seconds before a failed task's second attempt (0: at once); a task's ``retry``
+    overrides these four. Lost workers' attempts are always retried at once."""
+    retry_backoff: float = 2.0
+    """Factor by which the delay grows with each attempt."""
+    retry_max_delay: float = 300.0
+    """Longest delay between attempts, in seconds."""
+    retry_jitter: float = 0.0
+    """Fraction of the delay added or taken at random (0.1: +/-10%), so that tasks failing
+    together do not all come back together."""
 
 
 @dataclass

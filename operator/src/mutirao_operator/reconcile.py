@@ -23,6 +23,7 @@ GROUP, VERSION, PLURAL = "mutirao.dev", "v1", "tasks"
 
 class Phase(StrEnum):
     WAITING = "Waiting"
+    SCHEDULED = "Scheduled"
     PENDING = "Pending"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
@@ -34,6 +35,7 @@ TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED})
 
 _PHASES = {
     TaskState.WAITING: Phase.WAITING,  # for the Tasks of spec.after
+    TaskState.SCHEDULED: Phase.SCHEDULED,  # a retry's backoff
     TaskState.PENDING: Phase.PENDING,
     TaskState.ASSIGNED: Phase.PENDING,  # handed to a worker that has not started it yet
     TaskState.RUNNING: Phase.RUNNING,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import getpass
 import sys
 import time
@@ -104,11 +105,41 @@ def _payload(text: str | None) -> Any:
         raise SystemExit(f"error: --payload is not valid JSON: {exc}") from None
 
 
+def _timing(args: argparse.Namespace) -> dict[str, Any]:
+    """``not_before`` and ``retry`` of a submission, from --countdown/--at/--retry-*."""
+    out: dict[str, Any] = {}
+    if args.countdown is not None:
+        out["not_before"] = time.time() + args.countdown
+    elif args.at is not None:
+        out["not_before"] = _instant(args.at)
+    if args.retry_delay is not None or args.retry_backoff is not None:
+        retry = {"delay": args.retry_delay or 0.0}
+        if args.retry_backoff is not None:
+            retry["backoff"] = args.retry_backoff
+        out["retry"] = retry
+    return out
+
+
+def _instant(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(
+            f"error: --at {text!r} is neither ISO 8601 (2026-12-24T18:00:00+01:00) nor unix seconds"
+        ) from None
+    return moment.timestamp()  # naive: local time, as `date` shows it
+
+
 async def submit(client: Client, args: argparse.Namespace) -> int:
     spec: dict[str, Any] = {"type": args.type, "payload": _payload(args.payload)}
-    for name in ("priority", "max_attempts", "timeout", "after", "on_failure"):
+    for name in ("priority", "max_attempts", "timeout", "after", "on_failure", "keep_result"):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)
+    spec.update(_timing(args))
     if args.count == 1:
         if args.key:
             spec["key"] = args.key

@@ -8,9 +8,11 @@ The aiohttp service is a thin adapter around this class; tests drive it with a f
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
+import random
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from mutirao import dependencies
 from mutirao.errors import NotFoundError, ValidationError
 from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
 from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
-from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable, grouped
+from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable, Timing, grouped
 from mutirao.protocol import (
     AssignItem,
     AttemptRef,
@@ -28,6 +30,7 @@ from mutirao.protocol import (
     OrchestratorMessage,
     Outcome,
     ResultItem,
+    RetryPolicy,
     TaskId,
     TaskSpec,
     TaskState,
@@ -124,9 +127,17 @@ class Engine:
         new_id: Callable[[], TaskId] | None = None,
         observer: EngineObserver = NULL_OBSERVER,
         retention: float = math.inf,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.heartbeat = heartbeat
         self.retention = retention
+        self.retry = retry or RetryPolicy()
+        """The backoff of tasks that do not set their own ``retry``."""
+        self.timers: list[tuple[float, int, TaskId]] = []
+        """Scheduled tasks by when they may start (a heap; entries of tasks no longer
+        scheduled at that time are dropped as they come up)."""
+        self.earlier = False
+        """A timer now comes first that the I/O layer may not be waiting for."""
         """Seconds a finished task is kept before :meth:`tick` expires it."""
         self.observer = observer
         """Told about every live decision (metrics); see :mod:`mutirao.orchestrator.events`."""
@@ -154,13 +165,7 @@ class Engine:
         # The most frequent kinds, by batch: what _track does for each of their changes.
         kind = record["e"]
         if kind == "submit":
-            push = self.queue.push
-            # Tasks with dependencies wait; those released at once are in table.settled.
-            deps = "deps" in record
-            for change in changes:
-                task = change.task
-                if not deps or task.deps is None:
-                    push(task.type, Entry(-task.priority, task.seq, task.id, 0, None))
+            self._submitted(record, changes)
         elif kind == "assign":
             worker = self._worker(record["w"])
             held = worker.attempts
@@ -182,7 +187,22 @@ class Engine:
         # it holds twice as many entries as there are pending tasks.
         if len(self.queue) > 2 * self.table.by_state[TaskState.PENDING] + _COMPACT_SLACK:
             self.queue.compact(self._is_current)
+        if len(self.timers) > 2 * self.table.by_state[TaskState.SCHEDULED] + _COMPACT_SLACK:
+            self._compact_timers()
         return changes
+
+    def _submitted(self, record: Record, changes: list[Change]) -> None:
+        push = self.queue.push
+        if "deps" not in record and "timing" not in record:
+            for change in changes:
+                task = change.task
+                push(task.type, Entry(-task.priority, task.seq, task.id, 0, None))
+            return
+        # Tasks with dependencies wait (those released at once are in table.settled);
+        # with a not_before, they are scheduled.
+        for change in changes:
+            if change.task.deps is None:
+                self._track(change)
 
     def _finished_attempts(self, changes: list[Change]) -> None:
         """Attempts ended: free their workers' slots (counted once per worker, not per
@@ -202,6 +222,8 @@ class Engine:
             if task.state is pending:
                 entry = Entry(-task.priority, task.seq, task.id, len(attempts), last.worker)
                 push(task.type, entry)
+            elif task.state is TaskState.SCHEDULED:
+                self._timer(task)
             else:
                 finished.append(task)
         for holder in touched.values():
@@ -225,6 +247,32 @@ class Engine:
             worker.running = len(worker.attempts)
         elif task.state.terminal:
             self._finished.append(task)
+        elif task.state is TaskState.SCHEDULED:
+            self._timer(task)
+
+    def _timer(self, task: Task) -> None:
+        at = cast(Timing, task.timing).not_before or 0.0
+        timers = self.timers
+        if not timers or at < timers[0][0]:
+            self.earlier = True
+        heapq.heappush(timers, (at, task.seq, task.id))
+
+    def _compact_timers(self) -> None:
+        """Drop the timers of tasks no longer scheduled (a standby never fires any)."""
+        tasks, scheduled = self.table.tasks, TaskState.SCHEDULED
+        live = [
+            (at, seq, task_id)
+            for at, seq, task_id in self.timers
+            if (task := tasks.get(task_id)) is not None
+            and task.state is scheduled
+            and cast(Timing, task.timing).not_before == at
+        ]
+        heapq.heapify(live)
+        self.timers = live
+
+    def next_due(self) -> float | None:
+        """When the earliest scheduled task may start (perhaps one no longer scheduled)."""
+        return self.timers[0][0] if self.timers else None
 
     def rebuild(self, task: Task) -> None:
         """Re-index a task restored from a checkpoint."""
@@ -295,6 +343,7 @@ class Engine:
         row_of: list[int | None] = []
         """Each spec's row, None where its key named an existing task."""
         fresh: dict[str, TaskId] = {}
+        timing: list[list[Any]] = []
         by_key = self.table.by_key
         for spec in specs:
             key = spec.key
@@ -305,6 +354,8 @@ class Engine:
                     ids.append(earlier)
                     row_of.append(None)
                     continue
+            if spec.retry is not None or spec.not_before is not None or spec.keep_result:
+                timing.append(_timing(len(rows), spec, now))
             row_of.append(len(rows))
             task_id = self._new_id()
             if key is not None:
@@ -333,6 +384,8 @@ class Engine:
             record: Record = {"e": "submit", "tasks": rows}
             if deps:
                 record["deps"] = deps
+            if timing:
+                record["timing"] = timing
             self._record(effects, record)
         tasks = self.table.tasks
         return [tasks[task_id] for task_id in ids], effects.extend(self.dispatch(now))
@@ -472,10 +525,19 @@ class Engine:
         return effects
 
     def results(
-        self, wid: str, session: int, items: list[ResultItem], now: float, stuck: int = 0
+        self,
+        wid: str,
+        session: int,
+        items: list[ResultItem],
+        now: float,
+        stuck: int = 0,
+        *,
+        asked: dict[str, float] | None = None,
     ) -> Effects:
         """Record results of current attempts; stale ones are ignored (fencing by attempt).
-        ``stuck``: slots still held by threads of attempts that ended (timed out)."""
+        ``stuck``: slots still held by threads of attempts that ended (timed out);
+        ``asked``: retry delays handlers asked for (``mutirao.Retry``), by task."""
+        asked = asked or {}
         effects = Effects()
         worker = self.workers.get(wid)
         if worker is None or worker.session != session:
@@ -484,6 +546,7 @@ class Engine:
         worker.hold(stuck)
         finish: list[list[Any]] = []
         acked: list[AttemptRef] = []
+        later: dict[str, float] = {}
         for task_id, attempt, ok, value, error, started, ended in items:
             ref = (task_id, attempt)
             acked.append(ref)
@@ -497,12 +560,36 @@ class Engine:
                     extra={"task": task_id, "attempt": attempt, "worker": wid},
                 )
                 continue
-            outcome = Outcome.SUCCEEDED if ok else Outcome.FAILED
+            if ok:
+                outcome = Outcome.SUCCEEDED
+            else:
+                outcome = Outcome.FAILED
+                self._backoff(task_id, attempt, now, later, asked.get(task_id))
             finish.append([task_id, attempt, outcome, value, error, started, ended])
         if finish:
-            self._record(effects, {"e": "finish", "items": finish})
+            record: Record = {"e": "finish", "items": finish}
+            if later:
+                record["later"] = later
+            self._record(effects, record)
         effects.send(wid, {"op": "ack", "attempts": acked})
         return effects.extend(self.dispatch(now))
+
+    def _backoff(
+        self, task_id: str, attempt: int, now: float, later: dict[str, float], asked: float | None
+    ) -> None:
+        """When a task whose attempt failed may run again: in ``later`` unless at once."""
+        task = self.table.tasks[task_id]
+        if len(task.attempts) >= task.max_attempts:
+            return
+        if asked is not None:
+            delay = asked
+        else:
+            own = task.timing.retry if task.timing is not None else None
+            policy = self.retry if own is None else RetryPolicy(*own)
+            spread = random.uniform(-1.0, 1.0) if policy.jitter else 0.0
+            delay = policy.after(attempt, spread)
+        if delay > 0:
+            later[task_id] = now + delay
 
     def worker_lost(self, wid: str, session: int, reason: str, now: float) -> Effects:
         """The worker's connection dropped: its attempts are lost at once."""
@@ -553,13 +640,30 @@ class Engine:
             elif age > suspect_after and worker.state == "alive":
                 worker.state, worker.eligible = "suspect", False
                 log.info("worker %s is suspect: silent for %.1fs", worker.id, age)
-        if self.retention < math.inf:
-            expired = self.table.expirable(now - self.retention, EXPIRE_BATCH)
+        if self.retention < math.inf or self.table.kept:
+            expired = self.table.expirable(now - self.retention, EXPIRE_BATCH, now)
             if expired:
                 self._record(effects, {"e": "expire", "tasks": expired})
+        due = self._due(now)
+        if due:
+            self._record(effects, {"e": "due", "tasks": due})
         # Always dispatch: a suspect worker whose heartbeat made it eligible again has free
         # slots, and nothing else would hand it the tasks queued meanwhile.
         return effects.extend(self.dispatch(now))
+
+    def _due(self, now: float) -> list[TaskId]:
+        """Scheduled tasks whose time came (timers of tasks no longer scheduled then go)."""
+        timers, tasks, due = self.timers, self.table.tasks, []
+        while timers and timers[0][0] <= now:
+            at, _, task_id = heapq.heappop(timers)
+            task = tasks.get(task_id)
+            if (
+                task is not None
+                and task.state is TaskState.SCHEDULED
+                and cast(Timing, task.timing).not_before == at
+            ):
+                due.append(task_id)
+        return due
 
     def _is_current(self, entry: Entry) -> bool:
         task = self.table.tasks[entry.task_id]
@@ -599,3 +703,12 @@ class Engine:
 
     def counts(self) -> dict[str, int]:
         return {str(k): v for k, v in self.table.by_state.items()}
+
+
+def _timing(row: int, spec: TaskSpec, now: float) -> list[Any]:
+    """A ``timing`` entry of a submit record (see :mod:`.tasks`); a ``not_before`` already
+    past is left out, so the task is pending at once."""
+    retry = spec.retry
+    policy = None if retry is None else [retry.delay, retry.backoff, retry.max_delay, retry.jitter]
+    not_before = spec.not_before if spec.not_before is not None and spec.not_before > now else None
+    return [row, policy, not_before, spec.keep_result]

@@ -201,6 +201,7 @@ class OrchestratorMetrics:
             TaskState.SUCCEEDED: self.completed,
             TaskState.FAILED: self.failed,
             TaskState.PENDING: self.retried,
+            TaskState.SCHEDULED: self.retried,
         }
         for (task_type, state, outcome), group in groups.items():
             counters[state].labels(task_type).inc(len(group))

@@ -51,7 +51,7 @@ from mutirao.orchestrator.logins import Logins
 from mutirao.orchestrator.metrics import OrchestratorMetrics
 from mutirao.orchestrator.tasks import Snapshot, Task, decode_snapshot
 from mutirao.orchestrator.throttle import LoginThrottle
-from mutirao.protocol import TERMINAL_STATES, TaskSpec
+from mutirao.protocol import TERMINAL_STATES, RetryPolicy, TaskSpec
 from mutirao.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class Orchestrator:
         self.settings = settings
         self.node = settings.node_id
         self.url = settings.advertised_url
+        self._timer_set = asyncio.Event()
+        """Set when a scheduled task comes before the tick loop's next wake-up."""
         self.lease = lease
         self.clock = clock
         self.monotonic = monotonic
@@ -196,7 +198,13 @@ class Orchestrator:
 
     def _new_engine(self) -> Engine:
         settings = self.settings
-        return Engine(settings.heartbeat, observer=self.metrics, retention=settings.tasks.retention)
+        tasks = settings.tasks
+        retry = RetryPolicy(
+            tasks.retry_delay, tasks.retry_backoff, tasks.retry_max_delay, tasks.retry_jitter
+        )
+        return Engine(
+            settings.heartbeat, observer=self.metrics, retention=tasks.retention, retry=retry
+        )
 
     def restore(self, snapshot: Snapshot | None, records: Sequence[dict[str, Any]]) -> Engine:
         """A fresh engine holding a snapshot plus later records (recovery or resync)."""
@@ -307,6 +315,9 @@ class Orchestrator:
         until the records are durable here and on every subscribed standby.
         """
         assert self.journal is not None
+        if self.engine.earlier:
+            self.engine.earlier = False
+            self._timer_set.set()
         # Orders are queued before the records: their links then write them out before the
         # journal writer runs, which may block the loop for an fsync (see Journal).
         acks: list[tuple[Link, protocol.AckMsg]] = []
@@ -408,9 +419,15 @@ class Orchestrator:
     # -- the active's duties ---------------------------------------------------------------
 
     async def tick_loop(self) -> None:
+        """Heartbeat bookkeeping and expiry every ``period``, and scheduled tasks as their
+        time comes (woken early when a timer earlier than the next tick is set)."""
         period = min(0.25, self.settings.heartbeat.interval / 2)
         while True:
-            await asyncio.sleep(period)
+            due = self.engine.next_due()
+            wait = period if due is None else min(period, max(0.0, due - self.clock()))
+            self._timer_set.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_set.wait(), wait)
             if not self.roles.acknowledgeable():
                 return  # after a pause: nobody is declared dead by a node no longer leading
             effects = self.engine.tick(self.clock())

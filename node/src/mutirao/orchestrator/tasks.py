@@ -8,11 +8,15 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 
 - ``submit``: ``tasks`` = list of task rows, ``[id, type, payload, priority, max_attempts,
   timeout, key, owner, created_at]``; ``deps`` (only when some have dependencies) =
-  ``[[row index, [task ids], on_failure, has inputs], ...]``: those tasks wait
+  ``[[row index, [task ids], on_failure, has inputs], ...]``: those tasks wait;
+  ``timing`` (only when some have it) = ``[[row index, retry policy or null, not_before or
+  null, keep_result or null], ...]``: a task with a ``not_before`` is ``scheduled``
 - ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
 - ``start``: ``items`` began running at ``at``
 - ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
-  a failed or lost attempt requeues the task while attempts remain
+  a failed or lost attempt requeues the task while attempts remain: at once, or, for a
+  task in ``later`` (``{task: unix time}``, a retry's backoff), ``scheduled`` until then
+- ``due``: scheduled ``tasks`` whose time came are pending
 - ``cancel``: ``tasks`` cancelled at ``at``
 - ``types``: task types some worker has announced
 - ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
@@ -34,6 +38,7 @@ in C. Journals written before hold objects (``{"id": ...}``, ``{"t", "n", "o", "
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, TypeVar, cast
@@ -118,6 +123,17 @@ class Deps(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
     left: int = 0
 
 
+class Timing(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
+    """A task's own times: retry backoff, start time, how long it is kept once finished."""
+
+    retry: list[float] | None = None
+    """``[delay, backoff, max_delay, jitter]`` (a RetryPolicy), None: the cluster's."""
+    not_before: float | None = None
+    """While ``scheduled``: when the task may start (its own, or a retry's backoff)."""
+    keep: float | None = None
+    """Seconds it is kept once finished, instead of the cluster's retention."""
+
+
 class Task(msgspec.Struct, gc=False, omit_defaults=True):
     """One task with its attempts.
 
@@ -143,6 +159,7 @@ class Task(msgspec.Struct, gc=False, omit_defaults=True):
     error: str | None = None
     finished_at: float | None = None
     deps: Deps | None = None
+    timing: Timing | None = None
 
     @property
     def current(self) -> Attempt | None:
@@ -167,6 +184,7 @@ class Task(msgspec.Struct, gc=False, omit_defaults=True):
             "error": self.error,
             "after": [] if self.deps is None else self.deps.after,
             "on_failure": "run" if self.deps is not None and self.deps.run else "cancel",
+            "not_before": None if self.timing is None else self.timing.not_before,
         }
 
     def brief(self) -> TaskBrief:
@@ -212,6 +230,8 @@ class TaskTable:
         """Held finished tasks taken off :attr:`finished`; put back when no longer held."""
         self.settled: list[Change] = []
         """Waiting tasks released or cancelled by the last record (the engine takes them)."""
+        self.kept: list[tuple[float, int, TaskId]] = []
+        """Finished tasks with a ``keep_result`` of their own, by when they expire (a heap)."""
 
     @property
     def seq(self) -> int:
@@ -245,35 +265,40 @@ class TaskTable:
         """Apply one record; returns the tasks whose state changed."""
         kind = record["e"]
         if kind == "submit":
-            return self._submit(record["tasks"], record.get("deps"))
+            return self._submit(record["tasks"], record.get("deps"), record.get("timing"))
         if kind == "assign":
             return self._assign(record["w"], record["items"], record["at"])
         if kind == "start":
             self._start(record["items"], record["at"])
             return []
         if kind == "finish":
-            return self._settle_ended(self._finish(record["items"]))
+            return self._settle_ended(self._finish(record["items"], record.get("later")))
+        if kind == "due":
+            return self._due(record["tasks"])
         if kind == "cancel":
             return self._cancel(record["tasks"], record["at"])
+        self._apply_other(kind, record)
+        return []
+
+    def _apply_other(self, kind: str, record: Record) -> None:
+        """The records that change no task's state."""
         if kind == "types":
             self.known_types.update(record["types"])
-            return []
-        if kind == "worker":
+        elif kind == "worker":
             self.worker_urls[record["id"]] = record["url"]
-            return []
-        if kind == "expire":
+        elif kind == "expire":
             self._expire(record["tasks"])
-            return []
-        if kind == "epoch":
+        elif kind == "epoch":
             if record["epoch"] >= self.epoch:
                 self.epoch, self.leader = record["epoch"], record["node"]
-            return []
-        if kind in ACCOUNT_KINDS:
+        elif kind in ACCOUNT_KINDS:
             self.accounts.apply(record)
-            return []
-        raise ValueError(f"unknown journal record kind {kind!r}")
+        else:
+            raise ValueError(f"unknown journal record kind {kind!r}")
 
-    def _submit(self, rows: list[Any], deps: list[list[Any]] | None) -> list[Change]:
+    def _submit(
+        self, rows: list[Any], deps: list[list[Any]] | None, timing: list[list[Any]] | None
+    ) -> list[Change]:
         tasks, keys, changes = self.tasks, self.keys, []
         pending = TaskState.PENDING
         for row in rows:
@@ -302,9 +327,44 @@ class TaskTable:
         for group, n in tally([(c.task.type, c.task.priority) for c in changes]).items():
             self.pending[group] = self.pending.get(group, 0) + n
         self.by_state[pending] += len(changes)
+        if timing is not None:
+            for row, retry, not_before, keep in timing:
+                task = changes[row].task
+                task.timing = Timing(retry, not_before, keep)
         if deps is not None:
             self._wait(changes, deps)
+        if timing is not None:
+            for row, _, not_before, _ in timing:
+                task = changes[row].task
+                if not_before is not None and task.deps is None:
+                    self._delay(task, not_before)
         return changes
+
+    def _delay(self, task: Task, at: float) -> None:
+        """A new pending task does not start before ``at`` (its timing is set)."""
+        cast(Timing, task.timing).not_before = at
+        task.state = TaskState.SCHEDULED
+        self._moved(task, TaskState.PENDING)
+
+    def _due(self, task_ids: list[str]) -> list[Change]:
+        changes = []
+        for task_id in task_ids:
+            task = self.tasks.get(task_id)
+            if task is None or task.state is not TaskState.SCHEDULED:
+                continue
+            task.state = TaskState.PENDING
+            self._moved(task, TaskState.SCHEDULED)
+            changes.append(Change(task, TaskState.SCHEDULED, None))
+        return changes
+
+    def _ended(self, task: Task) -> None:
+        """``task`` finished: expired after the retention, or its own ``keep_result``."""
+        timing = task.timing
+        if timing is None or timing.keep is None:
+            self.finished.append(task)
+        else:
+            expires = (task.finished_at or 0.0) + timing.keep
+            heapq.heappush(self.kept, (expires, task.seq, task.id))
 
     def _assign(self, worker: str, items: list[list[Any]], at: float) -> list[Change]:
         tasks, changes = self.tasks, []
@@ -347,8 +407,8 @@ class TaskTable:
         self.by_state[assigned] -= started
         self.by_state[running] += started
 
-    def _finish(self, items: list[Any]) -> list[Change]:
-        tasks, changes, finished = self.tasks, [], self.finished
+    def _finish(self, items: list[Any], later: dict[str, float] | None) -> list[Change]:
+        tasks, changes, ended_ = self.tasks, [], self._ended
         active, succeeded = _ACTIVE, Outcome.SUCCEEDED
         moved: dict[tuple[TaskState, TaskState], int] = {}
         """Tasks by (old state, new state), counted once per batch rather than per task."""
@@ -376,15 +436,14 @@ class TaskTable:
                 task.state = TaskState.SUCCEEDED
                 task.result = value
                 task.finished_at = ended
-                finished.append(task)
+                ended_(task)
             elif len(task.attempts) < task.max_attempts:
-                task.state = TaskState.PENDING
-                requeued.append(task)
+                self._again(task, later, requeued)
             else:
                 task.state = TaskState.FAILED
                 task.error = _final_error(task)
                 task.finished_at = ended
-                finished.append(task)
+                ended_(task)
             transition = (old_state, task.state)
             moved[transition] = moved.get(transition, 0) + 1
             changes.append(Change(task, old_state, current.worker))
@@ -396,6 +455,20 @@ class TaskTable:
             for group, n in tally([(t.type, t.priority) for t in requeued]).items():
                 self.pending[group] = self.pending.get(group, 0) + n
         return changes
+
+    def _again(self, task: Task, later: dict[str, float] | None, requeued: list[Task]) -> None:
+        """An attempt ended without success and attempts remain: pending again, or
+        scheduled until the time its retry backoff gives (counted by the caller)."""
+        at = None if later is None else later.get(task.id)
+        if at is None:
+            task.state = TaskState.PENDING
+            requeued.append(task)
+            return
+        timing = task.timing
+        if timing is None:
+            timing = task.timing = Timing()
+        timing.not_before = at
+        task.state = TaskState.SCHEDULED
 
     def _cancel(self, task_ids: list[str], at: float) -> list[Change]:
         changes = []
@@ -411,7 +484,7 @@ class TaskTable:
                 self._unhold(task)
             task.state = TaskState.CANCELLED
             task.finished_at = at
-            self.finished.append(task)
+            self._ended(task)
             self._moved(task, old_state)
             changes.append(Change(task, old_state, None if current is None else current.worker))
             self._settle(task)
@@ -462,7 +535,7 @@ class TaskTable:
                 reason = _dependency_error(failed, dep)
                 at = (dep and dep.finished_at) or at
             elif deps.left == 0:
-                reason = self._release(task)
+                reason = self._release(task, at)
             if reason is not None:
                 self._end_waiting(task, reason, at)
                 self._settle(task, {task.id: reason})
@@ -471,7 +544,7 @@ class TaskTable:
         """Settle what waited for the tasks of ``changes`` that ended."""
         if self.children:
             for change in changes:
-                if change.task.state is not TaskState.PENDING:
+                if change.task.state.terminal:
                     self._settle(change.task)
         return changes
 
@@ -495,7 +568,7 @@ class TaskTable:
                     deps.left -= 1
                     if deps.left:
                         continue
-                    reason = self._release(child)
+                    reason = self._release(child, dep.finished_at or child.created_at)
                     if reason is None:
                         continue
                 else:
@@ -504,9 +577,10 @@ class TaskTable:
                 causes[child.id] = reason
                 work.append(child)
 
-    def _release(self, task: Task) -> str | None:
-        """Every dependency settled: the task is pending, its inputs replaced; or, if an
-        input names a part its result lacks, the reason it cannot run."""
+    def _release(self, task: Task, at: float) -> str | None:
+        """Every dependency settled (at ``at``): the task is pending (or scheduled, if its
+        ``not_before`` is later), its inputs replaced; or, if an input names a part its
+        result lacks, the reason it cannot run."""
         deps = cast(Deps, task.deps)
         if deps.inputs:
             try:
@@ -515,7 +589,9 @@ class TaskTable:
                 ref, path = exc.args
                 return f"dependency {ref} has no {path!r} in its result"
         self._unhold(task)
-        task.state = TaskState.PENDING
+        timing = task.timing
+        later = timing is not None and (timing.not_before or 0.0) > at
+        task.state = TaskState.SCHEDULED if later else TaskState.PENDING
         self._moved(task, TaskState.WAITING)
         self.settled.append(Change(task, TaskState.WAITING, None))
         return None
@@ -525,7 +601,7 @@ class TaskTable:
         task.state = TaskState.CANCELLED
         task.error = reason
         task.finished_at = at
-        self.finished.append(task)
+        self._ended(task)
         self._moved(task, TaskState.WAITING)
         self.settled.append(Change(task, TaskState.WAITING, None))
 
@@ -558,6 +634,9 @@ class TaskTable:
             if task.key is not None and keys.get((task.owner, task.key)) == task_id:
                 del keys[(task.owner, task.key)]
             self.by_state[task.state] -= 1
+        kept = self.kept
+        while kept and kept[0][2] not in tasks:
+            heapq.heappop(kept)
         finished, held = self.finished, self.held
         while finished:
             head = finished[0]
@@ -567,16 +646,29 @@ class TaskTable:
                 self._parked.add(head.id)
             finished.popleft()
 
-    def expirable(self, finished_before: float, limit: int) -> list[TaskId]:
-        """Up to ``limit`` finished tasks that finished before ``finished_before``, oldest
-        first: what an ``expire`` record may forget now."""
+    def expirable(self, finished_before: float, limit: int, now: float) -> list[TaskId]:
+        """Up to ``limit`` finished tasks to forget now, oldest first: those that finished
+        before ``finished_before`` and those whose own ``keep_result`` ran out by ``now``;
+        what an ``expire`` record may forget."""
         ids: list[TaskId] = []
-        tasks = self.tasks
+        tasks, held = self.tasks, self.held
         for task in self.finished:
             if len(ids) >= limit or task.finished_at is None or task.finished_at > finished_before:
                 break
-            if tasks.get(task.id) is task and task.id not in self.held:
+            if tasks.get(task.id) is task and task.id not in held:
                 ids.append(task.id)
+        # The heap's entries in order, without popping them (a frontier of its indexes).
+        kept = self.kept
+        frontier = [(kept[0], 0)] if kept else []
+        while frontier and len(ids) < limit:
+            (expires, _, task_id), i = heapq.heappop(frontier)
+            if expires > now:
+                break
+            if task_id in tasks and task_id not in held:
+                ids.append(task_id)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(kept):
+                    heapq.heappush(frontier, (kept[child], child))
         return ids
 
     def snapshot(self) -> bytes:
@@ -619,7 +711,8 @@ class TaskTable:
             if task.key is not None:
                 keys[(task.owner, task.key)] = task.id
         done = [t for t in tasks.values() if t.state.terminal]
-        self.finished.extend(sorted(done, key=lambda t: t.finished_at or 0.0))
+        for task in sorted(done, key=lambda t: t.finished_at or 0.0):
+            self._ended(task)
         # A snapshot is fuzzy (see snapshot_pieces): a waiting task may have been taken
         # before a dependency of it settled and the dependency after. Settled here as the
         # live table did when that dependency ended.
