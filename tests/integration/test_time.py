@@ -40,6 +40,25 @@ async def test_retries_back_off_between_attempts(cluster: LocalCluster) -> None:
         assert wanted <= gap <= wanted + 0.25, (gaps, attempts)
 
 
+async def test_a_handler_asks_for_its_retry_delay(cluster: LocalCluster) -> None:
+    """``raise mutirao.Retry(delay=...)`` in a plain handler (a slot process) and an async
+    one (the worker's loop): the next attempt waits that long, whatever the backoff."""
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("W1", extra=("--tasks", "tests.integration.fixtures.user_tasks"))
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        tasks = [
+            await client.submit(kind, 0.4, max_attempts=2)
+            for kind in ("retry-later", "async-retry-later")
+        ]
+        views = await client.wait_many([t["id"] for t in tasks], timeout=20)
+    for view in views:
+        first, second = view["attempts"]
+        assert first["error"] == "Retry: asked to retry in 0.4 s: not yet", view
+        assert float(second["started_at"]) - float(first["ended_at"]) >= 0.4, view
+
+
 async def test_not_before_is_honoured_and_the_cli_counts_down(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:

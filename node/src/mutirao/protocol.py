@@ -400,6 +400,8 @@ class ResultsMsg(TypedDict):
     epoch: int
     items: list[ResultItem]
     stuck: NotRequired[int]
+    retry: NotRequired[dict[str, float]]
+    """Seconds before the next attempt, by task, where a handler raised ``mutirao.Retry``."""
 
 
 WorkerMessage = HelloMsg | HeartbeatMsg | StartedMsg | ResultsMsg

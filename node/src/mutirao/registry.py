@@ -40,6 +40,18 @@ class Registry:
         return sorted(self._handlers)
 
 
+class Retry(Exception):
+    """Raised by a handler: this attempt failed, and the next one (if attempts remain)
+    should start ``delay`` seconds after it, whatever the task's retry backoff says."""
+
+    def __init__(self, delay: float = 0.0, reason: str = "") -> None:
+        if not 0 <= delay < float("inf"):
+            raise ValueError(f"Retry delay must be >= 0 s, not {delay}")
+        super().__init__(f"asked to retry in {delay:g} s" + (f": {reason}" if reason else ""))
+        self.delay = float(delay)
+        self.reason = reason
+
+
 REGISTRY = Registry()
 """The process-wide registry that ``@mutirao.task`` fills and workers read."""
 

@@ -536,7 +536,11 @@ class Orchestrator:
             if msg["epoch"] > self.engine.epoch:
                 self.roles.step_down(f"worker {wid} reports epoch {msg['epoch']}", msg["epoch"])
                 return
-            self.execute(self.engine.results(wid, session, msg["items"], now, msg.get("stuck", 0)))
+            self.execute(
+                self.engine.results(
+                    wid, session, msg["items"], now, msg.get("stuck", 0), asked=msg.get("retry")
+                )
+            )
         else:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
 

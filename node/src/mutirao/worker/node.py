@@ -51,6 +51,8 @@ class WorkerNode:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self.outbox: dict[AttemptRef, ResultItem] = {}
         self._unsent: list[ResultItem] = []
+        self.asked: dict[AttemptRef, float] = {}
+        """Retry delays handlers asked for (``mutirao.Retry``), sent with their results."""
         self._started: list[AttemptRef] = []
         self._dirty = asyncio.Event()
         self._stuck_told = 0
@@ -68,7 +70,11 @@ class WorkerNode:
                 else None
             ),
             on_stuck=lambda _: self._dirty.set(),
+            on_retry=self._on_retry,
         )
+
+    def _on_retry(self, ref: AttemptRef, delay: float) -> None:
+        self.asked[ref] = delay
 
     def _on_result(self, item: ResultItem) -> None:
         self.outbox[item[:2]] = item
@@ -265,6 +271,13 @@ class WorkerNode:
                     "epoch": self.epoch,
                     "items": items,
                 }
+                if self.asked:
+                    # Kept until acknowledged, so that a resent result asks again.
+                    for ref in [r for r in self.asked if r not in self.outbox]:
+                        del self.asked[ref]
+                    asked = {t: self.asked[t, n] for t, n, *_ in items if (t, n) in self.asked}
+                    if asked:
+                        results["retry"] = asked
                 if stuck:
                     results["stuck"] = stuck
                 self._stuck_told = stuck

@@ -23,6 +23,8 @@ from typing import Any
 
 import orjson
 
+from mutirao.registry import Retry
+
 log = logging.getLogger(__name__)
 
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -54,6 +56,8 @@ def _serve(conn: Connection, modules: Sequence[str]) -> None:
             if handler is None:
                 raise LookupError(f"no handler for task type {task_type!r} in the pool")
             reply = orjson.dumps(["ok", handler.fn(payload)])
+        except Retry as exc:
+            reply = orjson.dumps(["retry", [exc.delay, exc.reason]])
         except Exception as exc:
             reply = orjson.dumps(["error", f"{type(exc).__name__}: {exc}"])
         conn.send_bytes(reply)
@@ -107,6 +111,8 @@ class ProcessPool:
         status, value = orjson.loads(data)
         if status == "error":
             raise HandlerFailed(value)
+        if status == "retry":
+            raise Retry(*value)
         return value
 
     async def _take(self) -> _Slot:

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from mutirao.protocol import AssignItem, AttemptRef, ResultItem
-from mutirao.registry import Registry
+from mutirao.registry import Registry, Retry
 from mutirao.worker.pool import HandlerFailed, ProcessPool
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Runner:
         on_outcome: Callable[[str, str], None] | None = None,
         processes: ProcessPool | None = None,
         on_stuck: Callable[[int], None] | None = None,
+        on_retry: Callable[[AttemptRef, float], None] | None = None,
     ) -> None:
         self.registry = registry
         self.allow_crash = allow_crash
@@ -70,6 +71,8 @@ class Runner:
         """Threads still running a call whose attempt ended (timed out, cancelled): each
         holds a slot of the pool until it returns."""
         self.on_stuck = on_stuck
+        self.on_retry = on_retry
+        """Told the delay a handler asked for by raising ``mutirao.Retry``."""
         """Told the new :attr:`stuck` count whenever it changes."""
         # Attempt timeouts: one timer for the earliest deadline of every running attempt, not
         # an ``asyncio.timeout`` (an object and a timer handle) per attempt; most attempts end
@@ -178,6 +181,10 @@ class Runner:
             error, outcome = f"timed out after {timeout}s{self._stopped(task_type)}", "timed_out"
         except HandlerFailed as exc:
             error, outcome = str(exc), "failed"
+        except Retry as exc:
+            error, outcome = f"Retry: {exc}", "failed"
+            if self.on_retry is not None:
+                self.on_retry(ref, exc.delay)
         except asyncio.CancelledError:
             self._forget(ref)
             self._outcome(task_type, "cancelled")
