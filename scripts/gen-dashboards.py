@@ -304,6 +304,18 @@ def overview() -> dict[str, Any]:
                 f"sum by (type) (rate(mutirao_tasks_dependency_cancelled_total[{RATE}]))",
                 "{{type}}")], unit="ops"), 12),
         ],
+        [
+            (timeseries("Schedule fires and misses", "Per second, by schedule: tasks its "
+                        "ticks submitted, and ticks that submitted nothing (missed while down, "
+                        "skipped by overlap, refused).", [
+                target(f"sum by (schedule) (rate(mutirao_schedule_fires_total[{RATE}]))",
+                       "{{schedule}} fires"),
+                target(f"sum by (schedule) (rate(mutirao_schedule_misses_total[{RATE}]))",
+                       "{{schedule}} misses"),
+            ], unit="ops"), 12),
+            (timeseries("Schedule lag", "Percentiles of the time from a schedule's tick to "
+                        "its fire.", quantiles("mutirao_schedule_lag_seconds"), unit="s"), 12),
+        ],
     ]  # fmt: skip
     return dashboard(
         "mutirao-overview",

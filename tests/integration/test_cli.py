@@ -118,6 +118,12 @@ _COMMANDS = [
     ["workers"],
     ["cancel"],
     ["graph"],
+    ["schedule"],
+    ["schedule", "add"],
+    ["schedule", "list"],
+    ["schedule", "rm"],
+    ["schedule", "pause"],
+    ["schedule", "resume"],
     ["cluster"],
     ["client"],
 ]

@@ -44,6 +44,10 @@ async def _document(url: str, token: str) -> dict[str, object]:
     spec["properties"]["type"]["enum"] = QUICK_TYPES
     # Likewise the task ids a task may wait for (a generated one names no task: 400).
     spec["properties"]["after"]["maxItems"] = 0
+    # And what JSON Schema cannot tell of a schedule: a valid cron expression, a known zone.
+    schedule = doc["components"]["schemas"]["ScheduleSpec"]  # type: ignore[index]
+    schedule["properties"]["cron"]["enum"] = ["*/5 * * * *", "0 3 * * 1-5"]
+    schedule["properties"]["timezone"]["enum"] = ["UTC", "Europe/Lisbon"]
     return doc
 
 

@@ -132,7 +132,11 @@ async def test_every_dashboard_query_runs_against_a_real_prometheus(
         )  # fmt: skip
         cluster.procs.append(server.start())  # SIGKILLed and reaped with the cluster
 
-        # The workload: 20 successes, one failure for good, one worker killed mid-task.
+        # The workload: 20 successes, one failure for good, one worker killed mid-task,
+        # and a schedule firing every second.
+        await client.request(
+            "POST", "/v1/schedules", {"name": "beat", "every": 1, "task": {"type": "echo"}}
+        )
         ok = await client.submit_batch([{"type": "echo", "payload": i} for i in range(20)])
         bad = await client.submit("fail", "on purpose", max_attempts=1)
         crash = await client.submit("sleep", {"seconds": 0.2, "crash": True})

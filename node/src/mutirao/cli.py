@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from mutirao import logs, tls
 from mutirao.auth import ADMIN, JOIN_TOKEN_FILE, ROLES, SUBMITTER
-from mutirao.client import commands, credentials, graph, top, users
+from mutirao.client import commands, credentials, graph, schedules, top, users
 from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError
 from mutirao.private import private_dir
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_parser(sub)
 
     _add_user_parser(sub)
+    _add_schedule_parser(sub)
     _add_tls_secrets_parser(sub)
 
     client_commands: list[tuple[str, str, Callable[..., Awaitable[int]]]] = [
@@ -683,6 +684,50 @@ def _add_user_parser(sub: Any) -> None:
     role.add_argument("role", choices=ROLES)
     revoke = action("revoke", "revoke every token of a user (yours unless NAME)", users.revoke)
     revoke.add_argument("name", nargs="?")
+
+
+def _add_schedule_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "schedule",
+        help="durable schedules: tasks submitted by cron or every S seconds",
+        description="Durable schedules, kept in the cluster's journal: each tick submits "
+        "its task once (key NAME@<tick>), even across a failover.",
+    )
+    actions = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, fn: Callable[..., Awaitable[int]]) -> Any:
+        a = actions.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        _common_client(a)
+        a.set_defaults(run=_client_runner(fn))
+        return a
+
+    add = action("add", "add a schedule", schedules.add)
+    add.add_argument("name", help="its name: lowercase letters, digits, . _ -")
+    add.add_argument("type", help="task type to submit at each tick")
+    when = add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help="a cron expression, e.g. '*/5 * * * *'")
+    when.add_argument("--every", type=float, metavar="S", help="every S seconds")
+    add.add_argument("--payload", help="JSON payload of each task")
+    add.add_argument("--timezone", default="UTC", help="for --cron, e.g. Europe/Lisbon [UTC]")
+    add.add_argument(
+        "--overlap",
+        choices=("allow", "skip", "replace"),
+        default="allow",
+        help="when the last fire still runs: fire anyway, skip this tick, or cancel it [allow]",
+    )
+    add.add_argument(
+        "--catch-up",
+        choices=("none", "last", "all"),
+        default="none",
+        help="ticks missed while the cluster was down: skip them, fire the last, or all [none]",
+    )
+    action("list", "list schedules with last and next tick", schedules.list_schedules)
+    for name, help_text, fn in (
+        ("rm", "remove a schedule", schedules.remove),
+        ("pause", "pause a schedule (its ticks are skipped)", schedules.pause),
+        ("resume", "resume a paused schedule from now on", schedules.resume),
+    ):
+        action(name, help_text, fn).add_argument("name")
 
 
 def _run_user_add(args: argparse.Namespace) -> int:

@@ -166,6 +166,36 @@ _TASK_SPEC = {
     },
 }
 
+_SCHEDULE_SPEC = {
+    "type": "object",
+    "required": ["name", "task"],
+    "additionalProperties": False,
+    "oneOf": [{"required": ["cron"]}, {"required": ["every"]}],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"},
+        "task": {"$ref": "#/components/schemas/TaskSpec"},
+        "cron": {"type": "string", "description": "cron expression, in `timezone`"},
+        "every": {"type": "number", "minimum": 0.5, "maximum": 366 * 86400},
+        "timezone": {"type": "string", "default": "UTC", "description": "IANA name"},
+        "overlap": {"enum": ["allow", "skip", "replace"], "default": "allow"},
+        "catch_up": {"enum": ["none", "last", "all"], "default": "none"},
+    },
+}
+_SCHEDULE = {
+    "type": "object",
+    "required": ["name", "owner", "task", "paused", "fires", "misses"],
+    "properties": {
+        "name": {"type": "string"},
+        "owner": {"type": "string"},
+        "task": {"type": "object"},
+        "paused": {"type": "boolean"},
+        "last_tick": {"type": ["number", "null"]},
+        "next_tick": {"type": ["number", "null"]},
+        "fires": {"type": "integer"},
+        "misses": {"type": "integer"},
+    },
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Mutirão orchestrator API", "version": "1"},
@@ -199,6 +229,7 @@ OPENAPI: dict[str, Any] = {
                 ],
             },
             "TaskSpec": _TASK_SPEC,
+            "ScheduleSpec": _SCHEDULE_SPEC,
             "User": {
                 "type": "object",
                 "properties": {
@@ -323,6 +354,46 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Revoke every login token of the user issued until now",
                 "parameters": _NAME,
                 "responses": _responses({"schema": {"type": "object"}}, 401, 403, 404),
+            }
+        },
+        "/v1/schedules": {
+            "get": {
+                "summary": "Schedules (yours; an admin's: all)",
+                "responses": _responses({"schema": {"type": "object"}}, 401),
+            },
+            "post": {
+                "summary": "Add a schedule: its task is submitted at each tick, once, with "
+                "the key NAME@<tick in ISO 8601 UTC>",
+                "requestBody": _body({"$ref": "#/components/schemas/ScheduleSpec"}),
+                "responses": _created(
+                    _responses({"schema": _SCHEDULE}, 400, 401, 403, 409, 413, 422, 503, 507)
+                ),
+            },
+        },
+        "/v1/schedules/{name}": {
+            "get": {
+                "summary": "One schedule, with its last and next tick",
+                "parameters": _NAME,
+                "responses": _responses({"schema": _SCHEDULE}, 401, 404),
+            },
+            "delete": {
+                "summary": "Remove a schedule",
+                "parameters": _NAME,
+                "responses": _responses({"schema": _SCHEDULE}, 401, 403, 404, 503, 507),
+            },
+        },
+        "/v1/schedules/{name}/pause": {
+            "post": {
+                "summary": "Pause a schedule: no tick fires until it is resumed",
+                "parameters": _NAME,
+                "responses": _responses({"schema": _SCHEDULE}, 401, 403, 404, 503, 507),
+            }
+        },
+        "/v1/schedules/{name}/resume": {
+            "post": {
+                "summary": "Resume a schedule from now (ticks while paused are not caught up)",
+                "parameters": _NAME,
+                "responses": _responses({"schema": _SCHEDULE}, 401, 403, 404, 503, 507),
             }
         },
         "/v1/ha": {

@@ -96,7 +96,7 @@ async def logout(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _payload(text: str | None) -> Any:
+def payload_arg(text: str | None) -> Any:
     if text is None:
         return None
     try:
@@ -135,7 +135,7 @@ def _instant(text: str) -> float:
 
 
 async def submit(client: Client, args: argparse.Namespace) -> int:
-    spec: dict[str, Any] = {"type": args.type, "payload": _payload(args.payload)}
+    spec: dict[str, Any] = {"type": args.type, "payload": payload_arg(args.payload)}
     for name in ("priority", "max_attempts", "timeout", "after", "on_failure", "keep_result"):
         if getattr(args, name) is not None:
             spec[name] = getattr(args, name)

@@ -23,7 +23,7 @@ from mutirao.errors import (
 )
 from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
-from mutirao.orchestrator import session, users_api
+from mutirao.orchestrator import schedules_api, session, users_api
 from mutirao.orchestrator.reply import json_reply, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
@@ -375,6 +375,7 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.get("/metrics", metrics),
             web.get("/v1/openapi.json", openapi),
             *users_api.ROUTES,
+            *schedules_api.ROUTES,
             web.post("/v1/tasks", submit),
             web.get("/v1/tasks", list_tasks),
             web.post("/v1/tasks/wait", wait_tasks),

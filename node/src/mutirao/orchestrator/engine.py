@@ -18,8 +18,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import msgspec
+
 from mutirao import dependencies
-from mutirao.errors import NotFoundError, ValidationError
+from mutirao.errors import MutiraoError, NotFoundError, ValidationError
+from mutirao.orchestrator import schedules
 from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
 from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
 from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable, Timing, grouped
@@ -138,6 +141,9 @@ class Engine:
         scheduled at that time are dropped as they come up)."""
         self.earlier = False
         """A timer now comes first that the I/O layer may not be waiting for."""
+        self.schedule_timers: list[tuple[float, str]] = []
+        """The next tick of each schedule (a heap), rebuilt when schedules change."""
+        self._schedules_changed = True
         """Seconds a finished task is kept before :meth:`tick` expires it."""
         self.observer = observer
         """Told about every live decision (metrics); see :mod:`mutirao.orchestrator.events`."""
@@ -161,6 +167,8 @@ class Engine:
         table = self.table
         changes = table.apply(record)
         if not changes:
+            if record["e"] in ("schedule", "unschedule"):
+                self._schedules_changed = self.earlier = True
             return changes
         # The most frequent kinds, by batch: what _track does for each of their changes.
         kind = record["e"]
@@ -271,8 +279,10 @@ class Engine:
         self.timers = live
 
     def next_due(self) -> float | None:
-        """When the earliest scheduled task may start (perhaps one no longer scheduled)."""
-        return self.timers[0][0] if self.timers else None
+        """When the earliest scheduled task may start (perhaps one no longer scheduled)
+        or the earliest schedule fires."""
+        firsts = [heap[0][0] for heap in (self.timers, self.schedule_timers) if heap]
+        return min(firsts) if firsts else None
 
     def rebuild(self, task: Task) -> None:
         """Re-index a task restored from a checkpoint."""
@@ -311,6 +321,7 @@ class Engine:
         recovered or replicated state one heartbeat timeout to come back and report."""
         effects = Effects()
         self._record(effects, {"e": "epoch", "epoch": epoch, "node": node})
+        self._schedules_changed = True
         self.recovered(now)
         self.observer.on_takeover(epoch)
         return effects
@@ -647,9 +658,60 @@ class Engine:
         due = self._due(now)
         if due:
             self._record(effects, {"e": "due", "tasks": due})
+        self._fire_schedules(effects, now)
         # Always dispatch: a suspect worker whose heartbeat made it eligible again has free
         # slots, and nothing else would hand it the tasks queued meanwhile.
         return effects.extend(self.dispatch(now))
+
+    def _fire_schedules(self, effects: Effects, now: float) -> None:
+        """Fire every schedule whose tick came (see :mod:`.schedules`)."""
+        heap, found = self.schedule_timers, self.table.schedules
+        if self._schedules_changed:
+            self._schedules_changed = False
+            heap[:] = [
+                (s.next_tick(s.due_from()), name) for name, s in found.items() if not s.paused
+            ]
+            heapq.heapify(heap)
+        while heap and heap[0][0] <= now:
+            _, name = heapq.heappop(heap)
+            schedule = found.get(name)
+            if schedule is None or schedule.paused:
+                continue
+            ticks, newest, missed = schedules.fires(schedule, now)
+            task_id, fired = None, 0
+            for tick in ticks:
+                got = self._fire(effects, schedule, tick, now)
+                if got is None:
+                    missed += 1
+                else:
+                    task_id, fired = got, fired + 1
+            if newest is not None:
+                record: Record = {"e": "tick", "name": name, "tick": newest, "task": task_id}
+                self._record(effects, {**record, "fired": fired, "missed": missed})
+                self.observer.on_schedule(name, fired, missed, now - newest)
+            heapq.heappush(heap, (schedule.next_tick(schedule.due_from()), name))
+
+    def _fire(
+        self, effects: Effects, schedule: schedules.Schedule, tick: float, now: float
+    ) -> str | None:
+        """Submit the task of one tick; its id, or None if ``overlap`` skips it or it
+        cannot be submitted (a type no worker runs any more: counted as a miss)."""
+        previous = self.table.tasks.get(schedule.last_task or "")
+        if previous is not None and not previous.state.terminal:
+            if schedule.overlap == "skip":
+                return None
+            if schedule.overlap == "replace":
+                effects.extend(self.cancel(previous, now))
+        spec = msgspec.convert(
+            {**schedule.task, "key": schedules.tick_key(schedule.name, tick)}, TaskSpec
+        )
+        try:
+            (task,), more = self.submit([spec], schedule.owner, now)
+        except MutiraoError as exc:
+            log.warning("schedule %s could not fire its tick %s: %s", schedule.name, tick, exc)
+            return None
+        effects.extend(more)
+        return task.id
 
     def _due(self, now: float) -> list[TaskId]:
         """Scheduled tasks whose time came (timers of tasks no longer scheduled then go)."""

@@ -39,6 +39,10 @@ class EngineObserver(Protocol):
     def on_takeover(self, epoch: int) -> None:
         """This engine's node now leads with ``epoch``."""
 
+    def on_schedule(self, name: str, fired: int, missed: int, lag: float) -> None:
+        """Schedule ``name`` fired ``fired`` ticks and missed ``missed``, its newest tick
+        ``lag`` seconds after it came."""
+
 
 class NullObserver:
     """Observes nothing: the default, and what tests of the engine alone use."""
@@ -56,6 +60,9 @@ class NullObserver:
         pass
 
     def on_takeover(self, epoch: int) -> None:
+        pass
+
+    def on_schedule(self, name: str, fired: int, missed: int, lag: float) -> None:
         pass
 
 

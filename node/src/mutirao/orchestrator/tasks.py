@@ -22,6 +22,9 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 - ``worker``: worker ``id`` serves at ``url`` (so a new leader can call every worker back)
 - ``epoch``: ``node`` took the lead with ``epoch`` (fencing; every takeover adds one)
 - ``expire``: finished ``tasks`` past the retention period are forgotten
+- ``schedule`` (``s``: the whole schedule, made or paused or resumed), ``unschedule``
+  (``name``), ``tick`` (``name`` fired ``task``, or none, for its newest ``tick``; counts
+  ``fired`` and ``missed``): see :mod:`mutirao.orchestrator.schedules`
 - ``user``, ``unuser``, ``revoke``, ``secrets``: users, token revocations and the
   cluster's secrets, applied to :attr:`TaskTable.accounts`
   (see :mod:`mutirao.orchestrator.accounts`)
@@ -48,6 +51,7 @@ import msgspec
 from mutirao import dependencies
 from mutirao.orchestrator.accounts import KINDS as ACCOUNT_KINDS
 from mutirao.orchestrator.accounts import Accounts, AccountsState
+from mutirao.orchestrator.schedules import Schedule
 from mutirao.protocol import (
     AttemptView,
     Outcome,
@@ -87,6 +91,7 @@ def grouped(keys: Iterable[K], values: Iterable[V]) -> dict[K, list[V]]:
 
 
 _ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
+SCHEDULE_KINDS = frozenset({"schedule", "unschedule", "tick"})
 _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
 """Outcome by value: a dict lookup, cheaper than ``Outcome(value)`` per result."""
 
@@ -230,6 +235,7 @@ class TaskTable:
         """Held finished tasks taken off :attr:`finished`; put back when no longer held."""
         self.settled: list[Change] = []
         """Waiting tasks released or cancelled by the last record (the engine takes them)."""
+        self.schedules: dict[str, Schedule] = {}
         self.kept: list[tuple[float, int, TaskId]] = []
         """Finished tasks with a ``keep_result`` of their own, by when they expire (a heap)."""
 
@@ -288,6 +294,8 @@ class TaskTable:
             self.worker_urls[record["id"]] = record["url"]
         elif kind == "expire":
             self._expire(record["tasks"])
+        elif kind in SCHEDULE_KINDS:
+            self._schedule(kind, record)
         elif kind == "epoch":
             if record["epoch"] >= self.epoch:
                 self.epoch, self.leader = record["epoch"], record["node"]
@@ -295,6 +303,20 @@ class TaskTable:
             self.accounts.apply(record)
         else:
             raise ValueError(f"unknown journal record kind {kind!r}")
+
+    def _schedule(self, kind: str, record: Record) -> None:
+        if kind == "schedule":
+            schedule = msgspec.convert(record["s"], Schedule)
+            self.schedules[schedule.name] = schedule
+        elif kind == "unschedule":
+            self.schedules.pop(record["name"], None)
+        else:
+            found = self.schedules.get(record["name"])
+            if found is not None:
+                found.last_tick = record["tick"]
+                found.last_task = record.get("task") or found.last_task
+                found.fires += record.get("fired", 0)
+                found.misses += record.get("missed", 0)
 
     def _submit(
         self, rows: list[Any], deps: list[list[Any]] | None, timing: list[list[Any]] | None
@@ -693,6 +715,7 @@ class TaskTable:
             self.epoch,
             self.leader,
             self.accounts.state,
+            list(self.schedules.values()),
         )
         return _pieces(msgspec.json.encode(header), list(self.tasks.values()), size)
 
@@ -704,6 +727,7 @@ class TaskTable:
         self.epoch = snapshot.epoch
         self.leader = snapshot.leader
         self.accounts = Accounts(snapshot.accounts)
+        self.schedules = {s.name: s for s in snapshot.schedules}
         tasks, keys = self.tasks, self.keys
         for task in snapshot.tasks:
             tasks[task.id] = task
@@ -730,6 +754,7 @@ class Snapshot(msgspec.Struct):
     epoch: int = 0
     leader: str = ""
     accounts: AccountsState = msgspec.field(default_factory=AccountsState)
+    schedules: list[Schedule] = []
     tasks: list[Task] = []
 
 
