@@ -49,6 +49,8 @@ SIZES = {
         "retention": 2_000,
         "recovery": 5_000,
         "dag_chains": 200,
+        "delayed": 2_000,
+        "schedules": 20,
     },
     "full": {
         "throughput": 20_000,
@@ -65,6 +67,8 @@ SIZES = {
         "retention": 100_000,
         "recovery": 1_000_000,
         "dag_chains": 10_000,
+        "delayed": 100_000,
+        "schedules": 1_000,
     },
 }
 
@@ -323,7 +327,7 @@ Workload = Callable[[Path], Awaitable[Result | list[Result]]]
 def workloads(size: str) -> dict[str, Workload]:
     """Every workload by its ``--only`` name, in the order ``make bench`` runs them."""
     # Imported here: these build on this module's helpers.
-    from bench import dag, scale
+    from bench import dag, scale, timing
 
     n = SIZES[size]
     return {
@@ -335,6 +339,8 @@ def workloads(size: str) -> dict[str, Workload]:
         "kill": lambda root: worker_kill(root, n["kill"], n["kill_rounds"]),
         "failover": lambda root: failover(root, n["failover"]),
         "dag": lambda root: dag.dag(root, n["dag_chains"]),
+        "delayed": lambda root: timing.delayed(root, n["delayed"]),
+        "schedules": lambda root: timing.schedules(root, n["schedules"]),
         **scale.workloads(n),
     }
 

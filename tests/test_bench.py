@@ -14,7 +14,8 @@ from bench.run import Result, _document, _merged, main_async, select, workloads
 
 async def test_every_benchmark_runs_at_tiny_size() -> None:
     results = await main_async(
-        "tiny", ["throughput", "per-request", "latency", "kill", "failover", "dag"]
+        "tiny",
+        ["throughput", "per-request", "latency", "kill", "failover", "dag", "delayed", "schedules"],
     )
     assert [r.workload.split(",")[0] for r in results] == [
         "throughput",
@@ -27,6 +28,8 @@ async def test_every_benchmark_runs_at_tiny_size() -> None:
         "workflow",
         "workflow",
         "workflow",
+        "delayed start",
+        "schedules",
     ]
     _plausible(results)
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 import msgspec
 
 from mutirao import dependencies
-from mutirao.errors import MutiraoError, NotFoundError, ValidationError
+from mutirao.errors import NotFoundError, ValidationError
 from mutirao.orchestrator import schedules
 from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
 from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
@@ -664,7 +664,8 @@ class Engine:
         return effects.extend(self.dispatch(now))
 
     def _fire_schedules(self, effects: Effects, now: float) -> None:
-        """Fire every schedule whose tick came (see :mod:`.schedules`)."""
+        """Fire every schedule whose tick came (see :mod:`.schedules`): their tasks are
+        submitted together, one batch per owner, then each schedule's tick is recorded."""
         heap, found = self.schedule_timers, self.table.schedules
         if self._schedules_changed:
             self._schedules_changed = False
@@ -672,46 +673,53 @@ class Engine:
                 (s.next_tick(s.due_from()), name) for name, s in found.items() if not s.paused
             ]
             heapq.heapify(heap)
+        passes: list[tuple[schedules.Schedule, float, int, list[TaskSpec]]] = []
         while heap and heap[0][0] <= now:
             _, name = heapq.heappop(heap)
             schedule = found.get(name)
             if schedule is None or schedule.paused:
                 continue
             ticks, newest, missed = schedules.fires(schedule, now)
-            task_id, fired = None, 0
-            for tick in ticks:
-                got = self._fire(effects, schedule, tick, now)
-                if got is None:
-                    missed += 1
-                else:
-                    task_id, fired = got, fired + 1
+            specs = [s for s in (self._fire(effects, schedule, t, now) for t in ticks) if s]
             if newest is not None:
-                record: Record = {"e": "tick", "name": name, "tick": newest, "task": task_id}
-                self._record(effects, {**record, "fired": fired, "missed": missed})
-                self.observer.on_schedule(name, fired, missed, now - newest)
-            heapq.heappush(heap, (schedule.next_tick(schedule.due_from()), name))
+                passes.append((schedule, newest, missed + len(ticks) - len(specs), specs))
+            heapq.heappush(heap, (schedule.next_tick(newest or schedule.due_from()), name))
+        by_owner = grouped([p[0].owner for p in passes], [p[3] for p in passes])
+        ids: dict[str, str] = {}
+        for owner, spec_lists in by_owner.items():
+            batch = [spec for specs in spec_lists for spec in specs]
+            if batch:
+                tasks, more = self.submit(batch, owner, now)
+                effects.extend(more)
+                ids.update((cast(str, t.key), t.id) for t in tasks)
+        for schedule, newest, missed, specs in passes:
+            task_id = ids[cast(str, specs[-1].key)] if specs else None
+            record: Record = {"e": "tick", "name": schedule.name, "tick": newest}
+            record |= {"task": task_id, "fired": len(specs), "missed": missed}
+            self._record(effects, record)
+            self.observer.on_schedule(schedule.name, len(specs), missed, now - newest)
 
     def _fire(
         self, effects: Effects, schedule: schedules.Schedule, tick: float, now: float
-    ) -> str | None:
-        """Submit the task of one tick; its id, or None if ``overlap`` skips it or it
-        cannot be submitted (a type no worker runs any more: counted as a miss)."""
+    ) -> TaskSpec | None:
+        """The task of one tick; None if ``overlap`` skips it or its type is unknown now (a
+        worker that ran it left: counted as a miss)."""
         previous = self.table.tasks.get(schedule.last_task or "")
         if previous is not None and not previous.state.terminal:
             if schedule.overlap == "skip":
                 return None
             if schedule.overlap == "replace":
                 effects.extend(self.cancel(previous, now))
-        spec = msgspec.convert(
-            {**schedule.task, "key": schedules.tick_key(schedule.name, tick)}, TaskSpec
-        )
-        try:
-            (task,), more = self.submit([spec], schedule.owner, now)
-        except MutiraoError as exc:
-            log.warning("schedule %s could not fire its tick %s: %s", schedule.name, tick, exc)
+        if schedule.task["type"] not in self.table.known_types:
+            log.warning(
+                "schedule %s could not fire its tick %s: no worker runs task type %r",
+                schedule.name,
+                schedules.tick_key(schedule.name, tick),
+                schedule.task["type"],
+            )
             return None
-        effects.extend(more)
-        return task.id
+        key = schedules.tick_key(schedule.name, tick)
+        return msgspec.convert({**schedule.task, "key": key}, TaskSpec)
 
     def _due(self, now: float) -> list[TaskId]:
         """Scheduled tasks whose time came (timers of tasks no longer scheduled then go)."""
