@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from mutirao import chain, chord, group, result_of, sig
+from mutirao.client.canvas import StepFailed
 from mutirao.client.http import ApiError
 from mutirao.protocol import TaskView
 from tests.integration.cluster import LocalCluster, eventually
@@ -100,6 +101,17 @@ async def test_a_failure_cancels_its_dependents_and_a_cleanup_step_sees_it(
         metrics = await scrape(cluster.url)
     failed = views[workflow[failing]]
     assert failed["state"] == "failed"
+    async with cluster.client() as client:
+        assert await workflow.handle(cleanup).result(client) == {
+            "saw": {"$error": failed["error"], "id": failed["id"], "state": "failed"}
+        }
+        with pytest.raises(StepFailed) as err:
+            await workflow.handle(downstream).result(client)
+    assert err.value.args == (
+        workflow[downstream],
+        "cancelled",
+        views[workflow[downstream]]["error"],
+    )
     for step in workflow.ids[1:3]:
         assert views[step]["state"] == "cancelled"
         assert views[step]["error"] == f"dependency {failed['id']} failed: {failed['error']}"

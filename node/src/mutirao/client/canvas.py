@@ -179,3 +179,29 @@ class Workflow:
     def last(self) -> str:
         """The id of the step built last (a chain's or chord's final step)."""
         return self.ids[-1]
+
+    def handle(self, step: Signature) -> StepHandle:
+        """A handle on one step's task, to wait for its result."""
+        return StepHandle(self[step])
+
+
+@dataclass(frozen=True)
+class StepHandle:
+    """One step of a submitted workflow: ``await handle.result(client)``."""
+
+    id: str
+
+    async def result(self, client: Any, timeout: float = 60.0) -> Any:
+        """The step's result once it succeeded; raises :class:`StepFailed` if it failed
+        or was cancelled (a dependency's failure names the dependency), ``TimeoutError``
+        if it is not finished within ``timeout`` seconds."""
+        view = await client.wait(self.id, timeout)
+        if view["state"] == "succeeded":
+            return view["result"]
+        if view["state"] in ("failed", "cancelled"):
+            raise StepFailed(self.id, view["state"], view["error"])
+        raise TimeoutError(f"task {self.id} is still {view['state']} after {timeout:g} s")
+
+
+class StepFailed(Exception):
+    """A workflow step ended without a result: ``(task id, state, error)``."""
