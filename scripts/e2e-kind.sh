@@ -68,7 +68,7 @@ field() {
 }
 
 step "waiting for the release $release in namespace $namespace"
-k wait --for=condition=Established --timeout=60s crd/tasks.mutirao.dev
+k wait --for=condition=Established --timeout=60s crd/tasks.mutirao.dev crd/schedules.mutirao.dev
 k -n "$namespace" rollout status "statefulset/$fullname-orchestrator" --timeout="$timeout"
 k -n "$namespace" rollout status "deployment/$fullname-worker" --timeout="$timeout"
 k -n "$namespace" rollout status "deployment/$fullname-operator" --timeout="$timeout"

@@ -42,6 +42,14 @@ async def apiserver(kmock: ApiServer) -> ApiServer:
         verbs=verbs,
         subresources={"status"},
     )
+    kmock.resources["mutirao.dev/v1/schedules"] = kmock.ResourceInfo(
+        kind="Schedule",
+        singular="schedule",
+        shortnames={"msched"},
+        namespaced=True,
+        verbs=verbs,
+        subresources={"status"},
+    )
     kmock.resources["v1/namespaces"] = kmock.ResourceInfo(
         kind="Namespace", singular="namespace", namespaced=False, verbs=verbs
     )

@@ -193,6 +193,7 @@ def test_default_install_objects(rendered: dict[str, str]) -> None:
     kinds = sorted((o["kind"], o["metadata"]["name"]) for o in documents(rendered["defaults"]))
     assert kinds == sorted(
         [
+            ("CustomResourceDefinition", "schedules.mutirao.dev"),
             ("CustomResourceDefinition", "tasks.mutirao.dev"),
             ("StatefulSet", "mutirao-orchestrator"),
             ("Service", "mutirao-orchestrator"),
@@ -556,7 +557,10 @@ def test_rbac_is_least_privilege(rendered: dict[str, str]) -> None:
     assert patch["resourceNames"] == ["mutirao-orchestrator-0", "mutirao-orchestrator-1"]
     cluster = find(objects, "ClusterRole", "mutirao-operator-mutirao")
     resources = {res for r in cluster["rules"] for res in r["resources"]}
-    assert resources == {"customresourcedefinitions", "tasks", "tasks/status", "events", "leases"}
+    assert resources == {
+        "customresourcedefinitions", "tasks", "tasks/status", "schedules", "schedules/status",
+        "events", "leases",
+    }  # fmt: skip
     worker_sa = find(objects, "ServiceAccount", "mutirao-worker")
     assert worker_sa["automountServiceAccountToken"] is False
 
@@ -885,3 +889,44 @@ def test_statuses_the_operator_writes_fit_the_crd(
         status = status_from_view(view, old, epoch=3, generation=1, now=1.0e9 + 3)
         task_validator.validate({"metadata": {"name": "x"}, "spec": spec, "status": status})
         old = status
+
+
+def test_the_schedule_crd_has_cronjob_columns_and_takes_what_the_operator_writes() -> None:
+    """The Schedule CRD (a CronJob's columns), a Schedule as docs/kubernetes.md shows it,
+    and the status mutirao_operator.schedules writes, under the strict schema."""
+    from mutirao_operator.schedules import schedule_body, status_from
+
+    crd = yaml.safe_load((CHART / "crds" / "schedules.mutirao.dev.yaml").read_text())
+    [version] = crd["spec"]["versions"]
+    columns = [c["name"].upper() for c in version["additionalPrinterColumns"]]
+    assert columns == ["SCHEDULE", "LAST FIRE", "NEXT FIRE", "ACTIVE", "AGE"]
+    schema = strict_schema(version["schema"]["openAPIV3Schema"])
+    validator = jsonschema.Draft4Validator(schema)
+    spec = {
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Lisbon",
+        "overlap": "skip",
+        "catchUp": "last",
+        "task": {"type": "sum", "payload": [1, 2], "maxAttempts": 2},
+    }
+    view = {"cron": "30 2 * * *", "last_tick": 1.8e9, "next_tick": 1.8e9 + 86400,
+            "last_task": "t-1", "fires": 3, "misses": 1, "paused": False}  # fmt: skip
+    obj = {
+        "apiVersion": "mutirao.dev/v1",
+        "kind": "Schedule",
+        "metadata": {"name": "nightly"},
+        "spec": spec,
+        "status": status_from(view, True, 1),
+    }
+    validator.validate(obj)
+    body = schedule_body(spec, "ns.nightly")
+    assert body == {
+        "name": "ns.nightly",
+        "task": {"type": "sum", "payload": [1, 2], "max_attempts": 2},
+        "timezone": "Europe/Lisbon",
+        "overlap": "skip",
+        "catch_up": "last",
+        "cron": "30 2 * * *",
+    }
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate({**obj, "spec": {**spec, "catchUp": "some"}})

@@ -327,6 +327,63 @@ async def test_tasks_that_wait_for_other_tasks_by_name_take_their_results(
         assert refused["error"].startswith("rejected: dependency Task bad rejected"), refused
 
 
+SCHEDULES = "mutirao.dev/v1/schedules"
+SCHEDULES_PATH = f"/apis/mutirao.dev/v1/namespaces/{NAMESPACE}/schedules"
+
+
+async def test_a_schedule_resource_becomes_an_orchestrator_schedule_with_cronjob_columns(
+    apiserver: ApiServer, cluster: LocalCluster
+) -> None:
+    """KMock stands in for a real API server; orchestrator, worker and kopf are real. A
+    Schedule fires on the orchestrators, its status shows the last and next fire (the
+    columns CronJob has), ``suspend`` pauses it, and deleting it removes it."""
+    await with_shared_secret(cluster).start("W1")
+    target = f"{NAMESPACE}.beat"
+    async with running_operator(apiserver, operator_settings(cluster)):
+        body = {
+            "apiVersion": "mutirao.dev/v1",
+            "metadata": {"name": "beat"},
+            "spec": {"every": 1, "task": {"type": "echo", "payload": "tick"}},
+        }
+        await create(apiserver, "Schedule", SCHEDULES_PATH, body)
+
+        async def fired_twice() -> dict[str, Any] | None:
+            obj = stored(apiserver, SCHEDULES, "beat") or {}
+            now = obj.get("status") or {}
+            return now if now.get("fires", 0) >= 2 and now.get("nextFire") else None
+
+        status = await wait_for(fired_twice, "two fires in the Schedule's status")
+        assert status["schedule"] == "every 1s"
+        assert status["lastFire"] < status["nextFire"]
+        async with cluster.client(retry_for=30) as client:
+            view = await client.request("GET", f"/v1/schedules/{target}")
+            assert view["owner"] == "mutirao-operator"
+            task = await client.get(status["lastTaskId"])
+            assert task["key"].startswith(f"{target}@")
+            assert task["payload"] == "tick"
+
+            patch = {"spec": {"suspend": True}}
+            async with apiserver.patch(
+                f"{SCHEDULES_PATH}/beat",
+                json=patch,
+                headers={"Content-Type": "application/merge-patch+json"},
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def paused() -> bool:
+                view = await client.request("GET", f"/v1/schedules/{target}")
+                return bool(view["paused"])
+
+            await wait_for(paused, "the orchestrator schedule paused")
+            async with apiserver.delete(f"{SCHEDULES_PATH}/beat") as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def removed() -> bool:
+                return (await client.request("GET", "/v1/schedules"))["schedules"] == []
+
+            await wait_for(removed, "the orchestrator schedule removed")
+
+
 async def test_deleting_a_running_task_cancels_it(
     apiserver: ApiServer, cluster: LocalCluster
 ) -> None:

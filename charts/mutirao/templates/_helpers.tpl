@@ -214,10 +214,10 @@ same namespaces). */}}
 {{/* What the operator does to Tasks: watch them, keep finalizers and status, post Events. */}}
 {{- define "mutirao.operator.taskRules" -}}
 - apiGroups: ["mutirao.dev"]
-  resources: ["tasks"]
+  resources: ["tasks", "schedules"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["mutirao.dev"]
-  resources: ["tasks/status"]
+  resources: ["tasks/status", "schedules/status"]
   verbs: ["get", "patch", "update"]
 - apiGroups: [""]
   resources: ["events"]

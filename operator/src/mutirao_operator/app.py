@@ -7,6 +7,8 @@ default registry for ``kopf run``; tests do it on a registry of their own.
   it waits for, ``spec.after``, have task ids);
 - a timer per unfinished Task: follow its progress into ``status``, with Events;
 - Task deleted (finalizer ``mutirao.dev/cancel-on-delete``): cancel its task;
+- a Schedule created, changed, found at restart, and every few seconds: make the
+  orchestrator schedule match it and show its last and next fire; deleted: remove it;
 - the orchestrators' Lease (any event): follow a new leader, label its pod.
 """
 
@@ -20,6 +22,7 @@ import kopf
 
 from mutirao_operator.reconcile import GROUP, PLURAL, VERSION, Notice, is_terminal
 from mutirao_operator.runtime import Progress, Runtime, TaskRef, Unavailable
+from mutirao_operator.schedules import SCHEDULES
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,31 @@ def register(
     @kopf.on.delete(*task, registry=registry, id="cancel")
     async def deleted(*, body: kopf.Body, status: kopf.Status, uid: str, **_: Any) -> None:
         _post(body, await _guard(slot.get().cancel(uid, status)))
+
+    schedule = (GROUP, VERSION, SCHEDULES)
+
+    @kopf.on.create(*schedule, registry=registry, id="schedule")
+    @kopf.on.resume(*schedule, registry=registry, id="schedule-resume")
+    @kopf.on.update(*schedule, registry=registry, id="schedule-update", field="spec")
+    @kopf.timer(*schedule, registry=registry, id="schedule-status", interval=2 * interval)
+    async def scheduled(
+        *,
+        body: kopf.Body,
+        spec: kopf.Spec,
+        name: str | None,
+        namespace: str | None,
+        meta: kopf.Meta,
+        patch: kopf.Patch,
+        **_: Any,
+    ) -> None:
+        progress = slot.get().sync_schedule(
+            namespace or "", name or "", spec, meta.get("generation")
+        )
+        _apply(body, patch, await _guard(progress))
+
+    @kopf.on.delete(*schedule, registry=registry, id="unschedule")
+    async def unscheduled(*, name: str | None, namespace: str | None, **_: Any) -> None:
+        await _guard(slot.get().remove_schedule(namespace or "", name or ""))
 
     def our_lease(name: str, namespace: str | None, **_: Any) -> bool:
         return slot.runtime is not None and slot.runtime.is_our_lease(namespace, name)

@@ -95,10 +95,36 @@ class Orchestrators:
         try:
             view: TaskView = await self._request("POST", f"/v1/tasks/{task_id}/cancel", {})
         except ApiError as exc:
-            if exc.status in (400, 404):
+            if exc.status in (400, 404, 409):
                 log.info("task %s not cancelled: %s", task_id, exc)
                 return None
             raise
+        return view
+
+    async def schedule(self, name: str) -> dict[str, Any] | None:
+        """The orchestrator schedule ``name``, None if there is none."""
+        try:
+            view: dict[str, Any] = await self._request("GET", f"/v1/schedules/{name}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return view
+
+    async def add_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        view: dict[str, Any] = await self._request("POST", "/v1/schedules", body)
+        return view
+
+    async def remove_schedule(self, name: str) -> None:
+        try:
+            await self._request("DELETE", f"/v1/schedules/{name}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    async def pause_schedule(self, name: str, paused: bool) -> dict[str, Any]:
+        action = "pause" if paused else "resume"
+        view: dict[str, Any] = await self._request("POST", f"/v1/schedules/{name}/{action}", {})
         return view
 
     async def refresh_epoch(self) -> None:

@@ -37,6 +37,7 @@ from mutirao_operator.reconcile import (
     submission,
     transitions,
 )
+from mutirao_operator.schedules import MAX_NAME, orchestrator_name, schedule_body, status_from
 from mutirao_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,43 @@ class Runtime:
             return []
         return [Notice("Normal", "Cancelled", f"task {task_id} cancelled: the Task was deleted")]
 
+    # -- Schedules ---------------------------------------------------------------------------
+
+    async def sync_schedule(
+        self, namespace: str, name: str, spec: Mapping[str, Any], generation: int | None
+    ) -> Progress:
+        """Make the orchestrator schedule match the Schedule (made anew when its spec
+        changed), then report its status."""
+        target = orchestrator_name(namespace, name)
+        if target is None:
+            error = f"{namespace}.{name} is longer than {MAX_NAME} characters"
+            return Progress({"error": error}, [Notice("Warning", "Rejected", error)])
+        body = schedule_body(spec, target)
+        view = await self._call("schedule", self.orch.schedule(target))
+        notices = []
+        if view is not None and _changed(view, body):
+            await self._call("schedule", self.orch.remove_schedule(target))
+            view = None
+        if view is None:
+            try:
+                view = await self._call("schedule", self.orch.add_schedule(body))
+            except ApiError as exc:
+                return Progress({"error": str(exc)}, [Notice("Warning", "Rejected", str(exc))])
+            notices.append(Notice("Normal", "Scheduled", f"orchestrator schedule {target}"))
+        suspend = bool(spec.get("suspend"))
+        if bool(view.get("paused")) != suspend:
+            view = await self._call("schedule", self.orch.pause_schedule(target, suspend))
+        active = False
+        if view.get("last_task"):
+            task = await self._call("poll", self.orch.result(view["last_task"], 0.0))
+            active = task is not None and task["state"] not in ("succeeded", "failed", "cancelled")
+        return Progress(status_from(view, active, generation), notices)
+
+    async def remove_schedule(self, namespace: str, name: str) -> None:
+        target = orchestrator_name(namespace, name)
+        if target is not None:
+            await self._call("schedule", self.orch.remove_schedule(target))
+
     # -- the orchestrators' Lease ------------------------------------------------------------
 
     def is_our_lease(self, namespace: str | None, name: str | None) -> bool:
@@ -321,3 +359,11 @@ class Runtime:
             log.warning("could not label the leader pod %s (will retry): %s", holder, exc)
             return
         self.labelled = holder
+
+
+def _changed(view: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Whether the orchestrator schedule differs from what the Schedule now asks."""
+    task = view.get("task") or {}
+    same_task = all(task.get(k) == v for k, v in body["task"].items())
+    same = all(view.get(k) == body.get(k) for k in ("cron", "every", "timezone", "overlap"))
+    return not (same_task and same and view.get("catch_up") == body["catch_up"])
