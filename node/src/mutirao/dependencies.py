@@ -79,18 +79,23 @@ def _mapped(payload: Any, visit: Callable[[dict[str, Any]], Any]) -> Any:
     return payload
 
 
-def rename_inputs(payload: Any, ids: Sequence[str] | Mapping[str, str]) -> Any:
+def rename_inputs(payload: Any, ids: Sequence[str] | Mapping[str, str]) -> tuple[Any, bool]:
     """``payload`` with the refs of its inputs renamed: ``#N`` to ``ids[N]`` (a sequence),
-    or a name to ``ids[name]`` (a mapping; how the operator names other Tasks)."""
+    or a name to ``ids[name]`` (a mapping; how the operator names other Tasks); and whether
+    it has any input (one pass over the payload for both)."""
+    found = False
 
     def rename(obj: dict[str, Any]) -> dict[str, Any]:
+        nonlocal found
+        found = True
         ref = obj[RESULT]
         if isinstance(ids, Mapping):
             return {**obj, RESULT: ids[ref]} if ref in ids else obj
         index = batch_index(ref)
         return obj if index is None else {**obj, RESULT: ids[index]}
 
-    return _mapped(payload, rename)
+    renamed = _mapped(payload, rename)
+    return renamed, found
 
 
 class MissingInput(Exception):

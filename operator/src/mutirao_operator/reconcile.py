@@ -77,7 +77,7 @@ def submission(
     payload = spec.get("payload")
     body: dict[str, Any] = {"type": spec["type"], "payload": payload, "key": key}
     if task_ids:
-        body["payload"] = dependencies.rename_inputs(payload, task_ids)
+        body["payload"], _ = dependencies.rename_inputs(payload, task_ids)
         if spec.get("after"):
             body["after"] = [task_ids[name] for name in spec["after"]]
     if spec.get("onFailure") is not None:

@@ -421,9 +421,7 @@ class Engine:
         deps: list[list[Any]] = []
         for i, after in dependencies.plan(specs, ids, new, owner, owner_of):
             row = rows[cast(int, row_of[i])]
-            inputs = bool(dependencies.input_refs(row[2], "payload"))
-            if inputs:
-                row[2] = dependencies.rename_inputs(row[2], ids)
+            row[2], inputs = dependencies.rename_inputs(row[2], ids)
             deps.append([row_of[i], after, specs[i].on_failure, inputs])
         return deps
 
