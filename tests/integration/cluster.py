@@ -58,6 +58,7 @@ class Proc:
     log_path: Path
     env: dict[str, str]
     popen: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None
 
     def start(self) -> Proc:
         log = self.log_path.open("ab")
@@ -67,6 +68,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
+            cwd=self.cwd,
         )
         log.close()
         return self

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
-from tests.integration.cluster import LocalCluster, children_of, eventually
+from tests.integration.cluster import LocalCluster, Proc, children_of, eventually
 
 MODULE = "tests.integration.fixtures.user_tasks"
+
+
+async def test_the_mutirao_script_finds_task_modules_in_the_working_directory(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """``mutirao worker --tasks greetings`` run where greetings.py is, as one runs Celery's
+    ``-A``: no PYTHONPATH needed, for the worker and its slot processes alike."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "greetings.py").write_text(
+        "import mutirao\n\n\n@mutirao.task('greet')\ndef greet(name):\n    return f'olá, {name}'\n"
+    )
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    script = str(Path(sys.executable).parent / "mutirao")
+    argv = [script, "worker", "--id", "W1", "--url", cluster.url, "--tasks", "greetings"]
+    env = {k: v for k, v in cluster._env().items() if k != "PYTHONPATH"}
+    worker = Proc("worker-W1", argv, tmp_path / "worker.out", env, cwd=project)
+    cluster.procs.append(worker.start())
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        view = await client.result((await client.submit("greet", "mundo"))["id"], wait=20)
+    assert view["result"] == "olá, mundo", view
 
 
 async def test_user_task_module_sync_async_and_raising_handlers(cluster: LocalCluster) -> None:

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import importlib
 import logging
+import os
 import ssl
 import sys
 import time
@@ -534,6 +535,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     settings = _server_settings(args)
     # The slot processes of blocking handlers import the same modules (worker.pool).
     settings.worker.tasks = [*settings.worker.tasks, *args.tasks]
+    # Task modules are found in the working directory, as Celery's -A finds them, also when
+    # run as the `mutirao` script (whose sys.path starts at its own directory); the slot
+    # processes inherit sys.path.
+    if settings.worker.tasks and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for module in settings.worker.tasks:
         try:
             importlib.import_module(module)
