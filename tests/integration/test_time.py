@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from mutirao.protocol import TaskView
-from tests.integration.cluster import LocalCluster
+from tests.integration.cluster import LocalCluster, eventually
 from tests.integration.test_cli import Cli, cli_env
 
 EARLY = 0.05
@@ -97,12 +97,10 @@ async def test_scheduled_tasks_survive_a_sigkill_of_the_active_and_run_once(
             "fail", "x", max_attempts=2, retry={"delay": 2.5, "backoff": 1.0}
         )
 
-        async def backing_off() -> TaskView:
-            return await client.get(backoff["id"])
+        async def backing_off() -> bool:
+            return (await client.get(backoff["id"]))["state"] == "scheduled"
 
-        view = await backing_off()
-        while view["state"] != "scheduled":
-            view = await backing_off()
+        await eventually(backing_off, timeout=10, what="the failed task backing off")
         cluster.proc("orchestrator").kill()
         views = await client.wait_many([t["id"] for t in batch], timeout=30)
         retried = await client.wait(backoff["id"], timeout=30)

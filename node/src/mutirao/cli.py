@@ -655,6 +655,23 @@ def _run_tls_secrets(args: argparse.Namespace) -> int:
     return kube_certs.main(args)
 
 
+Action = Callable[[str, str, Callable[..., Awaitable[int]]], Any]
+
+
+def _client_actions(parser: argparse.ArgumentParser, dest: str) -> Action:
+    """A function adding a client subcommand ``ACTION`` to ``parser`` (``mutirao user add``,
+    ``mutirao schedule rm``...): its help, client flags and coroutine to run."""
+    actions = parser.add_subparsers(dest=dest, required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, fn: Callable[..., Awaitable[int]]) -> Any:
+        a = actions.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+        _common_client(a)
+        a.set_defaults(run=_client_runner(fn))
+        return a
+
+    return action
+
+
 def _add_user_parser(sub: Any) -> None:
     p = sub.add_parser(
         "user",
@@ -663,13 +680,7 @@ def _add_user_parser(sub: Any) -> None:
         "`user add --data-dir DIR` instead writes a bootstrap file, which the first "
         "orchestrator to lead a cluster with no users imports.",
     )
-    actions = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
-
-    def action(name: str, help_text: str, fn: Callable[..., Awaitable[int]]) -> Any:
-        a = actions.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
-        _common_client(a)
-        a.set_defaults(run=_client_runner(fn))
-        return a
+    action = _client_actions(p, "user_command")
 
     add = action("add", "add a user", users.add)
     add.add_argument("name")
@@ -699,13 +710,7 @@ def _add_schedule_parser(sub: Any) -> None:
         description="Durable schedules, kept in the cluster's journal: each tick submits "
         "its task once (key NAME@<tick>), even across a failover.",
     )
-    actions = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
-
-    def action(name: str, help_text: str, fn: Callable[..., Awaitable[int]]) -> Any:
-        a = actions.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
-        _common_client(a)
-        a.set_defaults(run=_client_runner(fn))
-        return a
+    action = _client_actions(p, "schedule_command")
 
     add = action("add", "add a schedule", schedules.add)
     add.add_argument("name", help="its name: lowercase letters, digits, . _ -")

@@ -24,7 +24,7 @@ from mutirao.errors import (
 from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
 from mutirao.orchestrator import schedules_api, session, users_api
-from mutirao.orchestrator.reply import json_reply, user_of
+from mutirao.orchestrator.reply import json_reply, submitter_of, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
 from mutirao.protocol import TaskState
@@ -132,10 +132,7 @@ def _authenticate(request: web.Request) -> None:
 
 
 def _submitter(request: web.Request) -> User:
-    user = user_of(request)
-    if not user.may_submit:
-        raise ForbiddenError(f"user {user.name} is a viewer: it may not submit or cancel tasks")
-    return user
+    return submitter_of(request, "submit or cancel tasks")
 
 
 def _visible(request: web.Request, task_id: str) -> Task:

@@ -134,6 +134,7 @@ class Engine:
     ) -> None:
         self.heartbeat = heartbeat
         self.retention = retention
+        """Seconds a finished task is kept before :meth:`tick` expires it."""
         self.retry = retry or RetryPolicy()
         """The backoff of tasks that do not set their own ``retry``."""
         self.timers: list[tuple[float, int, TaskId]] = []
@@ -144,7 +145,6 @@ class Engine:
         self.schedule_timers: list[tuple[float, str]] = []
         """The next tick of each schedule (a heap), rebuilt when schedules change."""
         self._schedules_changed = True
-        """Seconds a finished task is kept before :meth:`tick` expires it."""
         self.observer = observer
         """Told about every live decision (metrics); see :mod:`mutirao.orchestrator.events`."""
         self.table = TaskTable()
@@ -365,7 +365,11 @@ class Engine:
                     ids.append(earlier)
                     row_of.append(None)
                     continue
-            if spec.retry is not None or spec.not_before is not None or spec.keep_result:
+            if (
+                spec.retry is not None
+                or spec.not_before is not None
+                or spec.keep_result is not None
+            ):
                 timing.append(_timing(len(rows), spec, now))
             row_of.append(len(rows))
             task_id = self._new_id()
@@ -653,12 +657,18 @@ class Engine:
             expired = self.table.expirable(now - self.retention, EXPIRE_BATCH, now)
             if expired:
                 self._record(effects, {"e": "expire", "tasks": expired})
+        # Always dispatch (fire does): a suspect worker whose heartbeat made it eligible
+        # again has free slots, and nothing else would hand it the tasks queued meanwhile.
+        return effects.extend(self.fire(now))
+
+    def fire(self, now: float) -> Effects:
+        """Scheduled tasks and schedules whose time came, then dispatch: what a timer
+        calls for between two ticks (without their heartbeat and expiry bookkeeping)."""
+        effects = Effects()
         due = self._due(now)
         if due:
             self._record(effects, {"e": "due", "tasks": due})
         self._fire_schedules(effects, now)
-        # Always dispatch: a suspect worker whose heartbeat made it eligible again has free
-        # slots, and nothing else would hand it the tasks queued meanwhile.
         return effects.extend(self.dispatch(now))
 
     def _fire_schedules(self, effects: Effects, now: float) -> None:

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from mutirao.auth import User
+from mutirao.errors import ForbiddenError
 
 
 def json_reply(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -19,4 +20,12 @@ def json_reply(data: Any, status: int = 200, headers: dict[str, str] | None = No
 def user_of(request: web.Request) -> User:
     """The authenticated user (set by the API middleware)."""
     user: User = request["user"]
+    return user
+
+
+def submitter_of(request: web.Request, what: str) -> User:
+    """The authenticated user, if it may change work (``what``: what a viewer may not)."""
+    user = user_of(request)
+    if not user.may_submit:
+        raise ForbiddenError(f"user {user.name} is a viewer: it may not {what}")
     return user

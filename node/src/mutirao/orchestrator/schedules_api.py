@@ -17,13 +17,12 @@ from mutirao.auth import User
 from mutirao.errors import (
     ConflictError,
     DependencyError,
-    ForbiddenError,
     MalformedError,
     NotFoundError,
     ValidationError,
 )
 from mutirao.orchestrator.engine import Effects
-from mutirao.orchestrator.reply import json_reply, user_of
+from mutirao.orchestrator.reply import json_reply, submitter_of, user_of
 from mutirao.orchestrator.schedules import Schedule, ScheduleSpec, checked
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.protocol import TaskSpec, invalid
@@ -33,10 +32,7 @@ _DECODER = msgspec.json.Decoder(ScheduleSpec)
 
 
 def _submitter(request: web.Request) -> User:
-    user = user_of(request)
-    if not user.may_submit:
-        raise ForbiddenError(f"user {user.name} is a viewer: it may not manage schedules")
-    return user
+    return submitter_of(request, "manage schedules")
 
 
 def _found(request: web.Request) -> Schedule:

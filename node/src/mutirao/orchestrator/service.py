@@ -422,14 +422,21 @@ class Orchestrator:
         """Heartbeat bookkeeping and expiry every ``period``, and scheduled tasks as their
         time comes (woken early when a timer earlier than the next tick is set)."""
         period = min(0.25, self.settings.heartbeat.interval / 2)
+        next_tick = self.monotonic() + period
         while True:
             due = self.engine.next_due()
-            wait = period if due is None else min(period, max(0.0, due - self.clock()))
+            wait = next_tick - self.monotonic()
+            if due is not None:
+                wait = min(wait, due - self.clock())
             self._timer_set.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._timer_set.wait(), wait)
+                await asyncio.wait_for(self._timer_set.wait(), max(0.0, wait))
             if not self.roles.acknowledgeable():
                 return  # after a pause: nobody is declared dead by a node no longer leading
+            if self.monotonic() < next_tick:
+                self.execute(self.engine.fire(self.clock()))
+                continue
+            next_tick = self.monotonic() + period
             effects = self.engine.tick(self.clock())
             self.execute(effects)
             for wid in effects.disconnect:

@@ -363,9 +363,8 @@ class TaskTable:
         return changes
 
     def _delay(self, task: Task, at: float) -> None:
-        """A new pending task does not start before ``at`` (its timing is set)."""
-        cast(Timing, task.timing).not_before = at
-        task.state = TaskState.SCHEDULED
+        """A new pending task does not start before ``at``."""
+        _schedule_at(task, at)
         self._moved(task, TaskState.PENDING)
 
     def _due(self, task_ids: list[str]) -> list[Change]:
@@ -485,12 +484,8 @@ class TaskTable:
         if at is None:
             task.state = TaskState.PENDING
             requeued.append(task)
-            return
-        timing = task.timing
-        if timing is None:
-            timing = task.timing = Timing()
-        timing.not_before = at
-        task.state = TaskState.SCHEDULED
+        else:
+            _schedule_at(task, at)
 
     def _cancel(self, task_ids: list[str], at: float) -> list[Change]:
         changes = []
@@ -774,6 +769,14 @@ def _pieces(header: bytes, tasks: list[Task], size: int | None) -> Iterator[byte
         body = msgspec.json.encode(tasks[start : start + step])[1:-1]
         yield b"," + body if start else body
     yield b"]}"
+
+
+def _schedule_at(task: Task, at: float) -> None:
+    """``task`` is scheduled until ``at`` (the caller counts the change of state)."""
+    if task.timing is None:
+        task.timing = Timing()
+    task.timing.not_before = at
+    task.state = TaskState.SCHEDULED
 
 
 def _dependency_error(dep_id: str, dep: Task | None) -> str:
