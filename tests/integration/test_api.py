@@ -342,7 +342,13 @@ _BAD_SUBMISSIONS: list[tuple[str, bytes | None, int, str]] = [
     ("no body", None, 400, "body"),
     ("a JSON array", b"[1, 2]", 422, "body"),
     ("JSON null", b"null", 422, "body"),
-    ("unknown task type", b'{"type": "no-such-type"}', 422, "type"),
+    (
+        "a resource that is no quantity",
+        b'{"type": "echo", "resources": {"memory": "lots"}}',
+        422,
+        "resources.memory",
+    ),
+    ("a queue name with a space", b'{"type": "echo", "queue": "a b"}', 422, "queue"),
     ("missing type", b'{"payload": 1}', 422, "type"),
     ("empty type", b'{"type": ""}', 422, "type"),
     ("string priority", b'{"type": "echo", "priority": "high"}', 422, "priority"),
@@ -368,10 +374,11 @@ _BAD_SUBMISSIONS: list[tuple[str, bytes | None, int, str]] = [
         "tasks[1].timeout",
     ),
     (
-        "batch unknown type",
-        b'{"tasks": [{"type": "echo"}, {"type": "echo"}, {"type": "nope"}]}',
+        "batch with a bad resource name",
+        b'{"tasks": [{"type": "echo"}, {"type": "echo"}, '
+        b'{"type": "echo", "resources": {"GPU": 1}}]}',
         422,
-        "tasks[2].type",
+        "tasks[2].resources.GPU",
     ),
     ("batch with unknown sibling", b'{"tasks": [{"type": "echo"}], "wait": 1}', 422, "wait"),
     (
@@ -660,8 +667,8 @@ async def test_a_session_submits_like_post_and_answers_each_call(
         again = await session.submit("echo", "once", key="k-1")
         assert (await session.submit("echo", "once", key="k-1"))["id"] == again["id"]
         with pytest.raises(ApiError) as info:
-            await session.submit("no-such-type")
-        assert (info.value.status, info.value.body["field"]) == (422, "type")
+            await session.submit("echo", resources={"gpu": "many"})
+        assert (info.value.status, info.value.body["field"]) == (422, "resources.gpu")
         with pytest.raises(ApiError) as info:
             await session.submit("echo", priority="high")
         assert (info.value.status, info.value.body["field"]) == (422, "priority")

@@ -336,9 +336,10 @@ async def test_errors_are_one_clean_line(cluster: LocalCluster, tmp_path: Path) 
             cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token()), tmp_path
         )
 
-        unknown = await cli("submit", "no-such-type")
-        assert unknown.code == 1, unknown
-        assert_clean_error(unknown, "no-such-type", "field type", "422")
+        bad = await cli("submit", "echo", "--resources", "gpu=lots")
+        assert bad.code == 1, bad
+        assert_clean_error(bad, "lots", "field resources.gpu", "422")
+        assert_clean_error(await cli("submit", "echo", "--resources", "gpu"), "NAME=QUANTITY")
         assert_clean_error(await cli("submit", "echo", "--payload", "{oops"), "--payload")
         assert_clean_error(await cli("submit", "echo", "--timeout", "-1"), "field timeout")
         assert_clean_error(await cli("submit", "echo", "--count", "0"), "--count")

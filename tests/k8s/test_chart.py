@@ -72,12 +72,23 @@ VALUE_SETS: dict[str, list[str]] = {
         '--set-json=tls.certManager.issuerRef={"name": "corp-ca", "kind": "ClusterIssuer"}',
     ],
     "plain-http": ["--set=tls.enabled=false"],
+    "autoscaled-hpa": [
+        "--set=workers.autoscaling.hpa.enabled=true",
+        "--set=workers.autoscaling.hpa.maxReplicas=6",
+        '--set-json=workers.queues=["default", "render"]',
+        '--set-json=workers.capacity={"gpu": 1, "memory": "16Gi"}',
+    ],
+    "autoscaled-keda": [
+        "--set=workers.autoscaling.keda.enabled=true",
+        '--set-json=workers.queues=["video"]',
+    ],
 }
 # Kinds kubernetes-validate has no schema for (CRDs of other projects), per value set.
 FOREIGN_KINDS = {
     "service-monitor": frozenset({"ServiceMonitor"}),
     "cert-manager": frozenset({"Certificate", "Issuer"}),
     "cert-manager-issuer": frozenset({"Certificate", "Issuer"}),
+    "autoscaled-keda": frozenset({"ScaledObject"}),
 }
 
 
@@ -362,6 +373,53 @@ def test_workers(rendered: dict[str, str]) -> None:
     assert env_of(scaled)["MUTIRAO_WORKER_SLOTS"] == "8"
 
 
+def test_worker_autoscaling(rendered: dict[str, str]) -> None:
+    """Off by default; the HPA (External metric, through the Prometheus adapter rule the
+    chart ships) or KEDA (Prometheus trigger, from zero) on the load of the workers'
+    queues; the Deployment then leaves the replicas to them; workers drain in the grace
+    period and declare their queues and capacity."""
+    defaults = documents(rendered["defaults"])
+    assert not [o for o in defaults if o["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert (
+        env_of(find(defaults, "Deployment", "mutirao-worker"))["MUTIRAO_WORKER_DRAIN_TIMEOUT"]
+        == "55"
+    )
+
+    objects = documents(rendered["autoscaled-hpa"])
+    workers = find(objects, "Deployment", "mutirao-worker")
+    assert "replicas" not in workers["spec"]
+    env = env_of(workers)
+    assert (env["MUTIRAO_WORKER_QUEUES"], env["MUTIRAO_WORKER_RESOURCES"]) == (
+        "default,render",
+        "gpu=1,memory=16Gi",
+    )
+    hpa = find(objects, "HorizontalPodAutoscaler", "mutirao-worker")["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "mutirao-worker"
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 6)
+    (metric,) = hpa["metrics"]
+    assert metric["external"]["metric"]["name"] == "mutirao_queue_load"
+    assert metric["external"]["metric"]["selector"]["matchExpressions"][0]["values"] == [
+        "default",
+        "render",
+    ]
+    rules = yaml.safe_load(
+        find(objects, "ConfigMap", "mutirao-prometheus-adapter-rules")["data"]["config.yaml"]
+    )
+    (rule,) = rules["externalRules"]
+    assert rule["name"]["as"] == "mutirao_queue_load"
+    assert "mutirao_queue_(pending|running)" in rule["metricsQuery"]
+
+    objects = documents(rendered["autoscaled-keda"])
+    assert "replicas" not in find(objects, "Deployment", "mutirao-worker")["spec"]
+    scaled = find(objects, "ScaledObject", "mutirao-worker")["spec"]
+    assert scaled["minReplicaCount"] == 0
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == (
+        'sum({__name__=~"mutirao_queue_(pending|running)",namespace="mutirao",queue=~"video"})'
+    )
+
+
 def test_kind_and_namespaced_operator(rendered: dict[str, str]) -> None:
     objects = documents(rendered["kind-namespaced"])
     client = find(objects, "Service", "mutirao-orchestrator")
@@ -620,6 +678,15 @@ def test_notes_say_what_to_do_next(helm_env: dict[str, str]) -> None:
         (["--set=tls.renewBeforeDays=365"], "tls.renewBeforeDays must be shorter than"),
         (["--set=tls.provider=vault"], "at '/tls/provider'"),
         (['--set-json=tls.certManager.issuerRef={"kind": "Issuer"}'], "issuerRef needs a name"),
+        (
+            [
+                "--set=workers.autoscaling.hpa.enabled=true",
+                "--set=workers.autoscaling.keda.enabled=true",
+            ],
+            "the HPA or KEDA, not both",
+        ),
+        (['--set-json=workers.capacity={"gpu": "lots"}'], "at '/workers/capacity/gpu'"),
+        (["--set=workers.terminationGracePeriodSeconds=5"], "at '/workers/terminationGrace"),
     ],
 )
 def test_bad_values_are_rejected(flags: list[str], message: str, helm_env: dict[str, str]) -> None:
@@ -860,7 +927,8 @@ def test_statuses_the_operator_writes_fit_the_crd(
 
     spec = {
         "type": "sum", "payload": [1, {"$result": "other"}], "priority": -1, "maxAttempts": 2,
-        "timeoutSeconds": 5, "after": ["first"], "onFailure": "run",
+        "timeoutSeconds": 5, "after": ["first"], "onFailure": "run", "queue": "gpu",
+        "resources": {"gpu": 1, "memory": "4Gi"},
     }  # fmt: skip
     [version] = crd["spec"]["versions"]
     assert set(version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]) == set(
@@ -868,7 +936,8 @@ def test_statuses_the_operator_writes_fit_the_crd(
     )
     body = submission(spec, "uid", {"first": "t-0", "other": "t-9"})
     assert set(body) == {
-        "type", "payload", "key", "priority", "max_attempts", "timeout", "after", "on_failure"
+        "type", "payload", "key", "priority", "max_attempts", "timeout", "after", "on_failure",
+        "queue", "resources",
     }  # fmt: skip
     assert (body["after"], body["payload"]) == (["t-0"], [1, {"$result": "t-9"}])
     attempt = {

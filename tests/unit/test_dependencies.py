@@ -239,9 +239,7 @@ def test_a_fuzzy_checkpoint_settles_what_its_dependency_settled_after(h: Harness
     h.result("w1", a, 1, 2.0, value=41)  # b is released and assigned
     taken.extend(pieces)  # a, succeeded
     restored = Engine(HEARTBEAT)
-    restored.table.restore(decode_snapshot(b"".join(taken)))
-    for task in restored.table.tasks.values():
-        restored.rebuild(task)
+    restored.load(decode_snapshot(b"".join(taken)))
     again = restored.table.tasks[b.id]
     assert again.state is TaskState.PENDING
     assert again.payload == 41

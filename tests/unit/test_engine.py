@@ -52,6 +52,8 @@ class Harness:
         slots: int = 2,
         types: Iterable[str] = ("echo",),
         running: Iterable[AttemptRef] = (),
+        queues: Iterable[str] | None = None,
+        resources: dict[str, float] | None = None,
     ) -> Effects:
         self.session[wid] = next(self.sessions)
         msg: HelloMsg = {
@@ -63,6 +65,10 @@ class Harness:
             "running": [list(ref) for ref in running],  # type: ignore[misc]
             "epoch": 0,
         }
+        if queues is not None:
+            msg["queues"] = list(queues)
+        if resources is not None:
+            msg["resources"] = resources
         return self._keep(self.engine.hello(msg, self.session[wid], now))
 
     def submit(
@@ -141,7 +147,31 @@ def h() -> Harness:
 # -- submissions ----------------------------------------------------------------------------
 
 
-def test_submit_of_an_unknown_type_names_the_field(h: Harness) -> None:
+def test_a_type_no_worker_runs_is_queued_until_one_joins(h: Harness) -> None:
+    (task,), _ = h.submit(TaskSpec("resize"), now=1.0)
+    assert task.state is TaskState.PENDING
+    assert h.engine.view(task, 1.0)["pending_reason"] == "no live worker runs task type 'resize'"
+    assert h.engine.queue.depth_by_type() == {"resize": 1}
+    effects = h.hello("w1", 2.0, types=["resize"])
+    assert assigned(effects) == {"w1": [(task.id, 1)]}
+    assert h.engine.view(task, 2.0)["pending_reason"] is None
+
+
+def test_the_entry_of_a_queued_task_cancelled_then_expired_is_skipped(h: Harness) -> None:
+    """Found by the fuzz: with no worker for its type, a cancelled task's queue entry stays
+    until a dispatch reaches it, which may be after the task itself expired."""
+    h.engine.retention = 0.0
+    (task,), _ = h.submit(TaskSpec("resize"), now=1.0)
+    h.cancel(task, 2.0)
+    h.tick(3.0)
+    assert task.id not in h.engine.table.tasks
+    (other,), _ = h.submit(TaskSpec("resize"), now=3.5)
+    effects = h.hello("w1", 4.0, types=["resize"])
+    assert assigned(effects) == {"w1": [(other.id, 1)]}
+
+
+def test_submit_of_an_unknown_type_names_the_field_when_refused(h: Harness) -> None:
+    h.engine.refuse_unknown_types = True
     with pytest.raises(ValidationError, match=r"unknown task type 'echo'.*none yet") as info:
         h.submit(TaskSpec("echo"), now=1.0)
     assert info.value.field == "type"
@@ -559,9 +589,7 @@ def test_replay_then_a_checkpoint_restore_agree(h: Harness) -> None:
     _eventful(h)
     snapshot = decode_snapshot(h.engine.table.snapshot())
     restored = Engine(HEARTBEAT)
-    restored.table.restore(snapshot)
-    for task in restored.table.tasks.values():
-        restored.rebuild(task)
+    restored.load(snapshot)
     assert {t: task.view() for t, task in restored.table.tasks.items()} == h.views()
     replayed = replay(h.records)
     assert {w: x.attempts for w, x in restored.workers.items() if x.attempts} == {
@@ -706,3 +734,25 @@ def test_a_standby_queue_does_not_grow_with_every_task(monkeypatch: pytest.Monke
     assert most <= 8 + 2 * 5, f"{most} entries for at most 5 pending tasks"
     queued = sorted(e for e in follower.queue.entries() if follower._is_current(e))
     assert [e.task_id for e in queued] == [t.id for t in waiting]
+
+
+def test_a_draining_worker_gets_nothing_new_and_hands_back_without_costing_attempts(
+    h: Harness,
+) -> None:
+    h.hello("w1", 0.0, slots=2)
+    once = TaskSpec("echo", max_attempts=1)
+    (t1, t2, t3), _ = h.submit(once, once, once, now=1.0)
+    assert (t1.state, t2.state, t3.state) == ("assigned", "assigned", "pending")
+    h.engine.drain("w1", h.session["w1"])
+    h.heartbeat("w1", 2.0)  # a sign of life does not make it take work again
+    assert h.engine.workers["w1"].view(2.0)["state"] == "draining"
+    assert assigned(h.result("w1", t1, 1, 2.5)) == {}, "a freed slot takes nothing new"
+    effects = h._keep(h.engine.release("w1", h.session["w1"], [(t2.id, 1)], 3.0))
+    assert ops(effects, "w1") == ["ack"]
+    assert t2.state is TaskState.PENDING
+    assert t2.attempts[-1].outcome is Outcome.RELEASED
+    effects = h.hello("w2", 3.5)
+    assert sorted(assigned(effects)["w2"]) == sorted([(t2.id, 2), (t3.id, 1)])
+    h.result("w2", t2, 2, 4.0)
+    assert t2.state is TaskState.SUCCEEDED, "the hand-back did not use its only attempt"
+    assert {t: x.view() for t, x in replay(h.records).table.tasks.items()} == h.views()

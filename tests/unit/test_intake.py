@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from mutirao.errors import NotLeaderError, ValidationError
+from mutirao.errors import NotLeaderError, TooManyRequestsError, ValidationError
 from mutirao.orchestrator.engine import Effects, Engine
 from mutirao.orchestrator.intake import Intake
 from mutirao.protocol import HelloMsg, TaskId, TaskSpec
@@ -86,8 +86,8 @@ async def test_a_key_named_twice_in_one_flush_is_created_once() -> None:
 async def test_errors_reach_only_the_requests_they_concern() -> None:
     intake, _, recorder = _intake()
     with pytest.raises(ValidationError) as info:
-        await intake.submit([TaskSpec("echo"), TaskSpec("gpu")], "alice")
-    assert info.value.field == "tasks[1].type"
+        await intake.submit([TaskSpec("echo"), TaskSpec("echo", resources={"gpu": "x"})], "al")
+    assert info.value.field == "tasks[1].resources.gpu"
     assert not recorder.executed, "refused before anything was queued"
 
     recorder.failure = ConnectionError("stepped down")
@@ -101,6 +101,25 @@ async def test_errors_reach_only_the_requests_they_concern() -> None:
     recorder.failure, recorder.active = None, False
     with pytest.raises(NotLeaderError):
         await intake.submit([TaskSpec("echo")], "alice")
+
+
+async def test_a_quota_refuses_only_the_request_that_passes_it() -> None:
+    """Requests of a user with a ``max_pending`` quota are engine commands of their own: the
+    one that would pass it gets the 429, the one queued beside it goes through."""
+    intake, engine, _ = _intake()
+    engine.record({"e": "quota", "q": {"user": "alice", "max_pending": 2}})
+    engine.record({"e": "limit", "l": {"type": "echo", "concurrency": 1}})
+    first = await intake.submit([TaskSpec("echo")], "alice")  # runs: the cap lets one run
+    results = await asyncio.gather(
+        intake.submit([TaskSpec("echo"), TaskSpec("echo")], "alice"),
+        intake.submit([TaskSpec("echo"), TaskSpec("echo")], "alice"),
+        return_exceptions=True,
+    )
+    assert first[0][0].state == "assigned"
+    assert not isinstance(results[0], BaseException)
+    assert isinstance(results[1], TooManyRequestsError)
+    assert results[1].field == "max_pending"
+    assert "max_pending quota is 2" in str(results[1])
 
 
 async def test_a_request_gone_before_the_flush_does_not_stop_the_others() -> None:

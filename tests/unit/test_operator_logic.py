@@ -66,6 +66,14 @@ def test_submission_maps_the_spec_and_keys_it_by_uid() -> None:
         "timeout": 9.0,
     }
     assert submission({"type": "echo"}, "u") == {"type": "echo", "payload": None, "key": "u"}
+    routed = {"type": "render", "queue": "gpu", "resources": {"gpu": 1, "memory": "4Gi"}}
+    assert submission(routed, "u") == {
+        "type": "render",
+        "payload": None,
+        "key": "u",
+        "queue": "gpu",
+        "resources": {"gpu": 1, "memory": "4Gi"},
+    }
 
 
 def test_status_follows_the_task_from_pending_to_succeeded() -> None:

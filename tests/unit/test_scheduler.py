@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted, pick_worker
+from mutirao.orchestrator.scheduler import Entry, Lane, PendingQueue, Slotted, lane_key, pick_worker
 
 
 def worker(
@@ -21,6 +21,9 @@ def worker(
     return Slotted(id=wid, slots=slots, types=frozenset(types), running=running, eligible=eligible)
 
 
+A = Lane(lane_key("a"))
+
+
 def always(_entry: Entry) -> bool:
     return True
 
@@ -29,7 +32,7 @@ def queue_of(*items: tuple[str, int, int, str]) -> PendingQueue:
     """A queue from ``(task type, priority, seq, task id)``; priority as the user gives it."""
     queue = PendingQueue()
     for task_type, priority, seq, task_id in items:
-        queue.push(task_type, Entry(-priority, seq, task_id))
+        queue.push(lane_key(task_type), Entry(-priority, seq, task_id))
     return queue
 
 
@@ -43,26 +46,26 @@ def ids(pairs: list[tuple[Entry, Slotted]]) -> list[tuple[str, str]]:
 def test_pick_worker_prefers_the_lowest_load() -> None:
     busy = worker("a", slots=2, running=1)  # load 0.5
     roomy = worker("b", slots=4, running=1)  # load 0.25
-    assert pick_worker([busy, roomy], "a", None) is roomy
+    assert pick_worker([busy, roomy], A, None) is roomy
 
 
 def test_pick_worker_load_is_relative_to_slots() -> None:
     # Fewer running attempts but a higher load: the ratio decides, not the count.
     small = worker("a", slots=1, running=0)
     big = worker("b", slots=10, running=3)
-    assert pick_worker([big, small], "a", None) is small
+    assert pick_worker([big, small], A, None) is small
     small.running = 1
-    assert pick_worker([big, small], "a", None) is big
+    assert pick_worker([big, small], A, None) is big
 
 
 def test_pick_worker_breaks_ties_by_worker_id_not_list_order() -> None:
     workers = [worker("c"), worker("a"), worker("b")]
-    chosen = pick_worker(workers, "a", None)
+    chosen = pick_worker(workers, A, None)
     assert chosen is not None
     assert chosen.id == "a"
     # Equal loads expressed with different slot counts are still a tie.
     workers = [worker("z", slots=2, running=1), worker("y", slots=4, running=2)]
-    chosen = pick_worker(workers, "a", None)
+    chosen = pick_worker(workers, A, None)
     assert chosen is not None
     assert chosen.id == "y"
 
@@ -72,23 +75,23 @@ def test_pick_worker_skips_full_ineligible_and_wrong_type_workers() -> None:
     suspect = worker("b", eligible=False)
     other_type = worker("c", types=("b",))
     no_slots = worker("d", slots=0)
-    assert pick_worker([full, suspect, other_type, no_slots], "a", None) is None
+    assert pick_worker([full, suspect, other_type, no_slots], A, None) is None
     fine = worker("e", slots=8, running=7)
-    assert pick_worker([full, suspect, other_type, no_slots, fine], "a", None) is fine
+    assert pick_worker([full, suspect, other_type, no_slots, fine], A, None) is fine
 
 
 def test_pick_worker_avoids_the_previous_worker_when_there_is_a_choice() -> None:
     previous = worker("a", slots=10, running=0)
     other = worker("b", slots=2, running=1)
     # b is more loaded, but the task just failed or was lost on a.
-    assert pick_worker([previous, other], "a", "a") is other
+    assert pick_worker([previous, other], A, "a") is other
     # With no alternative the previous worker is used after all.
     other.running = 2
-    assert pick_worker([previous, other], "a", "a") is previous
+    assert pick_worker([previous, other], A, "a") is previous
 
 
 def test_pick_worker_on_no_workers() -> None:
-    assert pick_worker([], "a", None) is None
+    assert pick_worker([], A, None) is None
 
 
 # -- PendingQueue.drain ---------------------------------------------------------------------
@@ -154,7 +157,7 @@ def test_a_type_whose_workers_are_full_does_not_block_other_types() -> None:
 
 def test_drain_uses_the_avoid_preference() -> None:
     queue = PendingQueue()
-    queue.push("a", Entry(0, 1, "retry", avoid="a"))
+    queue.push(lane_key("a"), Entry(0, 1, "retry", avoid="a"))
     a = worker("a", slots=4)
     b = worker("b", slots=4, running=3)
     assert ids(queue.drain([a, b], always)) == [("retry", "b")]
@@ -175,9 +178,9 @@ def test_drain_hands_out_a_task_queued_twice_only_once() -> None:
     # A stale entry (left behind by a replayed or adopted assignment, then a requeue) has
     # fewer attempts than the task now has; only the current entry may be handed out.
     queue = PendingQueue()
-    queue.push("a", Entry(0, 1, "t1", attempts=0))
-    queue.push("a", Entry(0, 1, "t1", attempts=1))
-    queue.push("a", Entry(0, 2, "t2", attempts=0))
+    queue.push(lane_key("a"), Entry(0, 1, "t1", attempts=0))
+    queue.push(lane_key("a"), Entry(0, 1, "t1", attempts=1))
+    queue.push(lane_key("a"), Entry(0, 2, "t2", attempts=0))
     current = {"t1": 1, "t2": 0}
     a = worker("a", slots=4)
     b = worker("b", slots=4)
@@ -266,7 +269,7 @@ def test_drain_properties(scenario: tuple[list[Slotted], list[QueuedTask]]) -> N
         # A duplicated task also has a stale entry from an earlier attempt.
         for attempts in (0, 1) if task.duplicated else (0,):
             entry = Entry(-task.priority, task.seq, task.task_id, attempts, task.avoid)
-            queue.push(task.type, entry)
+            queue.push(lane_key(task.type), entry)
     by_id = {t.task_id: t for t in tasks}
     cancelled = {t.task_id for t in tasks if t.cancelled}
     initial = {w.id: w.running for w in workers}

@@ -32,9 +32,7 @@ def alive(h: Harness, now: float) -> None:
 def restored(h: Harness) -> Engine:
     """A checkpoint of the live state, restored (and re-indexed) as recovery does."""
     engine = Engine(HEARTBEAT)
-    engine.table.restore(decode_snapshot(h.engine.table.snapshot()))
-    for task in engine.table.tasks.values():
-        engine.rebuild(task)
+    engine.load(decode_snapshot(h.engine.table.snapshot()))
     return engine
 
 

@@ -335,3 +335,26 @@ subjects:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/* "gpu=1,memory=16Gi": workers.capacity as MUTIRAO_WORKER_RESOURCES (sorted by name). */}}
+{{- define "mutirao.worker.capacity" -}}
+{{- $pairs := list }}
+{{- range $name, $amount := .Values.workers.capacity }}
+{{- $pairs = append $pairs (printf "%s=%v" $name $amount) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
+{{/* "true" when an autoscaler owns the workers' replica count (then the Deployment has none). */}}
+{{- define "mutirao.worker.autoscaled" -}}
+{{- $scaling := .Values.workers.autoscaling }}
+{{- if and $scaling.hpa.enabled $scaling.keda.enabled }}
+{{- fail "workers.autoscaling: enable the HPA or KEDA, not both (they would fight over the replicas)" }}
+{{- end }}
+{{- if or $scaling.hpa.enabled $scaling.keda.enabled }}true{{ end }}
+{{- end }}
+
+{{/* The queues the workers serve, as a PromQL regex ("default" when none is set). */}}
+{{- define "mutirao.worker.queueRegex" -}}
+{{- join "|" (.Values.workers.queues | default (list "default")) }}
+{{- end }}

@@ -20,11 +20,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from mutirao import logs, tls
+from mutirao import logs, resources, tls
 from mutirao.auth import ADMIN, JOIN_TOKEN_FILE, ROLES, SUBMITTER
-from mutirao.client import commands, credentials, graph, schedules, top, users
+from mutirao.client import commands, credentials, graph, limits, schedules, top, users
 from mutirao.client.http import ApiError, Client, Unreachable
-from mutirao.errors import MutiraoError
+from mutirao.errors import MutiraoError, ValidationError
 from mutirao.private import private_dir
 from mutirao.serving import Guard, listen, serve
 from mutirao.settings import Settings, SettingsError, from_env, validate
@@ -116,7 +116,7 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
         p,
         "--peers",
         setting="ha.peers",
-        type=_url_list,
+        type=_csv,
         help="other orchestrators' URLs, comma-separated (peer lease)",
     )
     _flag(p, "--advertise-url", setting="ha.url", help="URL others reach this node at")
@@ -132,8 +132,9 @@ def _orchestrator_flags(p: argparse.ArgumentParser, *, port: int, node: str, dat
     p.set_defaults(_defaults={"port": port, "node_id": node, "data_dir": Path(data)})
 
 
-def _url_list(text: str) -> list[str]:
-    return [u.strip() for u in text.split(",") if u.strip()]
+def _csv(text: str) -> list[str]:
+    """``a, b,c`` as ``["a", "b", "c"]`` (URLs, queues, resources)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _common_client(parser: argparse.ArgumentParser) -> None:
@@ -236,6 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
         "threads that cannot be stopped (one past its limit holds its slot until it returns) "
         "[processes]",
     )
+    _flag(
+        p,
+        "--queues",
+        setting="worker.queues",
+        type=_csv,
+        metavar="NAMES",
+        help="take only these queues' tasks, comma-separated [default]",
+    )
+    _flag(
+        p,
+        "--resources",
+        setting="worker.resources",
+        type=_csv,
+        metavar="NAME=QTY,...",
+        help="what tasks may take here, e.g. gpu=1,memory=16Gi [cpu=SLOTS]",
+    )
     p.add_argument(
         "--tasks",
         action="append",
@@ -274,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_user_parser(sub)
     _add_schedule_parser(sub)
+    _add_limit_parsers(sub)
     _add_tls_secrets_parser(sub)
 
     client_commands: list[tuple[str, str, Callable[..., Awaitable[int]]]] = [
@@ -346,6 +364,13 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--keep-result", type=float, metavar="S", help="keep the finished task S seconds"
         )
+        p.add_argument("--queue", help="only workers serving this queue take it [default]")
+        p.add_argument(
+            "--resources",
+            type=_csv,
+            metavar="NAME=QTY,...",
+            help="what it takes while it runs, e.g. cpu=2,memory=4Gi,gpu=1 [cpu=1]",
+        )
         p.add_argument("--wait", action="store_true", help="wait for the result(s)")
     elif name == "graph":
         p.add_argument("id", help="task id (the last step of a workflow shows all of it)")
@@ -370,7 +395,7 @@ def client_settings(args: argparse.Namespace) -> credentials.Target:
     saved = credentials.load()
     local = credentials.local_cluster()
     if args.url:
-        urls = _url_list(args.url)
+        urls = _csv(args.url)
     elif env.urls != Settings().urls:
         urls = env.urls
     else:
@@ -461,7 +486,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
             setattr(settings, name, value)
     settings = _apply_flags(settings, args)
     if getattr(args, "url", None):
-        settings.ha.peers = [*_url_list(args.url), *settings.ha.peers]
+        settings.ha.peers = [*_csv(args.url), *settings.ha.peers]
     logs.setup(
         "orchestrator",
         settings.node_id,
@@ -572,6 +597,10 @@ def _run_worker(args: argparse.Namespace) -> int:
         )
     if settings.worker.slots < 1:
         raise SystemExit("error: --slots must be at least 1")
+    try:
+        resources.capacity(settings.worker.resources, settings.worker.slots, "--resources")
+    except ValidationError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if settings.worker.pool not in ("processes", "threads"):
         raise SystemExit(
             f"error: --pool must be processes or threads, not {settings.worker.pool!r}"
@@ -701,6 +730,40 @@ def _add_user_parser(sub: Any) -> None:
     role.add_argument("role", choices=ROLES)
     revoke = action("revoke", "revoke every token of a user (yours unless NAME)", users.revoke)
     revoke.add_argument("name", nargs="?")
+
+
+def _add_limit_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "limit",
+        help="rate limits and concurrency caps per task type (cluster-wide, exact)",
+        description="Rate limits and concurrency caps per task type, kept in the cluster's "
+        "journal. One leader dispatches every task, so a rate is exact across all workers.",
+    )
+    action = _client_actions(p, "limit_command")
+    set_ = action("set", "limit a task type (admins)", limits.set_limit)
+    set_.add_argument("type", help="task type")
+    set_.add_argument("--rate", type=float, metavar="R", help="starts per second, on average")
+    set_.add_argument("--burst", type=int, metavar="N", help="most starts in one second [R]")
+    set_.add_argument("--concurrency", type=int, metavar="N", help="most running at once")
+    action("list", "list the limits", limits.list_limits)
+    action("rm", "lift a task type's limit (admins)", limits.remove_limit).add_argument("type")
+
+    p = sub.add_parser(
+        "quota",
+        help="fair-share weights and quotas per user",
+        description="Fair-share weights and quotas per user, kept in the cluster's journal. "
+        "USER * applies to every user without a quota of their own.",
+    )
+    action = _client_actions(p, "quota_command")
+    set_ = action("set", "set a user's weight and quotas (admins)", limits.set_quota)
+    set_.add_argument("user", help="user name, or '*' for everyone else")
+    set_.add_argument("--weight", type=float, help="share when users compete [1]")
+    set_.add_argument("--max-running", type=int, metavar="N", help="most running at once")
+    set_.add_argument(
+        "--max-pending", type=int, metavar="N", help="most waiting to run (more: refused, 429)"
+    )
+    action("list", "list weights and quotas", limits.list_quotas)
+    action("rm", "remove a user's quota (admins)", limits.remove_quota).add_argument("user")
 
 
 def _add_schedule_parser(sub: Any) -> None:

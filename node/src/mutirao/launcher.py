@@ -40,6 +40,7 @@ from mutirao.auth import (
     UserStore,
     read_or_create_secret,
 )
+from mutirao.autoscale import Autoscaler, Load, parse_range
 from mutirao.client.credentials import CLUSTER_FILE
 from mutirao.private import private_dir
 from mutirao.settings import TlsSettings
@@ -57,6 +58,13 @@ def add_up_parser(sub: Any) -> None:
         "(a restarted orchestrator rejoins as the standby of the one that took over).",
     )
     p.add_argument("--workers", type=int, default=2, help="number of workers [2]")
+    p.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="start and stop workers on queue depth and wait time, between MIN and MAX "
+        "(instead of --workers): up when a task waited 1 s, down one at a time after 10 s "
+        "without a change; a worker stopped drains first",
+    )
     p.add_argument("--slots", type=int, default=4, help="slots per worker [4]")
     p.add_argument(
         "--worker-port",
@@ -239,7 +247,8 @@ def _worker_port(host: str, first: int, i: int) -> int:
 
 def _workers(
     args: argparse.Namespace, urls: list[str], tls_argv: list[str]
-) -> tuple[list[Child], Spares]:
+) -> tuple[Callable[[int], Child], Spares]:
+    """How to make worker W<i>, and the warm spares."""
     first_port = args.port + 100 if args.worker_port is None else args.worker_port
     worker_argv = [
         sys.executable, "-m", "mutirao", "worker",
@@ -253,17 +262,31 @@ def _workers(
     worker_argv += ["--allow-crash"] if args.allow_crash else []
     for module in args.tasks:
         worker_argv += ["--tasks", module]
-    children = []
-    for i in range(1, args.workers + 1):
+
+    def make(i: int) -> Child:
         port = _worker_port(args.host, first_port, i)
         argv = [*worker_argv, "--id", f"W{i}", "--port", str(port)]
-        children.append(Child(f"worker W{i}", argv, assign=f"W{i} {port}"))
-    return children, Spares([*worker_argv, "--spare"], args.spares if args.workers else 0)
+        return Child(f"worker W{i}", argv, assign=f"W{i} {port}")
+
+    return make, Spares([*worker_argv, "--spare"], args.spares if args.workers else 0)
+
+
+def _scaler(args: argparse.Namespace) -> Autoscaler | None:
+    """The autoscaler of ``--autoscale MIN:MAX`` (then MIN workers to start with)."""
+    if args.autoscale is None:
+        return None
+    try:
+        low, high = parse_range(args.autoscale)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    args.workers = low
+    return Autoscaler(low, high, args.slots)
 
 
 def run_up(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.slots < 1:
         raise SystemExit("error: --workers must be >= 0 and --slots >= 1")
+    scaler = _scaler(args)
     root: Path = args.data_dir
     primary, backup = root / "primary", root / "backup"
     primary.mkdir(parents=True, exist_ok=True)
@@ -285,8 +308,8 @@ def run_up(args: argparse.Namespace) -> int:
         urls.append(f"{scheme}://{args.host}:{args.port + 1}")
         argv = [*_orchestrator_argv(args, "backup", args.port + 1, backup), *node_tls]
         children.append(Child("backup", [*argv, "--url", urls[0]]))
-    workers, spares = _workers(args, urls, _tls_argv(ca, WORKER, client_auth))
-    children += workers
+    make_worker, spares = _workers(args, urls, _tls_argv(ca, WORKER, client_auth))
+    workers = Workers(make_worker, args.workers, scaler)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -296,7 +319,7 @@ def run_up(args: argparse.Namespace) -> int:
         token = TokenSigner(read_or_create_secret(primary / SECRET_FILE)).mint(
             User(user, ADMIN), time.time(), 30 * 24 * 3600
         )
-        for child in children[1:]:
+        for child in [*children[1:], *workers.running.values()]:
             child.start()
         _wait_workers(urls[0], token, args.workers, 30, context)
         spares.fill()
@@ -316,14 +339,15 @@ def run_up(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-        _supervise(children, spares)
+        load = None if scaler is None else _cluster_load(urls, token, context)
+        _supervise(children, workers, spares, load)
     except _Stop as stop:
-        count = len(children) + len(spares.procs)
+        count = len(children) + len(workers.all()) + len(spares.procs)
         print(f"\nmutirao up: {stop}: stopping {count} process(es)...", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _shutdown(children, spares)
+        _shutdown([*children, *workers.all()], spares)
     return 0
 
 
@@ -361,20 +385,94 @@ Development login: user {user!r}, password {password!r}. In another terminal:
 Press Ctrl-C to stop everything."""
 
 
-def _supervise(children: list[Child], spares: Spares) -> None:
-    """Restart children as they exit, until a signal raises :class:`_Stop`."""
+def _supervise(
+    children: list[Child],
+    workers: Workers,
+    spares: Spares,
+    load: Callable[[], Load | None] | None,
+) -> None:
+    """Restart children as they exit, and scale the workers if ``load`` tells how busy the
+    cluster is, until a signal raises :class:`_Stop`."""
     while True:
-        exited = _next_exit()
+        # With an autoscaler, a look at the load every second; else sleep until an exit.
+        exited = None
+        if load is None:
+            exited = _next_exit()
+        else:
+            time.sleep(1.0)
+        everyone = [*children, *workers.running.values()]
         # Taken before restarting: a restarted child has a new pid.
-        ours = {c.proc.pid for c in children if c.proc is not None} | spares.pids()
-        if exited is not None and exited not in ours:
+        ours = {c.proc.pid for c in [*everyone, *workers.retiring] if c.proc is not None}
+        if exited is not None and exited not in ours | spares.pids():
             os.waitpid(exited, 0)  # not ours to supervise; reaped so it is not seen again
-        for child in children:
+        for child in everyone:
             assert child.proc is not None
             code = child.proc.poll()
             if code is not None:
                 _restart(child, code, spares)
         spares.reap()
+        if load is not None:
+            workers.scale(load(), time.monotonic())
+
+
+class Workers:
+    """Workers W1..Wn, restarted when they die; with an autoscaler, started and stopped
+    on the load (the one stopped drains, then exits; it is not restarted)."""
+
+    def __init__(self, make: Callable[[int], Child], count: int, scaler: Autoscaler | None) -> None:
+        self.make, self.scaler = make, scaler
+        self.running = {i: make(i) for i in range(1, count + 1)}
+        self.retiring: list[Child] = []
+
+    def all(self) -> list[Child]:
+        return [*self.running.values(), *self.retiring]
+
+    def scale(self, load: Load | None, now: float) -> None:
+        self.retiring = [c for c in self.retiring if c.proc is not None and c.proc.poll() is None]
+        if self.scaler is None or load is None:
+            return
+        wanted = self.scaler.wanted(len(self.running), load, now)
+        while len(self.running) < wanted:
+            i = min(set(range(1, wanted + 1)) - set(self.running))
+            child = self.running[i] = self.make(i)
+            child.start()
+            _say(
+                f"autoscale: {load.pending} task(s) waiting up to {load.oldest:.1f} s; started "
+                f"{child.name} ({len(self.running)} worker(s))"
+            )
+        while len(self.running) > wanted:
+            child = self.running.pop(max(self.running))
+            child.stop()
+            self.retiring.append(child)
+            _say(f"autoscale: idle; {child.name} drains and stops ({len(self.running)} left)")
+
+
+def _say(line: str) -> None:
+    print(f"mutirao up: {line}", file=sys.stderr, flush=True)
+
+
+def _cluster_load(
+    urls: list[str], token: str, context: ssl.SSLContext | None
+) -> Callable[[], Load | None]:
+    """What the autoscaler reads: ``GET /v1/cluster`` of the first orchestrator that
+    answers (any of them holds the replicated counts)."""
+
+    def load() -> Load | None:
+        for url in urls:
+            request = urllib.request.Request(
+                url + "/v1/cluster", headers={"Authorization": f"Bearer {token}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=1, context=context) as resp:
+                    view = json.load(resp)
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            tasks = view["tasks"]
+            active = tasks.get("assigned", 0) + tasks.get("running", 0)
+            return Load(tasks.get("pending", 0), active, view.get("oldest_pending", 0.0))
+        return None
+
+    return load
 
 
 def _next_exit() -> int | None:

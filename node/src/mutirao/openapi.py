@@ -80,6 +80,83 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
+_QUANTITY = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": 2.0**80},
+        {
+            "type": "string",
+            "pattern": r"^(\d+(\.\d+)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?$",
+            "maxLength": 40,
+        },
+    ],
+    "description": "a number, or a Kubernetes quantity: 500m, 4Gi, 2k",
+}
+_TYPE_PARAM = [{"name": "type", "in": "path", "required": True, "schema": {"type": "string"}}]
+_USER_PARAM = [
+    {
+        "name": "user",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^([A-Za-z0-9._-]{1,64}|[*])$"},
+        "description": "a user name, or * for everyone without a quota of their own",
+    }
+]
+_COUNT = {"type": "integer", "minimum": 1, "maximum": 10**9}
+_LIMIT_SPEC = {
+    "type": "object",
+    "additionalProperties": False,
+    "anyOf": [{"required": ["rate"]}, {"required": ["concurrency"]}],
+    "dependentRequired": {"burst": ["rate"]},
+    "properties": {
+        "rate": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1e6,
+            "description": "starts per second on average, cluster-wide",
+        },
+        "burst": {**_COUNT, "description": "most starts in any one second [ceil(rate)]"},
+        "concurrency": {**_COUNT, "description": "most of the type assigned or running"},
+    },
+}
+_LIMIT = {
+    "type": "object",
+    "required": ["type", "rate", "burst", "concurrency"],
+    "properties": {
+        "type": {"type": "string"},
+        "rate": {"type": ["number", "null"]},
+        "burst": {"type": ["integer", "null"]},
+        "concurrency": {"type": ["integer", "null"]},
+    },
+}
+_QUOTA_SPEC = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "weight": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": 1e6,
+            "default": 1,
+            "description": "share of dispatches when users compete",
+        },
+        "max_running": {**_COUNT, "description": "most tasks assigned or running at once"},
+        "max_pending": {
+            **_COUNT,
+            "description": "most tasks waiting to run; a submission past it gets 429",
+        },
+    },
+}
+_QUOTA = {
+    "type": "object",
+    "required": ["user", "weight", "max_running", "max_pending"],
+    "properties": {
+        "user": {"type": "string"},
+        "weight": {"type": "number"},
+        "max_running": {"type": ["integer", "null"]},
+        "max_pending": {"type": ["integer", "null"]},
+    },
+}
+
 _TASK_SPEC = {
     "type": "object",
     "required": ["type"],
@@ -154,6 +231,23 @@ _TASK_SPEC = {
             "minimum": 0,
             "maximum": MAX_TIMEOUT,
             "description": "seconds the finished task is kept (default: tasks.retention)",
+        },
+        "queue": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+            "default": "default",
+            "description": "only workers serving this queue (--queues) take the task",
+        },
+        "resources": {
+            "type": ["object", "null"],
+            "maxProperties": 32,
+            "propertyNames": {"pattern": "^[a-z][a-z0-9_./-]{0,62}$"},
+            "additionalProperties": _QUANTITY,
+            "description": (
+                'what the task takes while it runs, e.g. {"cpu": 2, "memory": "4Gi", '
+                '"gpu": 1} (one cpu unless it says otherwise); it goes only to a worker '
+                "with that much free, and waits (pending, with a pending_reason) until then"
+            ),
         },
         "on_failure": {
             "enum": ["cancel", "run"],
@@ -251,6 +345,12 @@ OPENAPI: dict[str, Any] = {
                     "after": {"type": "array", "items": {"type": "string"}},
                     "on_failure": {"enum": ["cancel", "run"]},
                     "not_before": {"type": ["number", "null"]},
+                    "queue": {"type": "string"},
+                    "resources": {"type": "object"},
+                    "pending_reason": {
+                        "type": ["string", "null"],
+                        "description": "why a pending task is not running yet",
+                    },
                 },
             },
         },
@@ -396,6 +496,55 @@ OPENAPI: dict[str, Any] = {
                 "responses": _responses({"schema": _SCHEDULE}, 401, 403, 404, 503, 507),
             }
         },
+        "/v1/limits": {
+            "get": {
+                "summary": "Rate limits and concurrency caps by task type",
+                "responses": _responses({"schema": {"type": "object"}}, 401),
+            }
+        },
+        "/v1/limits/{type}": {
+            "get": {
+                "summary": "The limit of one task type",
+                "parameters": _TYPE_PARAM,
+                "responses": _responses({"schema": _LIMIT}, 401, 404),
+            },
+            "put": {
+                "summary": "Limit a task type (admins): starts per second, exact across the "
+                "cluster, and how many may run at once; journaled like a task",
+                "parameters": _TYPE_PARAM,
+                "requestBody": _body(_LIMIT_SPEC),
+                "responses": _responses({"schema": _LIMIT}, 400, 401, 403, 413, 422, 503, 507),
+            },
+            "delete": {
+                "summary": "Lift a task type's limit (admins)",
+                "parameters": _TYPE_PARAM,
+                "responses": _responses({"schema": _LIMIT}, 401, 403, 404, 503, 507),
+            },
+        },
+        "/v1/quotas": {
+            "get": {
+                "summary": "Fair-share weights and quotas (yours and *; an admin's: all)",
+                "responses": _responses({"schema": {"type": "object"}}, 401),
+            }
+        },
+        "/v1/quotas/{user}": {
+            "get": {
+                "summary": "One user's weight and quotas",
+                "parameters": _USER_PARAM,
+                "responses": _responses({"schema": _QUOTA}, 401, 403, 404, 422),
+            },
+            "put": {
+                "summary": "Set a user's weight and quotas (admins); journaled like a task",
+                "parameters": _USER_PARAM,
+                "requestBody": _body(_QUOTA_SPEC),
+                "responses": _responses({"schema": _QUOTA}, 400, 401, 403, 413, 422, 503, 507),
+            },
+            "delete": {
+                "summary": "Remove a user's quota (admins)",
+                "parameters": _USER_PARAM,
+                "responses": _responses({"schema": _QUOTA}, 401, 403, 404, 422, 503, 507),
+            },
+        },
         "/v1/ha": {
             "get": {
                 "summary": "This orchestrator's role, epoch, leader and LSN (no login)",
@@ -440,7 +589,7 @@ OPENAPI: dict[str, Any] = {
                 },
                 "operationId": "submitTasks",
                 "responses": _located(
-                    _created(_responses({"schema": _TASK}, 400, 401, 413, 422, 503, 507))
+                    _created(_responses({"schema": _TASK}, 400, 401, 413, 422, 429, 503, 507))
                 ),
             },
             "get": {

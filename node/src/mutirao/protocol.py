@@ -70,6 +70,9 @@ class Outcome(StrEnum):
     LOST = "lost"
     """The worker died, disconnected or was replaced while the attempt ran."""
     CANCELLED = "cancelled"
+    RELEASED = "released"
+    """Handed back unfinished by a draining worker: requeued at once, not counted as one
+    of the task's ``max_attempts``."""
 
 
 # -- client submissions ---------------------------------------------------------------------
@@ -88,6 +91,7 @@ _Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
 _Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
 _Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT)]
+_Queue = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 MAX_TIME = 2.0**36
 """Latest ``not_before`` (unix seconds, about the year 4147)."""
 
@@ -135,6 +139,11 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
     """Unix time before which the task does not start (it is ``scheduled`` until then)."""
     keep_result: _Seconds | None = None
     """Seconds the finished task is kept, instead of the cluster's ``tasks.retention``."""
+    queue: _Queue = "default"
+    """Only workers that serve this queue (``--queues``) take the task."""
+    resources: Annotated[dict[str, float | str], msgspec.Meta(max_length=32)] | None = None
+    """What the task takes while it runs, e.g. ``{"cpu": 2, "memory": "4Gi", "gpu": 1}``
+    (one cpu unless it says otherwise): it goes only where that much is free."""
 
 
 class _Envelope(msgspec.Struct):
@@ -320,6 +329,11 @@ class TaskView(TypedDict):
     on_failure: str
     not_before: float | None
     """When a ``scheduled`` task may start (its ``not_before``, or its retry's backoff)."""
+    queue: str
+    resources: dict[str, float]
+    pending_reason: str | None
+    """Why a pending task is not running yet (no worker serves its queue, none has room
+    for its resources, a rate limit...): None when it is just its turn that has not come."""
 
 
 class TaskBrief(TypedDict):
@@ -342,6 +356,10 @@ class WorkerView(TypedDict):
     heartbeat_age: float
     stuck: int
     """Slots held by a thread that outlived its attempt (counted busy)."""
+    queues: list[str]
+    """The queues whose tasks it takes."""
+    resources: dict[str, float]
+    """What it offers tasks (cpu: its slots, unless it declared otherwise)."""
 
 
 class UserView(TypedDict):
@@ -376,6 +394,12 @@ class HelloMsg(TypedDict):
     stuck: NotRequired[int]
     """Slots held by threads still running past their attempt (``--pool threads``): the
     orchestrator counts them busy. Also on heartbeats and results, whenever it changes."""
+    queues: NotRequired[list[str]]
+    """The queues whose tasks the worker takes (default: ``default``)."""
+    resources: NotRequired[dict[str, float]]
+    """What it offers tasks (default: as many ``cpu`` as slots)."""
+    draining: NotRequired[bool]
+    """It is stopping: it takes no new attempts (also after a reconnection)."""
 
 
 class HeartbeatMsg(TypedDict):
@@ -404,7 +428,20 @@ class ResultsMsg(TypedDict):
     """Seconds before the next attempt, by task, where a handler raised ``mutirao.Retry``."""
 
 
-WorkerMessage = HelloMsg | HeartbeatMsg | StartedMsg | ResultsMsg
+class DrainMsg(TypedDict):
+    """The worker is stopping (SIGTERM, a scale-down): assign it nothing more."""
+
+    op: Literal["drain"]
+
+
+class ReleaseMsg(TypedDict):
+    """A draining worker hands back the attempts it could not finish in time."""
+
+    op: Literal["release"]
+    attempts: list[AttemptRef]
+
+
+WorkerMessage = HelloMsg | HeartbeatMsg | StartedMsg | ResultsMsg | DrainMsg | ReleaseMsg
 
 
 AssignItem = tuple[str, int, str, Any, float]
@@ -517,6 +554,8 @@ _WORKER_KEYS: dict[str, tuple[str, ...]] = {
     "heartbeat": ("running",),
     "started": ("attempts",),
     "results": ("epoch", "items"),
+    "drain": (),
+    "release": ("attempts",),
 }
 _ORCHESTRATOR_KEYS: dict[str, tuple[str, ...]] = {
     "welcome": ("epoch", "heartbeat_interval", "drop"),

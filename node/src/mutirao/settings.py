@@ -121,6 +121,9 @@ class TaskDefaults:
     retry_jitter: float = 0.0
     """Fraction of the delay added or taken at random (0.1: +/-10%), so that tasks failing
     together do not all come back together."""
+    refuse_unknown_types: bool = False
+    """Refuse (422) tasks of a type no worker has announced yet. Off: they are queued,
+    pending, until a worker that runs the type joins (scale from zero, rolling deploys)."""
 
 
 @dataclass
@@ -181,6 +184,15 @@ class WorkerSettings:
     thread past its time limit runs on to its end."""
     reconnect_max: float = 2.0
     """Longest pause between two attempts to reach an orchestrator, in seconds."""
+    queues: list[str] = field(default_factory=lambda: ["default"])
+    """Queues whose tasks this worker takes (a task's ``queue``; ``default`` if it has none)."""
+    resources: list[str] = field(default_factory=list)
+    """What the worker offers tasks, ``NAME=QUANTITY`` (``gpu=1``, ``memory=16Gi``); ``cpu``
+    defaults to the slots."""
+    drain_timeout: float = 25.0
+    """On SIGTERM, seconds the worker keeps running its attempts to finish them before it
+    hands the rest back and exits (keep it below Kubernetes'
+    ``terminationGracePeriodSeconds``)."""
 
 
 @dataclass

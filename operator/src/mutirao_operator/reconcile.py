@@ -69,6 +69,15 @@ def dependency_names(spec: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys([*(spec.get("after") or ()), *inputs]))
 
 
+_FIELDS = (
+    ("priority", "priority"),
+    ("maxAttempts", "max_attempts"),
+    ("onFailure", "on_failure"),
+    ("queue", "queue"),
+)
+"""Task spec fields passed on as they are: (CRD name, API name)."""
+
+
 def submission(
     spec: Mapping[str, Any], key: str, task_ids: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -80,11 +89,11 @@ def submission(
         body["payload"], _ = dependencies.rename_inputs(payload, task_ids)
         if spec.get("after"):
             body["after"] = [task_ids[name] for name in spec["after"]]
-    if spec.get("onFailure") is not None:
-        body["on_failure"] = spec["onFailure"]
-    for field, name in (("priority", "priority"), ("maxAttempts", "max_attempts")):
+    for field, name in _FIELDS:
         if spec.get(field) is not None:
             body[name] = spec[field]
+    if spec.get("resources"):
+        body["resources"] = dict(spec["resources"])
     if spec.get("timeoutSeconds") is not None:
         body["timeout"] = float(spec["timeoutSeconds"])
     return body

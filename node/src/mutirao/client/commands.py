@@ -105,6 +105,19 @@ def payload_arg(text: str | None) -> Any:
         raise SystemExit(f"error: --payload is not valid JSON: {exc}") from None
 
 
+_OPTIONS = ("priority", "max_attempts", "timeout", "after", "on_failure", "keep_result", "queue")
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The task ``mutirao submit`` sends, from its arguments."""
+    spec: dict[str, Any] = {"type": args.type, "payload": payload_arg(args.payload)}
+    spec.update((name, getattr(args, name)) for name in _OPTIONS if getattr(args, name) is not None)
+    if args.resources:
+        spec["resources"] = _resources(args.resources)
+    spec.update(_timing(args))
+    return spec
+
+
 def _timing(args: argparse.Namespace) -> dict[str, Any]:
     """``not_before`` and ``retry`` of a submission, from --countdown/--at/--retry-*."""
     out: dict[str, Any] = {}
@@ -117,6 +130,18 @@ def _timing(args: argparse.Namespace) -> dict[str, Any]:
         if args.retry_backoff is not None:
             retry["backoff"] = args.retry_backoff
         out["retry"] = retry
+    return out
+
+
+def _resources(entries: list[str]) -> dict[str, str]:
+    """``--resources gpu=1,memory=4Gi`` as the task's ``resources`` (the server reads the
+    quantities, and names the one it cannot)."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --resources wants NAME=QUANTITY, got {entry!r}")
+        out[name.strip()] = value.strip()
     return out
 
 
@@ -135,11 +160,7 @@ def _instant(text: str) -> float:
 
 
 async def submit(client: Client, args: argparse.Namespace) -> int:
-    spec: dict[str, Any] = {"type": args.type, "payload": payload_arg(args.payload)}
-    for name in ("priority", "max_attempts", "timeout", "after", "on_failure", "keep_result"):
-        if getattr(args, name) is not None:
-            spec[name] = getattr(args, name)
-    spec.update(_timing(args))
+    spec = _spec(args)
     if args.count == 1:
         if args.key:
             spec["key"] = args.key

@@ -23,7 +23,7 @@ from mutirao.errors import (
 )
 from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
-from mutirao.orchestrator import schedules_api, session, users_api
+from mutirao.orchestrator import limits_api, schedules_api, session, users_api
 from mutirao.orchestrator.reply import json_reply, submitter_of, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
@@ -200,7 +200,7 @@ async def submit(request: web.Request) -> web.Response:
         await orch.barrier()
     # Where the task lives (RFC 9110 for a 201), which generic clients follow.
     location = {"Location": f"/v1/tasks/{tasks[0].id}"}
-    return json_reply(tasks[0].view(), 201 if created else 200, location)
+    return json_reply(orch.engine.view(tasks[0], orch.clock()), 201 if created else 200, location)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
@@ -217,18 +217,20 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = int(_number(request, "limit", 100, 1, 10_000))
     await orch.barrier()
     views = []
+    now = orch.clock()
     for task in reversed(orch.engine.table.tasks.values()):
         if (user.admin or task.owner == user.name) and (state is None or task.state is state):
-            views.append(task.view())
+            views.append(orch.engine.view(task, now))
             if len(views) >= limit:
                 break
     return json_reply({"tasks": views})
 
 
 async def get_task(request: web.Request) -> web.Response:
+    orch = request.app[ORCHESTRATOR]
     task = _visible(request, request.match_info["id"])
-    await request.app[ORCHESTRATOR].barrier()
-    return json_reply(task.view())
+    await orch.barrier()
+    return json_reply(orch.engine.view(task, orch.clock()))
 
 
 async def get_result(request: web.Request) -> web.Response:
@@ -237,7 +239,7 @@ async def get_result(request: web.Request) -> web.Response:
     wait = _number(request, "wait", 0.0, 0.0, orch.settings.limits.max_wait)
     await orch.wait_finished([task], wait)
     await orch.barrier()
-    return json_reply(task.view())
+    return json_reply(orch.engine.view(task, orch.clock()))
 
 
 async def wait_tasks(request: web.Request) -> web.Response:
@@ -261,7 +263,8 @@ async def wait_tasks(request: web.Request) -> web.Response:
     await orch.barrier()
     if view == "brief":
         return json_reply({"tasks": [t.brief() for t in tasks]})
-    return json_reply({"tasks": [t.view() for t in tasks]})
+    now = orch.clock()
+    return json_reply({"tasks": [orch.engine.view(t, now) for t in tasks]})
 
 
 async def cancel_task(request: web.Request) -> web.Response:
@@ -278,7 +281,7 @@ async def cancel_task(request: web.Request) -> web.Response:
         user_of(request).name,
         extra={"task": task.id},
     )
-    return json_reply(task.view())
+    return json_reply(orch.engine.view(task, orch.clock()))
 
 
 async def list_workers(request: web.Request) -> web.Response:
@@ -308,6 +311,7 @@ async def cluster(request: web.Request) -> web.Response:
             ],
             "tasks": engine.counts(),
             "queue": engine.pending_by_type(),
+            "oldest_pending": round(engine.backlog(orch.clock()).oldest, 3),
             "workers": engine.worker_views(orch.clock()),
         }
     )
@@ -373,6 +377,7 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.get("/v1/openapi.json", openapi),
             *users_api.ROUTES,
             *schedules_api.ROUTES,
+            *limits_api.ROUTES,
             web.post("/v1/tasks", submit),
             web.get("/v1/tasks", list_tasks),
             web.post("/v1/tasks/wait", wait_tasks),

@@ -20,12 +20,30 @@ from typing import Any, cast
 
 import msgspec
 
-from mutirao import dependencies
-from mutirao.errors import NotFoundError, ValidationError
+from mutirao import dependencies, resources
+from mutirao.errors import NotFoundError, TooManyRequestsError, ValidationError
 from mutirao.orchestrator import schedules
 from mutirao.orchestrator.events import NULL_OBSERVER, DeathCause, EngineObserver
-from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
-from mutirao.orchestrator.tasks import Change, Record, Task, TaskTable, Timing, grouped
+from mutirao.orchestrator.limits import Gates
+from mutirao.orchestrator.scheduler import (
+    DEFAULT_QUEUE,
+    DEFAULT_QUEUES,
+    Entry,
+    LaneKey,
+    PendingQueue,
+    Slotted,
+)
+from mutirao.orchestrator.tasks import (
+    LIMIT_KINDS,
+    Change,
+    Record,
+    Snapshot,
+    Task,
+    TaskTable,
+    Timing,
+    grouped,
+    tries,
+)
 from mutirao.protocol import (
     AssignItem,
     AttemptRef,
@@ -37,6 +55,7 @@ from mutirao.protocol import (
     TaskId,
     TaskSpec,
     TaskState,
+    TaskView,
     WorkerView,
 )
 from mutirao.settings import HeartbeatSettings
@@ -64,6 +83,23 @@ class Worker(Slotted):
     """The slots the worker declared; ``slots`` is what is left of them to schedule on."""
     stuck: int = 0
     """Slots held by threads that outlived their attempts (``--pool threads``)."""
+    offered: dict[str, float] = field(default_factory=dict)
+    """The resources it declared (``cpu``: its slots, unless it said otherwise)."""
+    heavy: dict[AttemptRef, resources.Demand] = field(default_factory=dict)
+    """Its attempts of tasks that take other than one cpu, with what they take."""
+
+    def prepare(self) -> None:
+        """Work out the room left for tasks, before a dispatch (see ``Slotted.room``)."""
+        offered = self.offered
+        if not self.heavy and (not offered or offered == {"cpu": float(self.capacity)}):
+            self.room = None
+            return
+        room = dict(offered or {"cpu": float(self.capacity)})
+        room["cpu"] = room.get("cpu", 0.0) - (len(self.attempts) - len(self.heavy))
+        for demand in self.heavy.values():
+            for name, amount in demand:
+                room[name] = room.get(name, 0.0) - amount
+        self.room = room
 
     def hold(self, stuck: int) -> bool:
         """``stuck`` slots are held outside any attempt now; True if that changed."""
@@ -89,6 +125,8 @@ class Worker(Slotted):
             "types": sorted(self.types),
             "heartbeat_age": round(max(0.0, now - self.last_seen), 3),
             "stuck": self.stuck,
+            "queues": sorted(self.queues),
+            "resources": self.offered or {"cpu": float(self.capacity)},
         }
 
 
@@ -131,8 +169,13 @@ class Engine:
         observer: EngineObserver = NULL_OBSERVER,
         retention: float = math.inf,
         retry: RetryPolicy | None = None,
+        refuse_unknown_types: bool = False,
     ) -> None:
         self.heartbeat = heartbeat
+        self.refuse_unknown_types = refuse_unknown_types
+        """Refuse tasks of a type no worker announced yet (else they wait for one)."""
+        self.gates = Gates()
+        """Rate limits, concurrency caps and quotas at work (see :mod:`.limits`)."""
         self.retention = retention
         """Seconds a finished task is kept before :meth:`tick` expires it."""
         self.retry = retry or RetryPolicy()
@@ -167,9 +210,10 @@ class Engine:
         table = self.table
         changes = table.apply(record)
         if not changes:
-            if record["e"] in ("schedule", "unschedule"):
-                self._schedules_changed = self.earlier = True
+            self._changed_no_task(record["e"])
             return changes
+        if self.gates.counting:
+            self._count(record["e"], changes)
         # The most frequent kinds, by batch: what _track does for each of their changes.
         kind = record["e"]
         if kind == "submit":
@@ -179,7 +223,10 @@ class Engine:
             held = worker.attempts
             for change in changes:
                 task = change.task
-                held.add((task.id, task.attempts[-1].n))
+                ref = (task.id, task.attempts[-1].n)
+                held.add(ref)
+                if task.route is not None:
+                    _hold_heavy(worker, ref, task)
             worker.running = len(held)
         elif kind == "finish":
             self._finished_attempts(changes)
@@ -187,10 +234,7 @@ class Engine:
             for change in changes:
                 self._track(change)
         if table.settled:
-            self.settled = table.settled
-            table.settled = []
-            for change in self.settled:
-                self._track(change)
+            self._take_settled()
         # Amortised O(1) per entry: compacting costs the queue's size, and happens only once
         # it holds twice as many entries as there are pending tasks.
         if len(self.queue) > 2 * self.table.by_state[TaskState.PENDING] + _COMPACT_SLACK:
@@ -199,12 +243,43 @@ class Engine:
             self._compact_timers()
         return changes
 
+    def _changed_no_task(self, kind: str) -> None:
+        if kind in ("schedule", "unschedule"):
+            self._schedules_changed = self.earlier = True
+        elif kind in LIMIT_KINDS:
+            self.limits_changed()
+
+    def _take_settled(self) -> None:
+        """Waiting tasks the record released or cancelled: queued or finished here too."""
+        self.settled, self.table.settled = self.table.settled, []
+        if self.gates.counting:
+            self._count("settle", self.settled)
+        for change in self.settled:
+            self._track(change)
+
+    def _count(self, kind: str, changes: list[Change]) -> None:
+        """Keep the counts of limits and quotas in step (only while some need them)."""
+        moved = self.gates.moved
+        for change in changes:
+            task = change.task
+            # A submission's changes name the tasks as new; waiting ones count as queued too.
+            old = None if kind == "submit" else change.old_state
+            moved(task.type, task.owner, old, TaskState.PENDING if old is None else task.state)
+
+    def limits_changed(self) -> None:
+        """Limits or quotas changed (or were restored): the gates follow them."""
+        table = self.table
+        if self.gates.configure(table.limits, table.quotas):
+            self.gates.recount((t.type, t.owner, t.state) for t in table.tasks.values())
+        self.earlier = True  # a lifted limit may let queued tasks go at once
+
     def _submitted(self, record: Record, changes: list[Change]) -> None:
         push = self.queue.push
-        if "deps" not in record and "timing" not in record:
+        if "deps" not in record and "timing" not in record and "route" not in record:
             for change in changes:
                 task = change.task
-                push(task.type, Entry(-task.priority, task.seq, task.id, 0, None))
+                key = (task.owner, task.type, DEFAULT_QUEUE, resources.DEFAULT_DEMAND)
+                push(key, Entry(-task.priority, task.seq, task.id, 0, None))
             return
         # Tasks with dependencies wait (those released at once are in table.settled);
         # with a not_before, they are scheduled.
@@ -226,10 +301,12 @@ class Engine:
             holder = workers.get(last.worker)
             if holder is not None:
                 holder.attempts.discard((task.id, last.n))
+                if holder.heavy:
+                    holder.heavy.pop((task.id, last.n), None)
                 touched[holder.id] = holder
             if task.state is pending:
                 entry = Entry(-task.priority, task.seq, task.id, len(attempts), last.worker)
-                push(task.type, entry)
+                push(_lane(task), entry)
             elif task.state is TaskState.SCHEDULED:
                 self._timer(task)
             else:
@@ -242,16 +319,21 @@ class Engine:
         if change.old_state in _ACTIVE and change.old_worker is not None:
             old = self.workers.get(change.old_worker)
             if old is not None:
-                old.attempts.discard((task.id, task.attempts[-1].n))
+                ref = (task.id, task.attempts[-1].n)
+                old.attempts.discard(ref)
+                old.heavy.pop(ref, None)
                 old.running = len(old.attempts)
         if task.state is TaskState.PENDING:
             avoid = task.attempts[-1].worker if task.attempts else None
             entry = Entry(-task.priority, task.seq, task.id, len(task.attempts), avoid)
-            self.queue.push(task.type, entry)
+            self.queue.push(_lane(task), entry)
         elif task.state in _ACTIVE:
             attempt = task.attempts[-1]
             worker = self._worker(attempt.worker)
-            worker.attempts.add((task.id, attempt.n))
+            ref = (task.id, attempt.n)
+            worker.attempts.add(ref)
+            if task.route is not None:
+                _hold_heavy(worker, ref, task)
             worker.running = len(worker.attempts)
         elif task.state.terminal:
             self._finished.append(task)
@@ -282,11 +364,17 @@ class Engine:
         """When the earliest scheduled task may start (perhaps one no longer scheduled)
         or the earliest schedule fires."""
         firsts = [heap[0][0] for heap in (self.timers, self.schedule_timers) if heap]
+        if self.gates.wake is not None:
+            firsts.append(self.gates.wake)
         return min(firsts) if firsts else None
 
-    def rebuild(self, task: Task) -> None:
-        """Re-index a task restored from a checkpoint."""
-        self._track(Change(task, TaskState.PENDING, None))
+    def load(self, snapshot: Snapshot) -> None:
+        """Start from a checkpoint: its tables, then its tasks indexed (queue, workers,
+        timers) and counted for the limits and quotas it holds."""
+        self.table.restore(snapshot)
+        self.limits_changed()
+        for task in self.table.tasks.values():
+            self._track(Change(task, TaskState.PENDING, None))
 
     def _worker(self, worker_id: str) -> Worker:
         """The worker entry, created disconnected if only recovered state knows it."""
@@ -322,6 +410,7 @@ class Engine:
         effects = Effects()
         self._record(effects, {"e": "epoch", "epoch": epoch, "node": node})
         self._schedules_changed = True
+        self.gates.forget_rates()
         self.recovered(now)
         self.observer.on_takeover(epoch)
         return effects
@@ -334,8 +423,15 @@ class Engine:
 
     # -- client commands -------------------------------------------------------------------
 
-    def check_types(self, specs: list[TaskSpec], *, batch: bool) -> None:
-        """Refuse a submission naming a task type no worker ever announced."""
+    def check(self, specs: list[TaskSpec], *, batch: bool) -> None:
+        """Refuse a submission with resources that do not parse, or naming a task type no
+        worker announced yet if the cluster is set to (else such tasks wait, pending, for a
+        worker that runs them)."""
+        for i, spec in enumerate(specs):
+            if spec.resources is not None:
+                resources.demand(spec.resources, f"tasks[{i}].resources" if batch else "resources")
+        if not self.refuse_unknown_types:
+            return
         known_types = self.table.known_types
         for i, spec in enumerate(specs):
             if spec.type not in known_types:
@@ -347,16 +443,17 @@ class Engine:
 
     def submit(self, specs: list[TaskSpec], owner: str, now: float) -> tuple[list[Task], Effects]:
         """Create tasks (all or none); a known idempotency key returns the existing task."""
-        self.check_types(specs, batch=len(specs) > 1)
+        self.check(specs, batch=len(specs) > 1)
         # Rows only: the table creates each task once, when it applies the record.
         ids: list[TaskId] = []
         rows: list[list[Any]] = []
         row_of: list[int | None] = []
         """Each spec's row, None where its key named an existing task."""
         fresh: dict[str, TaskId] = {}
-        timing: list[list[Any]] = []
+        extras: dict[str, list[list[Any]]] = {}
+        """The ``timing`` and ``route`` of a submit record (see :mod:`.tasks`)."""
         by_key = self.table.by_key
-        for spec in specs:
+        for i, spec in enumerate(specs):
             key = spec.key
             if key is not None:
                 existing = by_key(owner, key)
@@ -369,8 +466,10 @@ class Engine:
                 spec.retry is not None
                 or spec.not_before is not None
                 or spec.keep_result is not None
+                or spec.queue != DEFAULT_QUEUE
+                or spec.resources is not None
             ):
-                timing.append(_timing(len(rows), spec, now))
+                _extras(extras, len(rows), spec, now, f"tasks[{i}]." if len(specs) > 1 else "")
             row_of.append(len(rows))
             task_id = self._new_id()
             if key is not None:
@@ -389,6 +488,9 @@ class Engine:
                     now,
                 ]
             )
+        refused = self.gates.refuses(owner, len(rows)) if self.gates.counting else None
+        if refused is not None:
+            raise TooManyRequestsError(refused, field="max_pending", delay=1.0)
         # Refs are checked even when every key named an existing task: the request is
         # refused or not whatever the state.
         deps = None
@@ -396,11 +498,9 @@ class Engine:
             deps = self._dependencies(specs, ids, row_of, rows, owner)
         effects = Effects()
         if rows:
-            record: Record = {"e": "submit", "tasks": rows}
+            record: Record = {"e": "submit", "tasks": rows, **extras}
             if deps:
                 record["deps"] = deps
-            if timing:
-                record["timing"] = timing
             self._record(effects, record)
         tasks = self.table.tasks
         return [tasks[task_id] for task_id in ids], effects.extend(self.dispatch(now))
@@ -461,6 +561,9 @@ class Engine:
             slots=msg["slots"],
             capacity=msg["slots"],
             types=frozenset(msg["types"]),
+            queues=frozenset(msg.get("queues") or DEFAULT_QUEUES),
+            offered=dict(msg.get("resources") or {}),
+            heavy=dict(previous.heavy) if previous is not None else {},
             url=msg["url"],
             attempts=held,
             running=len(held),
@@ -469,6 +572,8 @@ class Engine:
             connected=True,
         )
         worker.hold(msg.get("stuck", 0))
+        if msg.get("draining"):
+            worker.state, worker.eligible = "draining", False
         self.workers[wid] = worker
         new_types = worker.types - self.table.known_types
         if new_types:
@@ -522,9 +627,39 @@ class Engine:
             return Effects()
         worker.last_seen = now
         self.observer.on_heartbeat(wid)
-        if worker.state != "alive":
+        if worker.state == "suspect":
             worker.state, worker.eligible = "alive", True
         return self.dispatch(now) if worker.hold(stuck) else Effects()
+
+    def drain(self, wid: str, session: int) -> None:
+        """The worker is stopping: it gets no new attempts; those it holds it finishes, or
+        hands back (:meth:`release`)."""
+        worker = self.workers.get(wid)
+        if worker is None or worker.session != session or worker.state == "dead":
+            return
+        worker.state, worker.eligible = "draining", False
+        log.info(
+            "worker %s is draining: no new tasks for it; %d attempt(s) to finish",
+            wid,
+            len(worker.attempts),
+            extra={"worker": wid},
+        )
+
+    def release(self, wid: str, session: int, attempts: list[AttemptRef], now: float) -> Effects:
+        """A draining worker hands back attempts it did not finish: they run again
+        elsewhere at once, without counting as one of their tasks' attempts."""
+        effects = Effects()
+        worker = self.workers.get(wid)
+        if worker is None or worker.session != session:
+            return effects
+        mine = sorted((t, n) for t, n in attempts if (t, n) in worker.attempts)
+        if mine:
+            reason = f"handed back by worker {wid}, which is stopping"
+            items = [[t, n, Outcome.RELEASED, None, reason, None, now] for t, n in mine]
+            self._record(effects, {"e": "finish", "items": items})
+            self.observer.on_redistributed(len(mine), "worker_drained")
+        effects.send(wid, {"op": "ack", "attempts": [list(ref) for ref in attempts]})  # type: ignore[misc]
+        return effects.extend(self.dispatch(now))
 
     def started(self, wid: str, session: int, attempts: list[AttemptRef], now: float) -> Effects:
         effects = Effects()
@@ -592,7 +727,7 @@ class Engine:
     ) -> None:
         """When a task whose attempt failed may run again: in ``later`` unless at once."""
         task = self.table.tasks[task_id]
-        if len(task.attempts) >= task.max_attempts:
+        if tries(task) >= task.max_attempts:
             return
         if asked is not None:
             delay = asked
@@ -718,7 +853,7 @@ class Engine:
                 return None
             if schedule.overlap == "replace":
                 effects.extend(self.cancel(previous, now))
-        if schedule.task["type"] not in self.table.known_types:
+        if self.refuse_unknown_types and schedule.task["type"] not in self.table.known_types:
             log.warning(
                 "schedule %s could not fire its tick %s: no worker runs task type %r",
                 schedule.name,
@@ -744,19 +879,33 @@ class Engine:
         return due
 
     def _is_current(self, entry: Entry) -> bool:
-        task = self.table.tasks[entry.task_id]
-        return task.state is TaskState.PENDING and len(task.attempts) == entry.attempts
+        # A cancelled task's entry may outlive the task itself (expired meanwhile).
+        task = self.table.tasks.get(entry.task_id)
+        return (
+            task is not None
+            and task.state is TaskState.PENDING
+            and len(task.attempts) == entry.attempts
+        )
 
     def dispatch(self, now: float) -> Effects:
         """Assign queued tasks to free slots, least load first."""
         effects = Effects()
+        gates = self.gates
+        gates.begin()
         if not len(self.queue):
             return effects
         candidates = [w for w in self.workers.values() if w.free > 0]
         if not candidates:
             return effects
+        for worker in candidates:
+            worker.prepare()
         tasks = self.table.tasks
-        pairs = self.queue.drain(candidates, self._is_current)
+        gate = gates if gates.limits or gates.quotas else None
+        pairs = self.queue.drain(candidates, self._is_current, gate, now)
+        if gate is not None:
+            gates.chosen()
+            if gates.wake is not None:
+                self.earlier = True
         chosen = [tasks[entry.task_id] for entry, _ in pairs]
         by_worker: dict[str, list[AssignItem]] = grouped(
             [worker.id for _, worker in pairs],
@@ -773,6 +922,48 @@ class Engine:
     def worker_views(self, now: float) -> list[WorkerView]:
         return [w.view(now) for w in sorted(self.workers.values(), key=lambda w: w.id)]
 
+    def view(self, task: Task, now: float) -> TaskView:
+        """A task as the API shows it, with why it is not running yet if pending."""
+        view = task.view()
+        if task.state is TaskState.PENDING:
+            view["pending_reason"] = self.pending_reason(task, now)
+        return view
+
+    def pending_reason(self, task: Task, now: float) -> str | None:
+        """Why a pending task is not running: what keeps it from every live worker, else a
+        limit or quota; None if only its turn has not come (every fitting slot is taken)."""
+        _, task_type, queue, demand = _lane(task)
+        live = [w for w in self.workers.values() if w.state != "dead"]
+        runs = [w for w in live if task_type in w.types]
+        if not runs:
+            return f"no live worker runs task type {task_type!r}"
+        serves = [w for w in runs if queue in w.queues]
+        if not serves:
+            return f"no live worker that runs {task_type!r} serves queue {queue!r}"
+        if not any(resources.fits(w.offered or {"cpu": float(w.capacity)}, demand) for w in serves):
+            return (
+                f"no live worker that runs {task_type!r} on queue {queue!r} has room for "
+                f"{resources.describe(demand)}"
+            )
+        why = self.gates.why(task_type, task.owner, now)
+        if why is None and not any(w.eligible for w in serves):
+            return f"the workers that run {task_type!r} are not taking tasks (suspect)"
+        return why
+
+    def backlog(self, now: float) -> Backlog:
+        """How long the oldest pending task has waited, and pending tasks by queue: a pass
+        over the queue only (the backlog), not over every task."""
+        tasks = self.table.tasks
+        first: float | None = None
+        by_queue: dict[str, int] = {}
+        for lane in self.queue.lanes():
+            for entry in lane.heap:
+                if self._is_current(entry):
+                    by_queue[lane.queue] = by_queue.get(lane.queue, 0) + 1
+                    created = tasks[entry.task_id].created_at
+                    first = created if first is None else min(first, created)
+        return Backlog(0.0 if first is None else max(0.0, now - first), by_queue)
+
     def pending_by_type(self) -> dict[str, int]:
         depth: dict[str, int] = {}
         for (task_type, _), n in self.table.pending.items():
@@ -783,10 +974,41 @@ class Engine:
         return {str(k): v for k, v in self.table.by_state.items()}
 
 
-def _timing(row: int, spec: TaskSpec, now: float) -> list[Any]:
-    """A ``timing`` entry of a submit record (see :mod:`.tasks`); a ``not_before`` already
-    past is left out, so the task is pending at once."""
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    oldest: float
+    """Seconds the oldest pending task has waited (0: none pending)."""
+    by_queue: dict[str, int]
+
+
+def _lane(task: Task) -> LaneKey:
+    route = task.route
+    if route is None:
+        return (task.owner, task.type, DEFAULT_QUEUE, resources.DEFAULT_DEMAND)
+    return (task.owner, task.type, route.queue, route.demand)
+
+
+def _hold_heavy(worker: Worker, ref: AttemptRef, task: Task) -> None:
+    """Note what an attempt of a routed task takes on ``worker``, if other than one cpu."""
+    demand = cast(Any, task.route).demand
+    if demand != resources.DEFAULT_DEMAND:
+        worker.heavy[ref] = demand
+
+
+def _extras(
+    extras: dict[str, list[list[Any]]], row: int, spec: TaskSpec, now: float, where: str
+) -> None:
+    """The ``timing`` and ``route`` entries of a submit record (see :mod:`.tasks`) for
+    ``spec``: a ``not_before`` already past is left out, so the task is pending at once."""
     retry = spec.retry
-    policy = None if retry is None else [retry.delay, retry.backoff, retry.max_delay, retry.jitter]
-    not_before = spec.not_before if spec.not_before is not None and spec.not_before > now else None
-    return [row, policy, not_before, spec.keep_result]
+    if retry is not None or spec.not_before is not None or spec.keep_result is not None:
+        policy = (
+            None if retry is None else [retry.delay, retry.backoff, retry.max_delay, retry.jitter]
+        )
+        at = spec.not_before
+        not_before = at if at is not None and at > now else None
+        extras.setdefault("timing", []).append([row, policy, not_before, spec.keep_result])
+    if spec.queue != DEFAULT_QUEUE or spec.resources is not None:
+        demand = resources.demand(spec.resources, f"{where}resources")
+        route = [row, spec.queue, [list(pair) for pair in demand]]
+        extras.setdefault("route", []).append(route)

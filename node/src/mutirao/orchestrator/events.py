@@ -16,7 +16,7 @@ from mutirao.orchestrator.tasks import Change
 DeathCause = Literal["disconnected", "heartbeat_timeout"]
 """Why a worker was declared dead: its connection dropped, or it fell silent."""
 
-RedistributionCause = Literal["worker_dead", "worker_restarted"]
+RedistributionCause = Literal["worker_dead", "worker_restarted", "worker_drained"]
 """Why attempts were taken back from a worker: it died, or came back without them."""
 
 

@@ -39,8 +39,9 @@ class Intake:
 
     async def submit(self, specs: list[TaskSpec], owner: str) -> tuple[list[Task], bool]:
         """The tasks of ``specs`` once durably recorded, and whether any of them is new.
-        Raises :class:`~mutirao.errors.ValidationError` at once for an unknown type."""
-        self.engine().check_types(specs, batch=len(specs) > 1)
+        Raises :class:`~mutirao.errors.ValidationError` at once for resources that do not
+        parse or an unknown type (when refused)."""
+        self.engine().check(specs, batch=len(specs) > 1)
         loop = asyncio.get_running_loop()
         if not self._queued:
             loop.call_soon(self._flush)
@@ -54,8 +55,11 @@ class Intake:
         for submission in queued:
             # A submission with dependencies is a command of its own: its ``#N`` refs
             # count in it alone, and a ref refused refuses it alone.
-            has_deps = any(spec.after for spec in submission.specs)
-            key: object = submission if has_deps else submission.owner
+            # So is one of a user with a max_pending quota: refused, it is refused alone.
+            alone = any(spec.after for spec in submission.specs) or self.engine().gates.caps(
+                submission.owner
+            )
+            key: object = submission if alone else submission.owner
             by_owner.setdefault(key, []).append(submission)
         engine, now = self.engine(), self.clock()
         effects = Effects()

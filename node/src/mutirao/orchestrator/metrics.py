@@ -38,7 +38,11 @@ dropped, so that workers replaced over months do not pile up as series)."""
 
 WORKER_STATES = ("alive", "suspect", "dead")
 DEATH_CAUSES: tuple[DeathCause, ...] = ("disconnected", "heartbeat_timeout")
-REDISTRIBUTION_CAUSES: tuple[RedistributionCause, ...] = ("worker_dead", "worker_restarted")
+REDISTRIBUTION_CAUSES: tuple[RedistributionCause, ...] = (
+    "worker_dead",
+    "worker_restarted",
+    "worker_drained",
+)
 RUN_OUTCOMES = ("succeeded", "failed")
 
 _TYPE_OF = attrgetter("task.type")
@@ -337,27 +341,20 @@ class OrchestratorCollector:
         oldest = gauge(
             "mutirao_queue_oldest_age_seconds", "Age of the oldest pending task (0 if none)."
         )
+        by_queue = gauge(
+            "mutirao_queue_pending", "Pending tasks by queue (workers serve --queues).", ["queue"]
+        )
         if not empty:
             table = self.orch.engine.table
             for state, n in table.by_state.items():
                 by_state.add_metric([str(state)], float(n))
             for (task_type, priority), n in sorted(table.pending.items()):
                 depth.add_metric([task_type, str(priority)], float(n))
-            first = self._oldest_pending()
-            now = self.orch.clock()
-            oldest.add_metric([], 0.0 if first is None else max(0.0, now - first))
-        yield from (by_state, depth, oldest)
-
-    def _oldest_pending(self) -> float | None:
-        """When the oldest pending task was submitted: a pass over the queue only (the
-        backlog), not over every task."""
-        tasks = self.orch.engine.table.tasks
-        first: float | None = None
-        for entry in self.orch.engine.queue.entries():
-            task = tasks[entry.task_id]
-            if task.state is TaskState.PENDING and (first is None or task.created_at < first):
-                first = task.created_at
-        return first
+            backlog = self.orch.engine.backlog(self.orch.clock())
+            oldest.add_metric([], backlog.oldest)
+            for queue, n in sorted(backlog.by_queue.items()):
+                by_queue.add_metric([queue], float(n))
+        yield from (by_state, depth, oldest, by_queue)
 
     def _workers(self, *, empty: bool) -> Iterator[Metric]:
         by_state = gauge(

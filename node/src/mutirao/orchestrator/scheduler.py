@@ -1,9 +1,17 @@
-"""Least-load scheduling, pure logic (no I/O, no clock).
+"""Least-load scheduling with queues, resources, limits and fair share: pure logic (no I/O,
+no clock of its own).
 
-A pending task goes to the eligible worker (alive, runs its type, has a free slot) with the
-lowest load = running / slots, ties broken by worker id; higher priority first, FIFO (by
-submission sequence) within a priority. A task that cannot run anywhere right now never
-blocks tasks of other types behind it.
+Pending tasks wait in *lanes*: one priority heap per (owner, type, queue, resources), higher
+priority first, FIFO (by submission sequence) within a priority. A task goes to the eligible
+worker (alive, runs its type, serves its queue, has a free slot and room for its resources)
+with the lowest load = running / slots, ties broken by worker id. A lane whose head cannot
+run anywhere right now never blocks the lanes behind it.
+
+Owners share the cluster by weighted fair share (stride scheduling): each dispatch advances
+its owner's *pass* by 1 / weight and the owner with the lowest pass goes next, so a user
+with 10,000 queued tasks and one with 10 alternate; priority orders each owner's own tasks.
+An owner that had nothing queued comes back at the current pass, without credit banked
+while idle.
 """
 
 from __future__ import annotations
@@ -11,10 +19,18 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
+from mutirao.resources import DEFAULT_DEMAND, Demand, fits
+
 IsCurrent = Callable[["Entry"], bool]
+DEFAULT_QUEUE = "default"
+DEFAULT_QUEUES = frozenset({DEFAULT_QUEUE})
+
+LaneKey = tuple[str, str, str, Demand]
+"""(owner, task type, queue, demand): the tasks one lane holds are interchangeable."""
 
 
 @dataclass(slots=True)
@@ -27,6 +43,10 @@ class Slotted:
     running: int = 0
     eligible: bool = True
     """False while the worker is suspect, dead or disconnected."""
+    queues: frozenset[str] = DEFAULT_QUEUES
+    room: dict[str, float] | None = None
+    """Resources left to place tasks on; None: only cpu, as many as free slots (a worker
+    that declared nothing else and runs only tasks that ask for one cpu)."""
 
     @property
     def free(self) -> int:
@@ -35,6 +55,16 @@ class Slotted:
     @property
     def load(self) -> float:
         return self.running / self.slots if self.slots else 1.0
+
+
+class Gate(Protocol):
+    """What may hold a task back beyond free workers: limits and quotas."""
+
+    def admits(self, task_type: str, owner: str, now: float) -> bool: ...
+
+    def took(self, task_type: str, owner: str, now: float) -> None: ...
+
+    def weight(self, owner: str) -> float: ...
 
 
 class Entry(msgspec.Struct, order=True, frozen=True, gc=False):
@@ -52,15 +82,44 @@ class Entry(msgspec.Struct, order=True, frozen=True, gc=False):
     """Worker the previous attempt ran on; another one is preferred when there is a choice."""
 
 
-def pick_worker(workers: Iterable[Slotted], task_type: str, avoid: str | None) -> Slotted | None:
-    """The least-loaded eligible worker with a free slot for ``task_type``, or None."""
+class Lane:
+    """The queued tasks of one (owner, type, queue, demand)."""
+
+    __slots__ = ("demand", "heap", "owner", "plain", "queue", "type")
+
+    def __init__(self, key: LaneKey) -> None:
+        self.owner, self.type, self.queue, self.demand = key
+        self.plain = self.demand == DEFAULT_DEMAND
+        self.heap: list[Entry] = []
+
+
+def lane_key(
+    task_type: str, owner: str = "", queue: str = DEFAULT_QUEUE, demand: Demand = DEFAULT_DEMAND
+) -> LaneKey:
+    return (owner, task_type, queue, demand)
+
+
+def _fits(worker: Slotted, lane: Lane) -> bool:
+    room = worker.room
+    if room is None:
+        return lane.plain or fits({"cpu": float(worker.slots - worker.running)}, lane.demand)
+    return fits(room, lane.demand)
+
+
+def pick_worker(workers: Iterable[Slotted], lane: Lane, avoid: str | None) -> Slotted | None:
+    """The least-loaded eligible worker with a free slot and room for ``lane``'s tasks."""
     best: Slotted | None = None
     best_load = 0.0
+    task_type, queue = lane.type, lane.queue
     for worker in workers:
         # ``free`` and ``load`` spelt out, and no key tuple: this runs once per worker per
         # dispatched task.
         running, slots = worker.running, worker.slots
         if not worker.eligible or running >= slots or task_type not in worker.types:
+            continue
+        if queue not in worker.queues:
+            continue
+        if (worker.room is not None or not lane.plain) and not _fits(worker, lane):
             continue
         # The worker to avoid ranks after every other one (a load can never reach 1 + x).
         load = running / slots + (1.0 if worker.id == avoid else 0.0)
@@ -69,98 +128,169 @@ def pick_worker(workers: Iterable[Slotted], task_type: str, avoid: str | None) -
     return best
 
 
+def _take(worker: Slotted, lane: Lane) -> None:
+    """``worker`` takes one of ``lane``'s tasks (its ``running`` and room, for the next)."""
+    if not lane.plain or worker.room is not None:
+        room = worker.room
+        if room is None:
+            room = worker.room = {"cpu": float(worker.slots - worker.running)}
+        for name, amount in lane.demand:
+            room[name] = room.get(name, 0.0) - amount
+    worker.running += 1
+
+
 class PendingQueue:
-    """Pending tasks, one priority heap per task type."""
+    """Pending tasks in lanes (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._heaps: dict[str, list[Entry]] = {}
+        self._lanes: dict[LaneKey, Lane] = {}
         self._size = 0
+        self._passes: dict[str, float] = {}
+        self._vtime = 0.0
+        """The pass of the owner that went last: where an owner coming back starts."""
 
     def __len__(self) -> int:
         return self._size
 
-    def push(self, task_type: str, entry: Entry) -> None:
-        heapq.heappush(self._heaps.setdefault(task_type, []), entry)
+    def push(self, key: LaneKey, entry: Entry) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = Lane(key)
+        heapq.heappush(lane.heap, entry)
         self._size += 1
+
+    def lanes(self) -> Iterator[Lane]:
+        yield from self._lanes.values()
 
     def entries(self) -> Iterator[Entry]:
         """Every queued entry, stale ones included, in no particular order."""
-        for heap in self._heaps.values():
-            yield from heap
+        for lane in self._lanes.values():
+            yield from lane.heap
 
     def compact(self, is_current: IsCurrent) -> None:
-        """Drop every stale entry at once. A standby applies submissions (which queue) and
-        assignments (which leave entries behind) but never dispatches, which is where stale
-        entries are otherwise dropped; without this its queue would grow with every task."""
+        """Drop every stale entry (and empty lanes) at once. A standby applies submissions
+        (which queue) and assignments (which leave entries behind) but never dispatches,
+        which is where stale entries are otherwise dropped; without this its queue would
+        grow with every task."""
         size = 0
-        for task_type, heap in self._heaps.items():
-            live = [entry for entry in heap if is_current(entry)]
+        for key, lane in list(self._lanes.items()):
+            live = [entry for entry in lane.heap if is_current(entry)]
+            if not live:
+                del self._lanes[key]
+                continue
             heapq.heapify(live)
-            self._heaps[task_type] = live
+            lane.heap = live
             size += len(live)
         self._size = size
+        owners = {lane.owner for lane in self._lanes.values()}
+        self._passes = {o: p for o, p in self._passes.items() if o in owners}
 
     def depth_by_type(self) -> dict[str, int]:
-        return {t: len(h) for t, h in self._heaps.items() if h}
+        return self._depth(lambda lane: lane.type)
+
+    def depth_by_queue(self) -> dict[str, int]:
+        return self._depth(lambda lane: lane.queue)
+
+    def _depth(self, by: Callable[[Lane], str]) -> dict[str, int]:
+        depth: dict[str, int] = {}
+        for lane in self._lanes.values():
+            if lane.heap:
+                depth[by(lane)] = depth.get(by(lane), 0) + len(lane.heap)
+        return depth
 
     def drain(
-        self, workers: Sequence[Slotted], is_current: IsCurrent
+        self,
+        workers: Sequence[Slotted],
+        is_current: IsCurrent,
+        gate: Gate | None = None,
+        now: float = 0.0,
     ) -> list[tuple[Entry, Slotted]]:
-        """Assign as many queued tasks as free slots allow; returns (entry, worker) pairs.
+        """Assign as many queued tasks as free slots, room and ``gate`` allow; returns
+        (entry, worker) pairs.
 
         ``is_current`` tells whether an entry still stands for a pending task: entries are
         deleted lazily, so one left behind by a cancellation, or by an assignment the queue
         did not make (an adopted or replayed one), is dropped when it reaches the top.
-        Each choice updates the chosen worker's ``running`` so the next one sees its load.
+        Each choice updates the chosen worker's ``running`` (and room) so the next one sees
+        its load, and is told to ``gate``.
         """
         assignments: list[tuple[Entry, Slotted]] = []
-        heaps = [(task_type, heap) for task_type, heap in self._heaps.items() if heap]
-        if len(heaps) == 1:
-            # One task type queued (the usual case): no choice between heads to make.
-            task_type, heap = heaps[0]
-            self._drain_one(task_type, heap, workers, is_current, assignments)
+        lanes = [lane for lane in self._lanes.values() if lane.heap]
+        if len(lanes) == 1:
+            # One kind of task queued (the usual case): no choice between heads to make.
+            self._drain_one(lanes[0], workers, is_current, assignments, gate=gate, now=now)
             return assignments
-        while True:
-            choice = self._best_head(workers, is_current)
+        by_owner: dict[str, list[Lane]] = {}
+        for lane in lanes:
+            by_owner.setdefault(lane.owner, []).append(lane)
+        vtime, passes = self._vtime, self._passes
+        turns = [(max(passes.get(owner, vtime), vtime), owner) for owner in by_owner]
+        heapq.heapify(turns)
+        while turns:
+            turn, owner = turns[0]
+            choice = self._best_head(by_owner[owner], workers, is_current, gate, now)
             if choice is None:
-                return assignments
-            task_type, worker = choice
-            entry = heapq.heappop(self._heaps[task_type])
+                heapq.heappop(turns)  # nothing of this owner can go in this pass
+                continue
+            lane, worker = choice
+            entry = heapq.heappop(lane.heap)
             self._size -= 1
-            worker.running += 1
+            _take(worker, lane)
+            if gate is not None:
+                gate.took(lane.type, owner, now)
             assignments.append((entry, worker))
+            if len(turns) > 1:
+                self._vtime = turn
+                passes[owner] = turn + 1.0 / (1.0 if gate is None else gate.weight(owner))
+                heapq.heapreplace(turns, (passes[owner], owner))
+        return assignments
 
     def _drain_one(
         self,
-        task_type: str,
-        heap: list[Entry],
+        lane: Lane,
         workers: Sequence[Slotted],
         is_current: IsCurrent,
         assignments: list[tuple[Entry, Slotted]],
+        *,
+        gate: Gate | None,
+        now: float,
     ) -> None:
-        pop = heapq.heappop
+        pop, heap = heapq.heappop, lane.heap
+        task_type, owner = lane.type, lane.owner
         while heap:
             entry = heap[0]
             if is_current(entry):
-                worker = pick_worker(workers, task_type, entry.avoid)
+                if gate is not None and not gate.admits(task_type, owner, now):
+                    return
+                worker = pick_worker(workers, lane, entry.avoid)
                 if worker is None:
                     return
-                worker.running += 1
+                _take(worker, lane)
+                if gate is not None:
+                    gate.took(task_type, owner, now)
                 assignments.append((entry, worker))
             pop(heap)
             self._size -= 1
 
     def _best_head(
-        self, workers: Sequence[Slotted], is_current: IsCurrent
-    ) -> tuple[str, Slotted] | None:
-        best: tuple[Entry, str, Slotted] | None = None
-        for task_type, heap in self._heaps.items():
+        self,
+        lanes: list[Lane],
+        workers: Sequence[Slotted],
+        is_current: IsCurrent,
+        gate: Gate | None,
+        now: float,
+    ) -> tuple[Lane, Slotted] | None:
+        best: tuple[Entry, Lane, Slotted] | None = None
+        for lane in lanes:
+            heap = lane.heap
             while heap and not is_current(heap[0]):
                 heapq.heappop(heap)
                 self._size -= 1
             if not heap or (best is not None and best[0] < heap[0]):
                 continue
-            worker = pick_worker(workers, task_type, heap[0].avoid)
+            if gate is not None and not gate.admits(lane.type, lane.owner, now):
+                continue
+            worker = pick_worker(workers, lane, heap[0].avoid)
             if worker is not None:
-                best = (heap[0], task_type, worker)
+                best = (heap[0], lane, worker)
         return None if best is None else (best[1], best[2])

@@ -91,7 +91,7 @@ def _task(orch: Orchestrator, body: bytes) -> TaskSpec:
         specs, batch = orch.submissions.parse(body)
         if batch:
             raise ValidationError("one task, not a batch", field="tasks")
-        orch.engine.check_types(specs, batch=False)
+        orch.engine.check(specs, batch=False)
     except ValidationError as exc:
         where = f"task.{exc.field}" if exc.field and exc.field != "body" else "task"
         raise type(exc)(f"task: {exc}", field=where) from None

@@ -203,16 +203,18 @@ class Orchestrator:
             tasks.retry_delay, tasks.retry_backoff, tasks.retry_max_delay, tasks.retry_jitter
         )
         return Engine(
-            settings.heartbeat, observer=self.metrics, retention=tasks.retention, retry=retry
+            settings.heartbeat,
+            observer=self.metrics,
+            retention=tasks.retention,
+            retry=retry,
+            refuse_unknown_types=tasks.refuse_unknown_types,
         )
 
     def restore(self, snapshot: Snapshot | None, records: Sequence[dict[str, Any]]) -> Engine:
         """A fresh engine holding a snapshot plus later records (recovery or resync)."""
         engine = self._new_engine()
         if snapshot is not None:
-            engine.table.restore(snapshot)
-            for task in engine.table.tasks.values():
-                engine.rebuild(task)
+            engine.load(snapshot)
         for record in records:
             try:
                 engine.apply(record)
@@ -539,6 +541,10 @@ class Orchestrator:
                 self.execute(effects)
         elif msg["op"] == "started":
             self.execute(self.engine.started(wid, session, msg["attempts"], now))
+        elif msg["op"] == "drain":
+            self.engine.drain(wid, session)
+        elif msg["op"] == "release":
+            self.execute(self.engine.release(wid, session, msg["attempts"], now))
         elif msg["op"] == "results":
             if msg["epoch"] > self.engine.epoch:
                 self.roles.step_down(f"worker {wid} reports epoch {msg['epoch']}", msg["epoch"])

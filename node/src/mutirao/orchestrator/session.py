@@ -81,7 +81,7 @@ async def _answer(orch: Orchestrator, user: User, ws: web.WebSocketResponse, dat
         reply: protocol.SessionReply = {
             "ref": ref,
             "status": 201 if created else 200,
-            "task": tasks[0].view(),
+            "task": orch.engine.view(tasks[0], orch.clock()),
         }
     except MutiraoError as exc:
         reply = {"ref": ref, "status": exc.status, "error": exc.to_json()}

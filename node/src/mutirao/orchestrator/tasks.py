@@ -10,7 +10,9 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
   timeout, key, owner, created_at]``; ``deps`` (only when some have dependencies) =
   ``[[row index, [task ids], on_failure, has inputs], ...]``: those tasks wait;
   ``timing`` (only when some have it) = ``[[row index, retry policy or null, not_before or
-  null, keep_result or null], ...]``: a task with a ``not_before`` is ``scheduled``
+  null, keep_result or null], ...]``: a task with a ``not_before`` is ``scheduled``;
+  ``route`` (only when some have it) = ``[[row index, queue, [[resource, amount], ...]],
+  ...]``: where the task may run (see :mod:`mutirao.orchestrator.scheduler`)
 - ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
 - ``start``: ``items`` began running at ``at``
 - ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
@@ -25,6 +27,9 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
 - ``schedule`` (``s``: the whole schedule, made or paused or resumed), ``unschedule``
   (``name``), ``tick`` (``name`` fired ``task``, or none, for its newest ``tick``; counts
   ``fired`` and ``missed``): see :mod:`mutirao.orchestrator.schedules`
+- ``limit`` (``l``: a type's rate limit and concurrency cap), ``unlimit`` (``type``),
+  ``quota`` (``q``: a user's weight and quotas), ``unquota`` (``user``): see
+  :mod:`mutirao.orchestrator.limits`
 - ``user``, ``unuser``, ``revoke``, ``secrets``: users, token revocations and the
   cluster's secrets, applied to :attr:`TaskTable.accounts`
   (see :mod:`mutirao.orchestrator.accounts`)
@@ -51,6 +56,7 @@ import msgspec
 from mutirao import dependencies
 from mutirao.orchestrator.accounts import KINDS as ACCOUNT_KINDS
 from mutirao.orchestrator.accounts import Accounts, AccountsState
+from mutirao.orchestrator.limits import Limit, Quota
 from mutirao.orchestrator.schedules import Schedule
 from mutirao.protocol import (
     AttemptView,
@@ -60,6 +66,7 @@ from mutirao.protocol import (
     TaskState,
     TaskView,
 )
+from mutirao.resources import DEFAULT_DEMAND, Demand
 
 Record = dict[str, Any]
 
@@ -92,6 +99,7 @@ def grouped(keys: Iterable[K], values: Iterable[V]) -> dict[K, list[V]]:
 
 _ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
 SCHEDULE_KINDS = frozenset({"schedule", "unschedule", "tick"})
+LIMIT_KINDS = frozenset({"limit", "unlimit", "quota", "unquota"})
 _OUTCOMES: dict[str, Outcome] = {str(o): o for o in Outcome}
 """Outcome by value: a dict lookup, cheaper than ``Outcome(value)`` per result."""
 
@@ -139,6 +147,13 @@ class Timing(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
     """Seconds it is kept once finished, instead of the cluster's retention."""
 
 
+class Route(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
+    """Where a task may run, when not anywhere its type runs: a queue, resources."""
+
+    queue: str = "default"
+    demand: Demand = DEFAULT_DEMAND
+
+
 class Task(msgspec.Struct, gc=False, omit_defaults=True):
     """One task with its attempts.
 
@@ -165,6 +180,7 @@ class Task(msgspec.Struct, gc=False, omit_defaults=True):
     finished_at: float | None = None
     deps: Deps | None = None
     timing: Timing | None = None
+    route: Route | None = None
 
     @property
     def current(self) -> Attempt | None:
@@ -190,6 +206,9 @@ class Task(msgspec.Struct, gc=False, omit_defaults=True):
             "after": [] if self.deps is None else self.deps.after,
             "on_failure": "run" if self.deps is not None and self.deps.run else "cancel",
             "not_before": None if self.timing is None else self.timing.not_before,
+            "queue": "default" if self.route is None else self.route.queue,
+            "resources": dict(DEFAULT_DEMAND if self.route is None else self.route.demand),
+            "pending_reason": None,
         }
 
     def brief(self) -> TaskBrief:
@@ -236,6 +255,10 @@ class TaskTable:
         self.settled: list[Change] = []
         """Waiting tasks released or cancelled by the last record (the engine takes them)."""
         self.schedules: dict[str, Schedule] = {}
+        self.limits: dict[str, Limit] = {}
+        """Rate limits and concurrency caps by task type."""
+        self.quotas: dict[str, Quota] = {}
+        """Weights and quotas by user (``*``: anyone without their own)."""
         self.kept: list[tuple[float, int, TaskId]] = []
         """Finished tasks with a ``keep_result`` of their own, by when they expire (a heap)."""
 
@@ -271,7 +294,9 @@ class TaskTable:
         """Apply one record; returns the tasks whose state changed."""
         kind = record["e"]
         if kind == "submit":
-            return self._submit(record["tasks"], record.get("deps"), record.get("timing"))
+            return self._submit(
+                record["tasks"], record.get("deps"), record.get("timing"), record.get("route")
+            )
         if kind == "assign":
             return self._assign(record["w"], record["items"], record["at"])
         if kind == "start":
@@ -296,6 +321,8 @@ class TaskTable:
             self._expire(record["tasks"])
         elif kind in SCHEDULE_KINDS:
             self._schedule(kind, record)
+        elif kind in LIMIT_KINDS:
+            self._limit(kind, record)
         elif kind == "epoch":
             if record["epoch"] >= self.epoch:
                 self.epoch, self.leader = record["epoch"], record["node"]
@@ -318,8 +345,24 @@ class TaskTable:
                 found.fires += record.get("fired", 0)
                 found.misses += record.get("missed", 0)
 
+    def _limit(self, kind: str, record: Record) -> None:
+        if kind == "limit":
+            found = msgspec.convert(record["l"], Limit)
+            self.limits[found.type] = found
+        elif kind == "unlimit":
+            self.limits.pop(record["type"], None)
+        elif kind == "quota":
+            quota = msgspec.convert(record["q"], Quota)
+            self.quotas[quota.user] = quota
+        else:
+            self.quotas.pop(record["user"], None)
+
     def _submit(
-        self, rows: list[Any], deps: list[list[Any]] | None, timing: list[list[Any]] | None
+        self,
+        rows: list[Any],
+        deps: list[list[Any]] | None,
+        timing: list[list[Any]] | None,
+        route: list[list[Any]] | None,
     ) -> list[Change]:
         tasks, keys, changes = self.tasks, self.keys, []
         pending = TaskState.PENDING
@@ -349,6 +392,8 @@ class TaskTable:
         for group, n in tally([(c.task.type, c.task.priority) for c in changes]).items():
             self.pending[group] = self.pending.get(group, 0) + n
         self.by_state[pending] += len(changes)
+        if route is not None:
+            _routes(changes, route)
         if timing is not None:
             for row, retry, not_before, keep in timing:
                 task = changes[row].task
@@ -458,7 +503,7 @@ class TaskTable:
                 task.result = value
                 task.finished_at = ended
                 ended_(task)
-            elif len(task.attempts) < task.max_attempts:
+            elif outcome is Outcome.RELEASED or tries(task) < task.max_attempts:
                 self._again(task, later, requeued)
             else:
                 task.state = TaskState.FAILED
@@ -711,6 +756,8 @@ class TaskTable:
             self.leader,
             self.accounts.state,
             list(self.schedules.values()),
+            list(self.limits.values()),
+            list(self.quotas.values()),
         )
         return _pieces(msgspec.json.encode(header), list(self.tasks.values()), size)
 
@@ -723,6 +770,8 @@ class TaskTable:
         self.leader = snapshot.leader
         self.accounts = Accounts(snapshot.accounts)
         self.schedules = {s.name: s for s in snapshot.schedules}
+        self.limits = {lim.type: lim for lim in snapshot.limits}
+        self.quotas = {q.user: q for q in snapshot.quotas}
         tasks, keys = self.tasks, self.keys
         for task in snapshot.tasks:
             tasks[task.id] = task
@@ -750,6 +799,8 @@ class Snapshot(msgspec.Struct):
     leader: str = ""
     accounts: AccountsState = msgspec.field(default_factory=AccountsState)
     schedules: list[Schedule] = []
+    limits: list[Limit] = []
+    quotas: list[Quota] = []
     tasks: list[Task] = []
 
 
@@ -771,6 +822,13 @@ def _pieces(header: bytes, tasks: list[Task], size: int | None) -> Iterator[byte
     yield b"]}"
 
 
+def _routes(changes: list[Change], route: list[list[Any]]) -> None:
+    """The queues and resources of a submission's tasks (its ``route``)."""
+    for row, queue, wanted in route:
+        demand = tuple((name, float(amount)) for name, amount in wanted)
+        changes[row].task.route = Route(queue, demand)
+
+
 def _schedule_at(task: Task, at: float) -> None:
     """``task`` is scheduled until ``at`` (the caller counts the change of state)."""
     if task.timing is None:
@@ -783,6 +841,11 @@ def _dependency_error(dep_id: str, dep: Task | None) -> str:
     if dep is None:
         return f"dependency {dep_id} was forgotten"
     return f"dependency {dep_id} {dep.state}" + (f": {dep.error}" if dep.error else "")
+
+
+def tries(task: Task) -> int:
+    """The attempts that count against ``max_attempts`` (not those handed back)."""
+    return sum(1 for a in task.attempts if a.outcome is not Outcome.RELEASED)
 
 
 def _final_error(task: Task) -> str:

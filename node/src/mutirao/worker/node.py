@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 from aiohttp import web
 
-from mutirao import protocol, tls
+from mutirao import protocol, resources, tls
 from mutirao.errors import ForbiddenError, ProtocolError
 from mutirao.metrics import respond
 from mutirao.protocol import AttemptRef, ResultItem
@@ -57,6 +57,14 @@ class WorkerNode:
         self._dirty = asyncio.Event()
         self._stuck_told = 0
         """The stuck-thread count the orchestrator was last told."""
+        self.draining = False
+        """Stopping: the orchestrator is told, and assigns nothing more."""
+        self._drain_told = False
+        self._release: list[AttemptRef] = []
+        """Attempts to hand back (a drain that ran out of time)."""
+        self._released = asyncio.Event()
+        self._progress = asyncio.Event()
+        """Set by each result and acknowledgement (what a drain waits on)."""
         self.metrics = WorkerMetrics(self)
         self.runner = Runner(
             registry,
@@ -77,11 +85,49 @@ class WorkerNode:
         self.asked[ref] = delay
 
     def _on_result(self, item: ResultItem) -> None:
+        self._progress.set()
         self.outbox[item[:2]] = item
         self._unsent.append(item)
         self._dirty.set()
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    async def drain(self, app: web.Application) -> None:
+        """On SIGTERM (aiohttp's shutdown, before the connection closes): take no new work,
+        finish what runs within ``worker.drain_timeout``, hand the rest back, so a worker
+        scaled down loses nothing and costs no task an attempt."""
+        timeout = self.settings.worker.drain_timeout
+        if self.connected_to is None or timeout <= 0:
+            return
+        self.draining = True
+        self._dirty.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        log.info(
+            "draining: %d attempt(s) to finish, for up to %.0f s",
+            len(self.runner.running),
+            timeout,
+        )
+        # Results must be acknowledged (durable) too, not just computed.
+        # A lost connection ends it too: whoever leads next gets the attempts back anyway
+        # (``mutirao up`` stops its orchestrators with its workers).
+        while (
+            (self.runner.running or self.outbox)
+            and loop.time() < deadline
+            and self.connected_to is not None
+        ):
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                # Woken by each result and acknowledgement; the cap covers a cancel.
+                await asyncio.wait_for(self._progress.wait(), min(0.5, deadline - loop.time()))
+        left = list(self.runner.running)
+        if left and self._ws is not None and not self._ws.closed:
+            log.warning("handing back %d attempt(s) not finished in time", len(left))
+            self._release = left
+            self._dirty.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), 5.0)
+        log.info("drained")
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: keep a connection to an orchestrator while serving."""
@@ -170,7 +216,14 @@ class WorkerNode:
             "running": list(dict.fromkeys([*self.runner.running, *self.outbox])),
             "epoch": self.epoch,
             "stuck": self.runner.stuck,
+            "queues": self.settings.worker.queues,
+            "resources": resources.capacity(
+                self.settings.worker.resources, self.settings.worker.slots
+            ),
         }
+        if self.draining:
+            hello["draining"] = True
+        self._drain_told = self.draining
         self._stuck_told = self.runner.stuck
         await ws.send_bytes(protocol.encode(hello))
         first = await ws.receive(timeout=10)
@@ -213,6 +266,9 @@ class WorkerNode:
         if msg["op"] == "ack":
             for task_id, n in msg["attempts"]:
                 self.outbox.pop((task_id, n), None)
+            if self._release and {(t, n) for t, n in msg["attempts"]} >= set(self._release):
+                self._released.set()
+            self._progress.set()
             return True
         if msg["op"] == "welcome":
             raise ProtocolError("unexpected second welcome")
@@ -252,6 +308,8 @@ class WorkerNode:
             # Let attempts that are ready to finish do so first: one message for all of them.
             await asyncio.sleep(0)
             self._dirty.clear()
+            if self.draining:
+                await self._tell_drain(ws)
             if self._started:
                 # An attempt that already has a result needs no ``started``: the result
                 # carries its start time (fewer messages and records for short tasks).
@@ -285,6 +343,17 @@ class WorkerNode:
             elif stuck != self._stuck_told:
                 self._stuck_told = stuck
                 await ws.send_bytes(self._heartbeat())
+
+    async def _tell_drain(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Say we are stopping, once per connection; then hand back what is left."""
+        if not self._drain_told:
+            self._drain_told = True
+            await ws.send_bytes(protocol.encode({"op": "drain"}))
+        if self._release and not self._released.is_set():
+            # Stopped here first: a result sent after the release would be ignored.
+            for ref in self._release:
+                self.runner.cancel(ref)
+            await ws.send_bytes(protocol.encode({"op": "release", "attempts": self._release}))
 
     def _heartbeat(self) -> bytes:
         heartbeat: protocol.HeartbeatMsg = {"op": "heartbeat", "running": len(self.runner.running)}
@@ -349,6 +418,7 @@ def create_app(node: WorkerNode) -> web.Application:
     app = web.Application()
     app[WORKER] = node
     app.cleanup_ctx.append(node.run)
+    app.on_shutdown.append(node.drain)
     app.add_routes(
         [
             web.get("/healthz", healthz),
