@@ -92,21 +92,25 @@ async def _cluster(
     slots: int,
     workers: int = 2,
     env: Mapping[str, str] | None = None,
+    worker_args: tuple[str, ...] = (),
 ) -> LocalCluster:
     """An orchestrator (+ standby) and workers W1..W<workers>, logging warnings only;
-    ``env`` adds settings (``MUTIRAO_*``) for every process."""
+    ``env`` adds settings (``MUTIRAO_*``) for every process, ``worker_args`` flags to the
+    workers'."""
     cluster = LocalCluster(root)
     cluster.env_extra["MUTIRAO_LOG_LEVEL"] = "WARNING"
     cluster.env_extra.update(env or {})
     try:
-        await _start(cluster, standby=standby, slots=slots, workers=workers)
+        await _start(cluster, standby=standby, slots=slots, workers=workers, extra=worker_args)
     except BaseException:
         cluster.stop()  # a cluster that never came up is not the caller's to stop
         raise
     return cluster
 
 
-async def _start(cluster: LocalCluster, *, standby: bool, slots: int, workers: int) -> None:
+async def _start(
+    cluster: LocalCluster, *, standby: bool, slots: int, workers: int, extra: tuple[str, ...]
+) -> None:
     cluster.start_orchestrator()
     await cluster.wait_ready()
     if standby:
@@ -119,20 +123,30 @@ async def _start(cluster: LocalCluster, *, standby: bool, slots: int, workers: i
             await eventually(synced, timeout=30, what="standby in sync")
     ids = [f"W{i}" for i in range(1, workers + 1)]
     for wid in ids:
-        cluster.start_worker(wid, slots=slots)
+        cluster.start_worker(wid, slots=slots, extra=extra)
     await cluster.wait_workers(*ids, timeout=20 + 5 * workers)
 
 
-async def no_op_batches(client: Client, n: int, batch: int = 1000) -> float:
+NO_OP = ({"type": "echo"},)
+
+
+async def no_op_batches(
+    client: Client, n: int, batch: int = 1000, specs: Sequence[dict[str, Any]] = NO_OP
+) -> float:
     """Seconds for N no-op tasks in batches, up to 4 batches in flight (as an async client
     would), each batch's results collected as soon as it is acknowledged. 100 tasks go
-    through first, unmeasured, as the peers' benchmarks warm up."""
-    await client.results([t["id"] for t in await client.submit_batch([{"type": "echo"}] * 100)])
+    through first, unmeasured, as the peers' benchmarks warm up. The tasks are ``specs``
+    in turn."""
+
+    def tasks(size: int) -> list[dict[str, Any]]:
+        return [specs[i % len(specs)] for i in range(size)]
+
+    await client.results([t["id"] for t in await client.submit_batch(tasks(100))])
     in_flight = asyncio.Semaphore(4)
 
     async def one(size: int) -> int:
         async with in_flight:
-            ids = [t["id"] for t in await client.submit_batch([{"type": "echo"}] * size)]
+            ids = [t["id"] for t in await client.submit_batch(tasks(size))]
         results = await client.results(ids, timeout=300)
         return sum(r["state"] == "succeeded" for r in results)
 
@@ -327,7 +341,7 @@ Workload = Callable[[Path], Awaitable[Result | list[Result]]]
 def workloads(size: str) -> dict[str, Workload]:
     """Every workload by its ``--only`` name, in the order ``make bench`` runs them."""
     # Imported here: these build on this module's helpers.
-    from bench import dag, scale, timing
+    from bench import dag, routing, scale, timing
 
     n = SIZES[size]
     return {
@@ -339,6 +353,7 @@ def workloads(size: str) -> dict[str, Workload]:
         "kill": lambda root: worker_kill(root, n["kill"], n["kill_rounds"]),
         "failover": lambda root: failover(root, n["failover"]),
         "dag": lambda root: dag.dag(root, n["dag_chains"]),
+        "routing": lambda root: routing.routing(root, n["throughput"]),
         "delayed": lambda root: timing.delayed(root, n["delayed"]),
         "schedules": lambda root: timing.schedules(root, n["schedules"]),
         **scale.workloads(n),

@@ -15,7 +15,17 @@ from bench.run import Result, _document, _merged, main_async, select, workloads
 async def test_every_benchmark_runs_at_tiny_size() -> None:
     results = await main_async(
         "tiny",
-        ["throughput", "per-request", "latency", "kill", "failover", "dag", "delayed", "schedules"],
+        [
+            "throughput",
+            "per-request",
+            "latency",
+            "kill",
+            "failover",
+            "dag",
+            "routing",
+            "delayed",
+            "schedules",
+        ],
     )
     assert [r.workload.split(",")[0] for r in results] == [
         "throughput",
@@ -28,6 +38,7 @@ async def test_every_benchmark_runs_at_tiny_size() -> None:
         "workflow",
         "workflow",
         "workflow",
+        "throughput with routing",
         "delayed start",
         "schedules",
     ]

@@ -71,10 +71,27 @@ def _name(name: object, where: str) -> str:
     return name
 
 
+_DEMANDS: dict[tuple[tuple[str, type, object], ...], Demand] = {}
+"""Demands already parsed (a batch repeats a few), at most 1,024."""
+
+
 def demand(resources: Mapping[str, object] | None, where: str = "resources") -> Demand:
     """A task's ``resources`` as the demand it places (one cpu unless it names cpu)."""
+    if not resources:
+        return DEFAULT_DEMAND
+    key = tuple((name, type(value), value) for name, value in resources.items())
+    found = _DEMANDS.get(key)
+    if found is None:
+        found = _parse(resources, where)
+        if len(_DEMANDS) >= 1024:
+            _DEMANDS.clear()
+        _DEMANDS[key] = found
+    return found
+
+
+def _parse(resources: Mapping[str, object], where: str) -> Demand:
     amounts = {"cpu": 1.0}
-    for name, value in (resources or {}).items():
+    for name, value in resources.items():
         amounts[_name(name, f"{where}.{name}")] = quantity(value, f"{where}.{name}")
     return tuple(sorted((name, amount) for name, amount in amounts.items() if amount))
 

@@ -37,6 +37,7 @@ from mutirao.orchestrator.tasks import (
     LIMIT_KINDS,
     Change,
     Record,
+    Route,
     Snapshot,
     Task,
     TaskTable,
@@ -87,6 +88,24 @@ class Worker(Slotted):
     """The resources it declared (``cpu``: its slots, unless it said otherwise)."""
     heavy: dict[AttemptRef, resources.Demand] = field(default_factory=dict)
     """Its attempts of tasks that take other than one cpu, with what they take."""
+    used: dict[str, float] = field(default_factory=dict)
+    """What those take, summed."""
+
+    def take(self, ref: AttemptRef, demand: resources.Demand) -> None:
+        """An attempt that takes ``demand`` (other than one cpu) runs here."""
+        if ref not in self.heavy:
+            self.heavy[ref] = demand
+            used = self.used
+            for name, amount in demand:
+                used[name] = used.get(name, 0.0) + amount
+
+    def give(self, ref: AttemptRef) -> None:
+        """The attempt ``ref`` ended here: what it took is free again."""
+        demand = self.heavy.pop(ref, None)
+        if demand is not None:
+            used = self.used
+            for name, amount in demand:
+                used[name] -= amount
 
     def prepare(self) -> None:
         """Work out the room left for tasks, before a dispatch (see ``Slotted.room``)."""
@@ -96,9 +115,8 @@ class Worker(Slotted):
             return
         room = dict(offered or {"cpu": float(self.capacity)})
         room["cpu"] = room.get("cpu", 0.0) - (len(self.attempts) - len(self.heavy))
-        for demand in self.heavy.values():
-            for name, amount in demand:
-                room[name] = room.get(name, 0.0) - amount
+        for name, amount in self.used.items():
+            room[name] = room.get(name, 0.0) - amount
         self.room = room
 
     def hold(self, stuck: int) -> bool:
@@ -275,11 +293,10 @@ class Engine:
 
     def _submitted(self, record: Record, changes: list[Change]) -> None:
         push = self.queue.push
-        if "deps" not in record and "timing" not in record and "route" not in record:
+        if "deps" not in record and "timing" not in record:
             for change in changes:
                 task = change.task
-                key = (task.owner, task.type, DEFAULT_QUEUE, resources.DEFAULT_DEMAND)
-                push(key, Entry(-task.priority, task.seq, task.id, 0, None))
+                push(_lane(task), Entry(-task.priority, task.seq, task.id, 0, None))
             return
         # Tasks with dependencies wait (those released at once are in table.settled);
         # with a not_before, they are scheduled.
@@ -302,7 +319,7 @@ class Engine:
             if holder is not None:
                 holder.attempts.discard((task.id, last.n))
                 if holder.heavy:
-                    holder.heavy.pop((task.id, last.n), None)
+                    holder.give((task.id, last.n))
                 touched[holder.id] = holder
             if task.state is pending:
                 entry = Entry(-task.priority, task.seq, task.id, len(attempts), last.worker)
@@ -321,7 +338,7 @@ class Engine:
             if old is not None:
                 ref = (task.id, task.attempts[-1].n)
                 old.attempts.discard(ref)
-                old.heavy.pop(ref, None)
+                old.give(ref)
                 old.running = len(old.attempts)
         if task.state is TaskState.PENDING:
             avoid = task.attempts[-1].worker if task.attempts else None
@@ -427,9 +444,12 @@ class Engine:
         """Refuse a submission with resources that do not parse, or naming a task type no
         worker announced yet if the cluster is set to (else such tasks wait, pending, for a
         worker that runs them)."""
+        last = None
         for i, spec in enumerate(specs):
-            if spec.resources is not None:
+            # A batch usually repeats one ``resources``: compared in C, parsed once.
+            if spec.resources is not None and spec.resources != last:
                 resources.demand(spec.resources, f"tasks[{i}].resources" if batch else "resources")
+                last = spec.resources
         if not self.refuse_unknown_types:
             return
         known_types = self.table.known_types
@@ -450,8 +470,7 @@ class Engine:
         row_of: list[int | None] = []
         """Each spec's row, None where its key named an existing task."""
         fresh: dict[str, TaskId] = {}
-        extras: dict[str, list[list[Any]]] = {}
-        """The ``timing`` and ``route`` of a submit record (see :mod:`.tasks`)."""
+        extras = _Extras()
         by_key = self.table.by_key
         for i, spec in enumerate(specs):
             key = spec.key
@@ -469,7 +488,7 @@ class Engine:
                 or spec.queue != DEFAULT_QUEUE
                 or spec.resources is not None
             ):
-                _extras(extras, len(rows), spec, now, f"tasks[{i}]." if len(specs) > 1 else "")
+                extras.add(len(rows), spec, now, f"tasks[{i}]." if len(specs) > 1 else "")
             row_of.append(len(rows))
             task_id = self._new_id()
             if key is not None:
@@ -498,7 +517,7 @@ class Engine:
             deps = self._dependencies(specs, ids, row_of, rows, owner)
         effects = Effects()
         if rows:
-            record: Record = {"e": "submit", "tasks": rows, **extras}
+            record: Record = {"e": "submit", "tasks": rows, **extras.record()}
             if deps:
                 record["deps"] = deps
             self._record(effects, record)
@@ -564,6 +583,7 @@ class Engine:
             queues=frozenset(msg.get("queues") or DEFAULT_QUEUES),
             offered=dict(msg.get("resources") or {}),
             heavy=dict(previous.heavy) if previous is not None else {},
+            used=dict(previous.used) if previous is not None else {},
             url=msg["url"],
             attempts=held,
             running=len(held),
@@ -990,25 +1010,48 @@ def _lane(task: Task) -> LaneKey:
 
 def _hold_heavy(worker: Worker, ref: AttemptRef, task: Task) -> None:
     """Note what an attempt of a routed task takes on ``worker``, if other than one cpu."""
-    demand = cast(Any, task.route).demand
-    if demand != resources.DEFAULT_DEMAND:
-        worker.heavy[ref] = demand
+    route = cast(Route, task.route)
+    if not route.plain:
+        worker.take(ref, route.demand)
 
 
-def _extras(
-    extras: dict[str, list[list[Any]]], row: int, spec: TaskSpec, now: float, where: str
-) -> None:
-    """The ``timing`` and ``route`` entries of a submit record (see :mod:`.tasks`) for
-    ``spec``: a ``not_before`` already past is left out, so the task is pending at once."""
-    retry = spec.retry
-    if retry is not None or spec.not_before is not None or spec.keep_result is not None:
-        policy = (
-            None if retry is None else [retry.delay, retry.backoff, retry.max_delay, retry.jitter]
-        )
-        at = spec.not_before
-        not_before = at if at is not None and at > now else None
-        extras.setdefault("timing", []).append([row, policy, not_before, spec.keep_result])
-    if spec.queue != DEFAULT_QUEUE or spec.resources is not None:
-        demand = resources.demand(spec.resources, f"{where}resources")
-        route = [row, spec.queue, [list(pair) for pair in demand]]
-        extras.setdefault("route", []).append(route)
+class _Extras:
+    """The ``timing`` and ``route`` of a submit record (see :mod:`.tasks`): the rows of
+    one route are listed together (a batch has a few routes, not one per task)."""
+
+    def __init__(self) -> None:
+        self.timing: list[list[Any]] = []
+        self.routes: dict[tuple[str, resources.Demand], list[int]] = {}
+        self._last: tuple[object, resources.Demand] = (None, resources.DEFAULT_DEMAND)
+        """The last ``resources`` read, and its demand (a batch usually repeats one)."""
+
+    def add(self, row: int, spec: TaskSpec, now: float, where: str) -> None:
+        """``spec``'s entries; a ``not_before`` already past is left out, so the task is
+        pending at once."""
+        retry = spec.retry
+        if retry is not None or spec.not_before is not None or spec.keep_result is not None:
+            policy = (
+                None
+                if retry is None
+                else [retry.delay, retry.backoff, retry.max_delay, retry.jitter]
+            )
+            at = spec.not_before
+            not_before = at if at is not None and at > now else None
+            self.timing.append([row, policy, not_before, spec.keep_result])
+        if spec.queue != DEFAULT_QUEUE or spec.resources is not None:
+            wanted, demand = self._last
+            if spec.resources != wanted:
+                demand = resources.demand(spec.resources, f"{where}resources")
+                self._last = (spec.resources, demand)
+            self.routes.setdefault((spec.queue, demand), []).append(row)
+
+    def record(self) -> Record:
+        extras: Record = {}
+        if self.timing:
+            extras["timing"] = self.timing
+        if self.routes:
+            extras["route"] = [
+                [queue, [list(pair) for pair in demand], rows]
+                for (queue, demand), rows in self.routes.items()
+            ]
+        return extras

@@ -160,6 +160,8 @@ class Gates:
         self.wake: float | None = None
         """When a rate limit that held tasks back lets the next start (for the timer)."""
         self._lent: list[tuple[str, str]] = []
+        self._holds = False
+        """Whether any limit or ``max_running`` may hold a task back (else weights only)."""
 
     def configure(self, limits: dict[str, Limit], quotas: dict[str, Quota]) -> bool:
         """Limits or quotas changed; returns whether counts must be rebuilt."""
@@ -170,6 +172,7 @@ class Gates:
         )
         rebuild = counting and not self.counting
         self.counting = counting
+        self._holds = bool(limits) or any(q.max_running for q in quotas.values())
         if not counting:
             self.active_by_type, self.active_by_owner, self.queued_by_owner = {}, {}, {}
         return rebuild
@@ -218,7 +221,7 @@ class Gates:
 
     def admits(self, task_type: str, owner: str, now: float) -> bool:
         """Whether a task of ``task_type`` owned by ``owner`` may start now."""
-        return self.why(task_type, owner, now) is None
+        return not self._holds or self.why(task_type, owner, now) is None
 
     def why(self, task_type: str, owner: str, now: float) -> str | None:
         """Why such a task may not start now (None: it may)."""

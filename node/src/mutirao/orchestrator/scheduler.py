@@ -103,7 +103,10 @@ def _fits(worker: Slotted, lane: Lane) -> bool:
     room = worker.room
     if room is None:
         return lane.plain or fits({"cpu": float(worker.slots - worker.running)}, lane.demand)
-    return fits(room, lane.demand)
+    for name, amount in lane.demand:  # noqa: SIM110 (``all`` would cost a generator per look)
+        if room.get(name, 0.0) < amount:
+            return False
+    return True
 
 
 def pick_worker(workers: Iterable[Slotted], lane: Lane, avoid: str | None) -> Slotted | None:
@@ -126,6 +129,21 @@ def pick_worker(workers: Iterable[Slotted], lane: Lane, avoid: str | None) -> Sl
         if best is None or load < best_load or (load == best_load and worker.id < best.id):
             best, best_load = worker, load
     return best
+
+
+def _place(
+    heads: list[tuple[Entry, int, Lane]], workers: Sequence[Slotted], gate: Gate | None, now: float
+) -> tuple[int, Lane, Slotted] | None:
+    """The best head of ``heads`` that can go now, and where; heads that cannot are taken
+    off (their lanes stay blocked for the rest of this drain: room only shrinks in one)."""
+    while heads:
+        entry, i, lane = heapq.heappop(heads)
+        if gate is not None and not gate.admits(lane.type, lane.owner, now):
+            continue
+        worker = pick_worker(workers, lane, entry.avoid)
+        if worker is not None:
+            return i, lane, worker
+    return None
 
 
 def _take(worker: Slotted, lane: Lane) -> None:
@@ -220,30 +238,47 @@ class PendingQueue:
             # One kind of task queued (the usual case): no choice between heads to make.
             self._drain_one(lanes[0], workers, is_current, assignments, gate=gate, now=now)
             return assignments
-        by_owner: dict[str, list[Lane]] = {}
-        for lane in lanes:
-            by_owner.setdefault(lane.owner, []).append(lane)
+        # Per owner, a heap of its lanes' heads: the best goes first, if it can go at all.
+        heads: dict[str, list[tuple[Entry, int, Lane]]] = {}
+        for i, lane in enumerate(lanes):
+            head = self._head(lane, is_current)
+            if head is not None:
+                heads.setdefault(lane.owner, []).append((head, i, lane))
+        for mine in heads.values():
+            heapq.heapify(mine)
         vtime, passes = self._vtime, self._passes
-        turns = [(max(passes.get(owner, vtime), vtime), owner) for owner in by_owner]
+        turns = [(max(passes.get(owner, vtime), vtime), owner) for owner in heads]
         heapq.heapify(turns)
         while turns:
             turn, owner = turns[0]
-            choice = self._best_head(by_owner[owner], workers, is_current, gate, now)
+            mine = heads[owner]
+            choice = _place(mine, workers, gate, now)
             if choice is None:
                 heapq.heappop(turns)  # nothing of this owner can go in this pass
                 continue
-            lane, worker = choice
+            i, lane, worker = choice
             entry = heapq.heappop(lane.heap)
             self._size -= 1
             _take(worker, lane)
             if gate is not None:
                 gate.took(lane.type, owner, now)
             assignments.append((entry, worker))
+            head = self._head(lane, is_current)
+            if head is not None:
+                heapq.heappush(mine, (head, i, lane))
             if len(turns) > 1:
                 self._vtime = turn
                 passes[owner] = turn + 1.0 / (1.0 if gate is None else gate.weight(owner))
                 heapq.heapreplace(turns, (passes[owner], owner))
         return assignments
+
+    def _head(self, lane: Lane, is_current: IsCurrent) -> Entry | None:
+        """The lane's first current entry (stale ones before it are dropped)."""
+        heap = lane.heap
+        while heap and not is_current(heap[0]):
+            heapq.heappop(heap)
+            self._size -= 1
+        return heap[0] if heap else None
 
     def _drain_one(
         self,
@@ -271,26 +306,3 @@ class PendingQueue:
                 assignments.append((entry, worker))
             pop(heap)
             self._size -= 1
-
-    def _best_head(
-        self,
-        lanes: list[Lane],
-        workers: Sequence[Slotted],
-        is_current: IsCurrent,
-        gate: Gate | None,
-        now: float,
-    ) -> tuple[Lane, Slotted] | None:
-        best: tuple[Entry, Lane, Slotted] | None = None
-        for lane in lanes:
-            heap = lane.heap
-            while heap and not is_current(heap[0]):
-                heapq.heappop(heap)
-                self._size -= 1
-            if not heap or (best is not None and best[0] < heap[0]):
-                continue
-            if gate is not None and not gate.admits(lane.type, lane.owner, now):
-                continue
-            worker = pick_worker(workers, lane, heap[0].avoid)
-            if worker is not None:
-                best = (heap[0], lane, worker)
-        return None if best is None else (best[1], best[2])

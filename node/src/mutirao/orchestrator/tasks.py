@@ -11,8 +11,8 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
   ``[[row index, [task ids], on_failure, has inputs], ...]``: those tasks wait;
   ``timing`` (only when some have it) = ``[[row index, retry policy or null, not_before or
   null, keep_result or null], ...]``: a task with a ``not_before`` is ``scheduled``;
-  ``route`` (only when some have it) = ``[[row index, queue, [[resource, amount], ...]],
-  ...]``: where the task may run (see :mod:`mutirao.orchestrator.scheduler`)
+  ``route`` (only when some have it) = ``[[queue, [[resource, amount], ...], [row index,
+  ...]], ...]``: where those tasks may run (see :mod:`mutirao.orchestrator.scheduler`)
 - ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
 - ``start``: ``items`` began running at ``at``
 - ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
@@ -147,11 +147,17 @@ class Timing(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
     """Seconds it is kept once finished, instead of the cluster's retention."""
 
 
-class Route(msgspec.Struct, gc=False, omit_defaults=True, array_like=True):
-    """Where a task may run, when not anywhere its type runs: a queue, resources."""
+class Route(msgspec.Struct, gc=False, omit_defaults=True, array_like=True, frozen=True):
+    """Where a task may run, when not anywhere its type runs: a queue, resources (one
+    instance shared by the tasks of a submission that have the same)."""
 
     queue: str = "default"
     demand: Demand = DEFAULT_DEMAND
+
+    @property
+    def plain(self) -> bool:
+        """It asks for one cpu, as a task without resources does."""
+        return self.demand == DEFAULT_DEMAND
 
 
 class Task(msgspec.Struct, gc=False, omit_defaults=True):
@@ -824,9 +830,10 @@ def _pieces(header: bytes, tasks: list[Task], size: int | None) -> Iterator[byte
 
 def _routes(changes: list[Change], route: list[list[Any]]) -> None:
     """The queues and resources of a submission's tasks (its ``route``)."""
-    for row, queue, wanted in route:
-        demand = tuple((name, float(amount)) for name, amount in wanted)
-        changes[row].task.route = Route(queue, demand)
+    for queue, wanted, rows in route:
+        shared = Route(queue, tuple((name, float(amount)) for name, amount in wanted))
+        for row in rows:
+            changes[row].task.route = shared
 
 
 def _schedule_at(task: Task, at: float) -> None:
