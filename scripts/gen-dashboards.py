@@ -137,12 +137,14 @@ def values(mapping: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
     return [{"type": "value", "options": options}]
 
 
-def dashed(series: str, color: str = "red") -> dict[str, Any]:
-    """Draw the series named ``series`` as a dashed line: a threshold from a metric."""
+def dashed(series: str, color: str | None = "red", *, regex: bool = False) -> dict[str, Any]:
+    """Draw the series named ``series`` (or matching it, with ``regex``) as a dashed line: a
+    threshold from a metric, or one of a pair; ``color`` None keeps the series' own."""
+    fixed = [{"id": "color", "value": {"mode": "fixed", "fixedColor": color}}] if color else []
     return {
-        "matcher": {"id": "byName", "options": series},
+        "matcher": {"id": "byRegexp" if regex else "byName", "options": series},
         "properties": [
-            {"id": "color", "value": {"mode": "fixed", "fixedColor": color}},
+            *fixed,
             {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
             {"id": "custom.lineWidth", "value": 2},
             {"id": "custom.fillOpacity", "value": 0},
@@ -292,6 +294,19 @@ def overview() -> dict[str, Any]:
                 f"histogram_quantile(0.95, sum by (le, type) "
                 f"(rate(mutirao_task_run_duration_seconds_bucket[{RATE}])))", "{{type}}")],
                 unit="s"), 12),
+        ],
+        [
+            (timeseries("Queues", "Pending (solid) and running (dashed) tasks by queue: what "
+                        "each queue's workers have to do, and what the chart's autoscalers "
+                        "scale on.", [
+                target("sum by (queue) (mutirao_queue_pending)", "{{queue}} pending"),
+                target("sum by (queue) (mutirao_queue_running)", "{{queue}} running"),
+            ], overrides=[dashed(".* running", None, regex=True)]), 12),
+            (timeseries("Attempts taken back", "Per second, by cause: attempts of dead "
+                        "workers, of restarted ones, and those draining workers handed back "
+                        "unfinished (they cost no attempt).", [target(
+                f"sum by (cause) (rate(mutirao_tasks_redistributed_total[{RATE}]))",
+                "{{cause}}")], unit="ops"), 12),
         ],
         [
             (timeseries("Waiting tasks", "Tasks waiting for their dependencies (after, "

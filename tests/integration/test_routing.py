@@ -17,7 +17,7 @@ import aiohttp
 
 from mutirao.client.http import ApiError
 from mutirao.protocol import TaskView
-from tests.integration.cluster import LocalCluster, eventually
+from tests.integration.cluster import LocalCluster, UpCluster, eventually
 from tests.integration.test_cli import Cli, cli_env
 
 
@@ -51,6 +51,9 @@ async def test_a_type_no_worker_runs_waits_for_one(cluster: LocalCluster) -> Non
         assert 'mutirao_queue_depth{priority="0",type="echo"} 1.0' in await _metric(
             cluster.url, "mutirao_queue_depth"
         )
+        assert await _metric(cluster.url, "mutirao_queue_pending{") == [
+            'mutirao_queue_pending{queue="default"} 1.0'
+        ]
         cluster.start_worker("W1")
         view = await client.wait(task["id"], timeout=20)
     assert (view["state"], view["result"]) == ("succeeded", "patience")
@@ -216,3 +219,66 @@ async def test_a_worker_stopped_with_sigterm_drains_and_loses_nothing(
         assert view["attempts"][0]["outcome"] == "released", view
         assert view["attempts"][1]["worker"] == "W2", view
     assert "drained" in cluster.proc("worker-W1").output()
+
+
+async def test_up_autoscales_from_zero_and_back(tmp_path: Path) -> None:
+    """``mutirao up --autoscale 0:2``: no worker until work waits, then as many as it
+    needs (capped), then down one at a time after the cool-down, each draining; from zero
+    again for the next task. Nothing is lost on the way."""
+    up = UpCluster(tmp_path, cli_env(tmp_path))
+    try:
+        await up.start(
+            "--autoscale", "0:2", "--autoscale-cooldown", "1.5", "--slots", "2", "--no-backup"
+        )
+        async with up.client() as client:
+            assert await client.workers() == []
+            tasks = await client.submit_batch([{"type": "sleep", "payload": 0.3}] * 8)
+            views = await client.wait_many([t["id"] for t in tasks], timeout=40)
+            assert [v["state"] for v in views] == ["succeeded"] * 8, views
+            assert {v["attempts"][0]["worker"] for v in views} == {"W1", "W2"}
+
+            async def scaled_to_zero() -> bool:
+                return all(w["state"] == "dead" for w in await client.workers())
+
+            await eventually(scaled_to_zero, timeout=20, what="the workers stopped, idle")
+            again = await client.submit("echo", "from zero")
+            view = await client.wait(again["id"], timeout=30)
+        assert view["result"] == "from zero", view
+        output = up.proc_output()
+        assert "autoscale: 8 task(s) waiting" in output, output
+        assert "worker W2 drains and stops (1 left)" in output, output
+        assert "worker W1 drains and stops (0 left)" in output, output
+    finally:
+        up.stop()
+
+
+async def test_queued_routes_limits_and_quotas_survive_a_sigkill_of_the_active(
+    cluster: LocalCluster,
+) -> None:
+    """Tasks queued for a queue nobody serves yet, a user's quota and a type's concurrency
+    cap, all acknowledged by the active, then SIGKILL: the standby leads with all three,
+    and the tasks run once each, one at a time, when a worker for their queue joins."""
+    await cluster.start_ha("W1")
+    async with cluster.client(retry_for=30) as admin:
+        await admin.request("PUT", "/v1/quotas/dave", {"max_pending": 5})
+        await admin.request("PUT", "/v1/limits/sleep", {"concurrency": 1})
+    async with cluster.client(cluster.token("dave", admin=False), retry_for=30) as client:
+        tasks = await client.submit_batch(
+            [{"type": "sleep", "payload": 0.2, "queue": "render"} for _ in range(5)]
+        )
+        cluster.proc("orchestrator").kill()
+        try:
+            await client.submit("sleep", 0.2, queue="render")
+        except ApiError as exc:
+            refused: Any = exc
+        else:
+            raise AssertionError("the new leader forgot dave's max_pending quota")
+        cluster.start_worker("R", extra=("--queues", "render"))
+        views = await client.wait_many([t["id"] for t in tasks], timeout=30)
+        info = await client.request("GET", "/v1/ha")
+    assert info["node"] == "backup", info
+    assert (refused.status, refused.body["field"]) == (429, "max_pending")
+    assert [v["state"] for v in views] == ["succeeded"] * 5, views
+    assert all(len(v["attempts"]) == 1 and v["attempts"][0]["worker"] == "R" for v in views)
+    for (_, end), (start, _) in itertools.pairwise(_intervals(views)):
+        assert start >= end - 0.01, "the concurrency cap of 1 was lost in the failover"

@@ -195,3 +195,20 @@ def test_bad_resources_name_the_field(h: Harness) -> None:
         h.submit(spec(), spec(resources={"memory": "lots"}), now=0.0)
     assert info.value.field == "tasks[1].resources.memory"
     assert h.engine.table.tasks == {}
+
+
+def test_a_new_leader_goes_on_from_the_old_leaders_starts(h: Harness) -> None:
+    """The rate's recent starts come from the assign records every replica applies: the
+    standby that takes over does not start the next task sooner than the old leader would
+    have (found by a SIGKILL test: a fresh allowance let one start 0.2 s too early)."""
+    h._keep(h.engine.record({"e": "limit", "l": {"type": "echo", "rate": 5.0, "burst": 5}}))
+    h.submit(*[spec() for _ in range(10)], now=0.0)
+    assert starts(h, 0.45) == [0.2, 0.4]  # and one at 0.0, at submission
+    standby = replay(h.records)
+    standby.take_lead(8, "o2", 0.45)
+    msg = {"op": "hello", "worker_id": "w1", "url": "", "slots": 50, "types": ["echo"],
+           "running": [list(r) for r in h.engine.workers["w1"].attempts], "epoch": 7}  # fmt: skip
+    effects = standby.hello(msg, 1, 0.45)  # type: ignore[arg-type]
+    assert assigned(effects) == {}
+    assert standby.next_due() == pytest.approx(0.6)
+    assert len(assigned(standby.fire(0.6))["w1"]) == 1

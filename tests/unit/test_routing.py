@@ -69,7 +69,7 @@ def test_a_worker_takes_only_its_queues_tasks() -> None:
     plain, video = worker("plain"), worker("video", queues=("video",))
     pairs = queue.drain([plain], always)
     assert [(e.task_id, w.id) for e, w in pairs] == [("d1", "plain")]
-    assert queue.depth_by_queue() == {"video": 1}
+    assert {lane.queue: len(lane.heap) for lane in queue.lanes() if lane.heap} == {"video": 1}
     pairs = queue.drain([plain, video], always)
     assert [(e.task_id, w.id) for e, w in pairs] == [("v1", "video")]
 

@@ -62,8 +62,15 @@ def add_up_parser(sub: Any) -> None:
         "--autoscale",
         metavar="MIN:MAX",
         help="start and stop workers on queue depth and wait time, between MIN and MAX "
-        "(instead of --workers): up when a task waited 1 s, down one at a time after 10 s "
-        "without a change; a worker stopped drains first",
+        "(instead of --workers): up when a task waited 1 s, down one at a time after the "
+        "cool-down without a change; a worker stopped drains first",
+    )
+    p.add_argument(
+        "--autoscale-cooldown",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds without a change before --autoscale stops a worker [10]",
     )
     p.add_argument("--slots", type=int, default=4, help="slots per worker [4]")
     p.add_argument(
@@ -280,7 +287,7 @@ def _scaler(args: argparse.Namespace) -> Autoscaler | None:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     args.workers = low
-    return Autoscaler(low, high, args.slots)
+    return Autoscaler(low, high, args.slots, cooldown=args.autoscale_cooldown)
 
 
 def run_up(args: argparse.Namespace) -> int:

@@ -237,15 +237,7 @@ class Engine:
         if kind == "submit":
             self._submitted(record, changes)
         elif kind == "assign":
-            worker = self._worker(record["w"])
-            held = worker.attempts
-            for change in changes:
-                task = change.task
-                ref = (task.id, task.attempts[-1].n)
-                held.add(ref)
-                if task.route is not None:
-                    _hold_heavy(worker, ref, task)
-            worker.running = len(held)
+            self._assigned(record, changes)
         elif kind == "finish":
             self._finished_attempts(changes)
         else:
@@ -260,6 +252,20 @@ class Engine:
         if len(self.timers) > 2 * self.table.by_state[TaskState.SCHEDULED] + _COMPACT_SLACK:
             self._compact_timers()
         return changes
+
+    def _assigned(self, record: Record, changes: list[Change]) -> None:
+        worker = self._worker(record["w"])
+        held = worker.attempts
+        for change in changes:
+            task = change.task
+            ref = (task.id, task.attempts[-1].n)
+            held.add(ref)
+            if task.route is not None:
+                _hold_heavy(worker, ref, task)
+        worker.running = len(held)
+        if self.gates.rated:
+            for change in changes:
+                self.gates.started(change.task.type, record["at"])
 
     def _changed_no_task(self, kind: str) -> None:
         if kind in ("schedule", "unschedule"):
@@ -427,7 +433,6 @@ class Engine:
         effects = Effects()
         self._record(effects, {"e": "epoch", "epoch": epoch, "node": node})
         self._schedules_changed = True
-        self.gates.forget_rates()
         self.recovered(now)
         self.observer.on_takeover(epoch)
         return effects
@@ -971,8 +976,8 @@ class Engine:
         return why
 
     def backlog(self, now: float) -> Backlog:
-        """How long the oldest pending task has waited, and pending tasks by queue: a pass
-        over the queue only (the backlog), not over every task."""
+        """How long the oldest pending task has waited, pending and running tasks by queue:
+        a pass over the queue and the attempts in flight, not over every task."""
         tasks = self.table.tasks
         first: float | None = None
         by_queue: dict[str, int] = {}
@@ -982,7 +987,13 @@ class Engine:
                     by_queue[lane.queue] = by_queue.get(lane.queue, 0) + 1
                     created = tasks[entry.task_id].created_at
                     first = created if first is None else min(first, created)
-        return Backlog(0.0 if first is None else max(0.0, now - first), by_queue)
+        running: dict[str, int] = {}
+        for worker in self.workers.values():
+            for task_id, _ in worker.attempts:
+                task = tasks.get(task_id)
+                queue = DEFAULT_QUEUE if task is None or task.route is None else task.route.queue
+                running[queue] = running.get(queue, 0) + 1
+        return Backlog(0.0 if first is None else max(0.0, now - first), by_queue, running)
 
     def pending_by_type(self) -> dict[str, int]:
         depth: dict[str, int] = {}
@@ -999,6 +1010,8 @@ class Backlog:
     oldest: float
     """Seconds the oldest pending task has waited (0: none pending)."""
     by_queue: dict[str, int]
+    running_by_queue: dict[str, int]
+    """Tasks assigned or running, by queue."""
 
 
 def _lane(task: Task) -> LaneKey:

@@ -8,8 +8,9 @@ rate limit is exact across the cluster because one leader dispatches every task.
 
 A rate limit ``{"rate": r, "burst": b}`` lets tasks of its type start at ``r`` per second on
 average and never more than ``b`` in any one second. Its allowance starts at one task when
-the limit is first used (and again on a new leader, which does not know the old one's
-starts), grows by ``r`` per second while unused, up to ``b``.
+the limit is first used and grows by ``r`` per second while unused, up to ``b``. Every
+replica keeps it from the ``assign`` records it applies (their times are the leader's), so a
+standby that takes over goes on from the old leader's last starts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, cast
 
 import msgspec
 
@@ -132,8 +133,14 @@ class Rate:
         return self.tokens >= 1.0 - 1e-9 and (len(recent) < self.burst or now - recent[0] >= 1.0)
 
     def take(self, now: float) -> None:
+        self._refill(now)
         self.tokens -= 1.0
         self.recent.append(now)
+
+    def untake(self) -> None:
+        """Undo the last :meth:`take` (a choice handed to its record, which takes again)."""
+        self.tokens += 1.0
+        self.recent.pop()
 
     def when(self, now: float) -> float:
         """When the next start may be."""
@@ -160,6 +167,9 @@ class Gates:
         self.wake: float | None = None
         """When a rate limit that held tasks back lets the next start (for the timer)."""
         self._lent: list[tuple[str, str]] = []
+        """Choices of the dispatch under way (see :meth:`took`)."""
+        self.rated = False
+        """Whether some limit has a rate (``assign`` records are then timed here)."""
         self._holds = False
         """Whether any limit or ``max_running`` may hold a task back (else weights only)."""
 
@@ -173,6 +183,7 @@ class Gates:
         rebuild = counting and not self.counting
         self.counting = counting
         self._holds = bool(limits) or any(q.max_running for q in quotas.values())
+        self.rated = any(lim.rate for lim in limits.values())
         if not counting:
             self.active_by_type, self.active_by_owner, self.queued_by_owner = {}, {}, {}
         return rebuild
@@ -180,10 +191,6 @@ class Gates:
     def begin(self) -> None:
         """A dispatch begins: it finds anew what rate limits hold back."""
         self.wake = None
-
-    def forget_rates(self) -> None:
-        """A new leader: it does not know the previous one's recent starts."""
-        self.rates.clear()
 
     def quota(self, owner: str) -> Quota | None:
         return self.quotas.get(owner) or self.quotas.get(ANY_USER)
@@ -245,20 +252,33 @@ class Gates:
         return None
 
     def took(self, task_type: str, owner: str, now: float) -> None:
-        """A task of ``task_type`` was just chosen: it counts as running for the choices
-        after it, until :meth:`chosen` hands the counting to its ``assign`` record."""
+        """A task of ``task_type`` was just chosen: it counts (as running, as a start) for
+        the choices after it, until :meth:`chosen` hands that to its ``assign`` record."""
         found = self.limits.get(task_type)
-        if found is not None and found.rate:
-            self._rate(task_type, found, now).take(now)
+        rated = found is not None and bool(found.rate)
+        if rated:
+            self._rate(task_type, cast(Limit, found), now).take(now)
         if self.counting:
             self.moved(task_type, owner, TaskState.PENDING, TaskState.ASSIGNED)
+        if rated or self.counting:
             self._lent.append((task_type, owner))
 
     def chosen(self) -> None:
         """The choices of one dispatch are about to be recorded (and counted then)."""
-        for task_type, owner in self._lent:
-            self.moved(task_type, owner, TaskState.ASSIGNED, TaskState.PENDING)
+        for task_type, owner in reversed(self._lent):
+            if self.counting:
+                self.moved(task_type, owner, TaskState.ASSIGNED, TaskState.PENDING)
+            rate = self.rates.get(task_type)
+            if rate is not None:
+                rate.untake()
         self._lent.clear()
+
+    def started(self, task_type: str, at: float) -> None:
+        """A task of ``task_type`` was assigned at ``at`` (an ``assign`` record applied, in
+        every replica): a start its rate limit counts."""
+        found = self.limits.get(task_type)
+        if found is not None and found.rate:
+            self._rate(task_type, found, at).take(at)
 
     def caps(self, owner: str) -> bool:
         """Whether ``owner`` has a ``max_pending`` quota (its submissions are checked)."""

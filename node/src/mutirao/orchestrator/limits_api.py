@@ -15,7 +15,7 @@ from aiohttp import web
 
 from mutirao import protocol
 from mutirao.errors import ForbiddenError, NotFoundError, ValidationError
-from mutirao.orchestrator.limits import ANY_USER, LimitSpec, QuotaSpec, limit
+from mutirao.orchestrator.limits import ANY_USER, Limit, LimitSpec, Quota, QuotaSpec, limit
 from mutirao.orchestrator.reply import json_reply, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.protocol import invalid
@@ -60,12 +60,16 @@ async def list_limits(request: web.Request) -> web.Response:
     return json_reply({"limits": [lim.view() for _, lim in sorted(limits.items())]})
 
 
-async def get_limit(request: web.Request) -> web.Response:
+def _limit_of(request: web.Request) -> Limit:
     task_type = request.match_info["type"]
     found = request.app[ORCHESTRATOR].engine.table.limits.get(task_type)
     if found is None:
         raise NotFoundError(f"task type {task_type!r} has no limit", field="type")
-    return json_reply(found.view())
+    return found
+
+
+async def get_limit(request: web.Request) -> web.Response:
+    return json_reply(_limit_of(request).view())
 
 
 async def set_limit(request: web.Request) -> web.Response:
@@ -78,11 +82,8 @@ async def set_limit(request: web.Request) -> web.Response:
 
 async def remove_limit(request: web.Request) -> web.Response:
     _admin(request, "removing limits")
-    orch, task_type = request.app[ORCHESTRATOR], request.match_info["type"]
-    found = orch.engine.table.limits.get(task_type)
-    if found is None:
-        raise NotFoundError(f"task type {task_type!r} has no limit", field="type")
-    await _commit(orch, {"e": "unlimit", "type": task_type})
+    found = _limit_of(request)
+    await _commit(request.app[ORCHESTRATOR], {"e": "unlimit", "type": found.type})
     return json_reply(found.view())
 
 
@@ -109,14 +110,19 @@ async def list_quotas(request: web.Request) -> web.Response:
     return json_reply({"quotas": shown})
 
 
+def _quota_of(request: web.Request) -> Quota:
+    name = _user(request)
+    found = request.app[ORCHESTRATOR].engine.table.quotas.get(name)
+    if found is None:
+        raise NotFoundError(f"user {name!r} has no quota", field="user")
+    return found
+
+
 async def get_quota(request: web.Request) -> web.Response:
     user, name = user_of(request), _user(request)
     if not (user.admin or name in (user.name, ANY_USER)):
         raise ForbiddenError("another user's quota is for admins")
-    found = request.app[ORCHESTRATOR].engine.table.quotas.get(name)
-    if found is None:
-        raise NotFoundError(f"user {name!r} has no quota", field="user")
-    return json_reply(found.view())
+    return json_reply(_quota_of(request).view())
 
 
 async def set_quota(request: web.Request) -> web.Response:
@@ -129,11 +135,8 @@ async def set_quota(request: web.Request) -> web.Response:
 
 async def remove_quota(request: web.Request) -> web.Response:
     _admin(request, "removing quotas")
-    orch, name = request.app[ORCHESTRATOR], _user(request)
-    found = orch.engine.table.quotas.get(name)
-    if found is None:
-        raise NotFoundError(f"user {name!r} has no quota", field="user")
-    await _commit(orch, {"e": "unquota", "user": name})
+    found = _quota_of(request)
+    await _commit(request.app[ORCHESTRATOR], {"e": "unquota", "user": found.user})
     return json_reply(found.view())
 
 

@@ -344,6 +344,7 @@ class OrchestratorCollector:
         by_queue = gauge(
             "mutirao_queue_pending", "Pending tasks by queue (workers serve --queues).", ["queue"]
         )
+        running = gauge("mutirao_queue_running", "Tasks assigned or running, by queue.", ["queue"])
         if not empty:
             table = self.orch.engine.table
             for state, n in table.by_state.items():
@@ -354,7 +355,9 @@ class OrchestratorCollector:
             oldest.add_metric([], backlog.oldest)
             for queue, n in sorted(backlog.by_queue.items()):
                 by_queue.add_metric([queue], float(n))
-        yield from (by_state, depth, oldest, by_queue)
+            for queue, n in sorted(backlog.running_by_queue.items()):
+                running.add_metric([queue], float(n))
+        yield from (by_state, depth, oldest, by_queue, running)
 
     def _workers(self, *, empty: bool) -> Iterator[Metric]:
         by_state = gauge(

@@ -180,11 +180,6 @@ class PendingQueue:
     def lanes(self) -> Iterator[Lane]:
         yield from self._lanes.values()
 
-    def entries(self) -> Iterator[Entry]:
-        """Every queued entry, stale ones included, in no particular order."""
-        for lane in self._lanes.values():
-            yield from lane.heap
-
     def compact(self, is_current: IsCurrent) -> None:
         """Drop every stale entry (and empty lanes) at once. A standby applies submissions
         (which queue) and assignments (which leave entries behind) but never dispatches,
@@ -204,16 +199,11 @@ class PendingQueue:
         self._passes = {o: p for o, p in self._passes.items() if o in owners}
 
     def depth_by_type(self) -> dict[str, int]:
-        return self._depth(lambda lane: lane.type)
-
-    def depth_by_queue(self) -> dict[str, int]:
-        return self._depth(lambda lane: lane.queue)
-
-    def _depth(self, by: Callable[[Lane], str]) -> dict[str, int]:
+        """Queued entries (stale ones included) by task type."""
         depth: dict[str, int] = {}
         for lane in self._lanes.values():
             if lane.heap:
-                depth[by(lane)] = depth.get(by(lane), 0) + len(lane.heap)
+                depth[lane.type] = depth.get(lane.type, 0) + len(lane.heap)
         return depth
 
     def drain(
