@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -537,3 +538,22 @@ async def test_up_replaces_a_killed_worker_from_a_warm_spare(tmp_path: Path) -> 
             assert (await client.wait(task["id"], timeout=10))["result"] == "after the kill"
     finally:
         up.stop()
+
+
+async def test_the_interactive_client_takes_the_payload_as_the_rest_of_the_line(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """``mutirao client``: ``submit echo {"to": "you", "n": 1}`` as typed (no quoting of
+    the JSON), the CLI's verb ``tasks`` (``list`` still works), a clear error for bad JSON."""
+    await cluster.start("W1")
+    cli = Cli(cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token()), tmp_path)
+    lines = 'submit echo {"to": "you", "n": 1}\nsubmit echo {oops\ntasks\nlist succeeded\nquit\n'
+    run = await cli("client", stdin=lines)
+    assert run.code == 0, run
+    submitted = re.search(r"submitted (\w+) ", run.out)
+    assert submitted is not None, run
+    assert "error: the payload is not valid JSON" in run.out, run
+    assert run.out.count(submitted[1]) >= 2, "the task listed by `tasks`"
+    async with cluster.client() as client:
+        view = await client.wait(submitted[1], timeout=10)
+    assert view["result"] == {"to": "you", "n": 1}

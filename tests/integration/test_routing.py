@@ -41,13 +41,18 @@ async def _metric(url: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
-async def test_a_type_no_worker_runs_waits_for_one(cluster: LocalCluster) -> None:
+async def test_a_type_no_worker_runs_waits_for_one(cluster: LocalCluster, tmp_path: Path) -> None:
     cluster.start_orchestrator()
     await cluster.wait_ready()
     async with cluster.client() as client:
         task = await client.submit("echo", "patience")
         assert task["state"] == "pending"
         assert task["pending_reason"] == "no live worker runs task type 'echo'"
+        cli = Cli(
+            cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token()), tmp_path
+        )
+        status = await cli("status", task["id"])
+        assert "waiting: no live worker runs task type 'echo'" in status.out, status
         assert 'mutirao_queue_depth{priority="0",type="echo"} 1.0' in await _metric(
             cluster.url, "mutirao_queue_depth"
         )

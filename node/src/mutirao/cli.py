@@ -389,27 +389,8 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
 
 
 def client_settings(args: argparse.Namespace) -> credentials.Target:
-    """URLs, token and CA: flags, then environment, then what `mutirao login` saved, then
-    the ``cluster.json`` of a `mutirao up` run from here."""
-    env = from_env()
-    saved = credentials.load()
-    local = credentials.local_cluster()
-    if args.url:
-        urls = _csv(args.url)
-    elif env.urls != Settings().urls:
-        urls = env.urls
-    else:
-        urls = next(
-            ([str(u) for u in found] for found in (saved.get("urls"), local.get("urls"))
-             if isinstance(found, list) and found),
-            env.urls,
-        )  # fmt: skip
-    token = getattr(args, "token", None) or env.token or saved.get("token")
-    # A saved or local CA belongs to the URLs it came with.
-    ca = env.tls.ca or next(
-        (str(d.get("ca") or "") for d in (saved, local) if d.get("urls") == urls), ""
-    )
-    return credentials.Target(urls, str(token or ""), ca)
+    """URLs, token and CA: flags, then as :func:`credentials.target` finds them."""
+    return credentials.target(_csv(args.url) if args.url else None, getattr(args, "token", None))
 
 
 KEY_HOLDER = "cluster-admin"
@@ -439,14 +420,7 @@ def _client_runner(
             raise SystemExit("error: --count must be at least 1")
 
         async def go() -> int:
-            refresh = credentials.refresh_for(target.token)
-            async with Client(
-                target.urls,
-                target.token,
-                refresh_token=refresh,
-                on_refresh=credentials.renewed,
-                ca=target.ca,
-            ) as client:
+            async with credentials.connect(target) as client:
                 return await fn(client, args)
 
         return asyncio.run(go())

@@ -8,12 +8,17 @@ it. An exception marks the attempt failed with its text.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from mutirao.client.blocking import Client, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,35 @@ REGISTRY = Registry()
 """The process-wide registry that ``@mutirao.task`` fills and workers read."""
 
 
-def task(name: str | None = None, *, registry: Registry = REGISTRY) -> Callable[[F], F]:
-    """Register the decorated function as the handler of task type ``name``."""
+class TaskFunction(Generic[P, R]):
+    """A registered handler: still the function (call it to run it here), and a way to run
+    it on the cluster, as Celery's ``delay``: ``resize.submit({"w": 64})`` returns a
+    :class:`~mutirao.client.blocking.Task` handle."""
 
-    def decorate(fn: F) -> F:
+    def __init__(self, name: str, fn: Callable[P, R]) -> None:
+        self.name, self.fn = name, fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def submit(self, payload: Any = None, *, client: Client | None = None, **options: Any) -> Task:
+        """Submit a task of this type (``options``: priority, timeout, queue...) with
+        ``client``, or the process' default one (from ``MUTIRAO_URL``, ``MUTIRAO_TOKEN``,
+        the saved login)."""
+        from mutirao.client.blocking import default_client
+
+        return (client or default_client()).submit(self.name, payload, **options)
+
+
+def task(
+    name: str | None = None, *, registry: Registry = REGISTRY
+) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+    """Register the decorated function as the handler of task type ``name`` (default: the
+    function's name)."""
+
+    def decorate(fn: Callable[P, R]) -> TaskFunction[P, R]:
         registry.register(name or fn.__name__, fn)
-        return fn
+        return TaskFunction(name or fn.__name__, fn)
 
     return decorate

@@ -59,11 +59,12 @@ def worker_table(workers: list[WorkerView]) -> str:
             f"{w['running']}/{w['slots']}" + (f" +{w['stuck']} stuck" if w.get("stuck") else ""),
             f"{w['load']:.2f}",
             f"{w['heartbeat_age']:.1f}s",
+            ",".join(w.get("queues", ["default"])),
             w["url"],
         ]
         for w in workers
     ]
-    return table(rows, ["worker", "state", "running", "load", "heartbeat", "url"])
+    return table(rows, ["worker", "state", "running", "load", "heartbeat", "queues", "url"])
 
 
 def read_password(args: argparse.Namespace, confirm: bool) -> str:
@@ -229,6 +230,8 @@ async def status(client: Client, args: argparse.Namespace) -> int:
         print_json(view)
         return 0
     print(_task_rows([view]))
+    if view.get("pending_reason"):
+        print(f"  waiting: {view['pending_reason']}")
     for a in view["attempts"]:
         print(
             f"  attempt {a['attempt']} on {a['worker']}: {a['outcome'] or 'in progress'}"

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
+
+from mutirao.settings import Settings, from_env
+
+if TYPE_CHECKING:
+    from mutirao.client.http import Client
 
 
 class Target(NamedTuple):
@@ -32,6 +37,40 @@ def local_cluster() -> dict[str, object]:
     except (OSError, orjson.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def target(urls: list[str] | None = None, token: str | None = None) -> Target:
+    """URLs, token and CA: those given, then the environment (``MUTIRAO_URL``,
+    ``MUTIRAO_TOKEN``, ``MUTIRAO_TLS_CA``), then what ``mutirao login`` saved, then the
+    ``cluster.json`` of a ``mutirao up`` run from here."""
+    env = from_env()
+    saved = load()
+    local = local_cluster()
+    if not urls:
+        urls = env.urls
+        if urls == Settings().urls:
+            found = (saved.get("urls"), local.get("urls"))
+            urls = next(([str(u) for u in f] for f in found if isinstance(f, list) and f), urls)
+    token = token or env.token or str(saved.get("token") or "")
+    # A saved or local CA belongs to the URLs it came with.
+    ca = env.tls.ca or next(
+        (str(d.get("ca") or "") for d in (saved, local) if d.get("urls") == urls), ""
+    )
+    return Target(urls, token, ca)
+
+
+def connect(where: Target, **options: Any) -> Client:
+    """An API client for ``where`` that renews a saved login's token as it expires."""
+    from mutirao.client.http import Client
+
+    return Client(
+        where.urls,
+        where.token,
+        refresh_token=refresh_for(where.token),
+        on_refresh=renewed,
+        ca=where.ca,
+        **options,
+    )
 
 
 def config_dir() -> Path:

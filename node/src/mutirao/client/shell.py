@@ -1,10 +1,10 @@
-"""``mutirao client``: the seed's interactive client (login, submit, status, result, list)."""
+"""``mutirao client``: the seed's interactive client, with the CLI's verbs (login, submit,
+status, result, tasks, workers, cancel)."""
 
 from __future__ import annotations
 
 import asyncio
 import getpass
-import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +16,11 @@ from mutirao.client.http import ApiError, Client, Unreachable
 
 HELP = """commands:
   login [USER]                   log in (asks for the password)
-  submit TYPE [JSON_PAYLOAD]     submit a task, e.g. submit sum [1,2,3]
+  submit TYPE [JSON_PAYLOAD]     submit a task; the payload is the rest of the line,
+                                 e.g. submit echo {"to": "you", "n": 1}
   status ID                      show a task and its attempts
   result ID [WAIT_SECONDS]       show a task's result, waiting if asked
-  list [STATE]                   list your tasks
+  tasks [STATE]                  list your tasks (also: list)
   workers                        list workers
   cancel ID                      cancel a task
   help | quit"""
@@ -61,25 +62,24 @@ def run_shell(target: credentials.Target) -> int:
             return 0
         if not line:
             continue
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            print(f"error: {exc}")
-            continue
-        command, rest = words[0], words[1:]
+        command, _, rest = line.partition(" ")
         if command in ("quit", "exit"):
             return 0
         try:
-            _dispatch(target, auth, command, rest)
+            _dispatch(target, auth, command, rest.strip())
         except (ApiError, Unreachable) as exc:
             print(f"error: {exc}")
         except (ValueError, IndexError) as exc:
             print(f"error: {exc}; type 'help'")
 
 
-def _dispatch(target: credentials.Target, auth: _Auth, command: str, rest: list[str]) -> None:
+def _dispatch(target: credentials.Target, auth: _Auth, command: str, text: str) -> None:
+    """Run one command; ``text`` is the rest of its line (a payload may hold spaces)."""
+
     def run(fn: Callable[[Client], Awaitable[Any]]) -> Any:
         return asyncio.run(_one(target, auth, fn))
+
+    rest = text.split()
 
     if command == "login":
         user = rest[0] if rest else input("User: ")
@@ -88,8 +88,14 @@ def _dispatch(target: credentials.Target, auth: _Auth, command: str, rest: list[
         credentials.save(target.urls, auth.token, user, auth.refresh, target.ca)
         print(f"logged in as {user}")
     elif command == "submit":
-        payload = orjson.loads(rest[1]) if len(rest) > 1 else None
-        view = run(lambda c: c.submit(rest[0], payload))
+        task_type, _, payload_text = text.partition(" ")
+        if not task_type:
+            raise ValueError("submit needs a task type")
+        try:
+            payload = orjson.loads(payload_text) if payload_text.strip() else None
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"the payload is not valid JSON ({exc})") from None
+        view = run(lambda c: c.submit(task_type, payload))
         print(f"submitted {view['id']} ({view['state']})")
     elif command == "status":
         print(commands._task_rows([run(lambda c: c.get(rest[0]))]))
@@ -97,7 +103,7 @@ def _dispatch(target: credentials.Target, auth: _Auth, command: str, rest: list[
         wait = float(rest[1]) if len(rest) > 1 else 0.0
         view = run(lambda c: c.result(rest[0], wait))
         commands._print_result(view)
-    elif command == "list":
+    elif command in ("tasks", "list"):
         views = run(lambda c: c.tasks(state=rest[0] if rest else None))
         print(commands._task_rows(views) if views else "no tasks")
     elif command == "workers":
