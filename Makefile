@@ -24,7 +24,7 @@ test: lint tools prometheus
 	$(BIN)/pytest -q -n 2
 
 demo: $(STAMP)
-	$(BIN)/python -m mutirao.demo
+	$(BIN)/python -m mutirao.demo $(if $(PORT),--port $(PORT))
 
 # The fault suite at full size (make test runs all of it, with 2 rounds where there are
 # rounds): SIGSTOP of the active past its lease under load (file and peer lease), cutting

@@ -127,6 +127,14 @@ _COMMANDS = [
     ["schedule", "resume"],
     ["cluster"],
     ["client"],
+    ["limit"],
+    ["limit", "set"],
+    ["limit", "list"],
+    ["limit", "rm"],
+    ["quota"],
+    ["quota", "set"],
+    ["quota", "list"],
+    ["quota", "rm"],
 ]
 
 
@@ -137,9 +145,16 @@ async def test_help_for_every_command(tmp_path: Path) -> None:
         assert run.code == 0, run
         assert run.out.startswith("usage: mutirao " + " ".join(command)), run
         assert run.err == "", run
+        assert "SETTING:" not in run.out, run  # --port PORT, not the setting's inner name
     top = runs[0].out
     for command in _COMMANDS[1:]:
         assert command[0] in top, f"{command[0]} missing from the top-level help"
+
+
+async def test_login_without_a_terminal_says_what_to_give(tmp_path: Path) -> None:
+    cli = Cli(cli_env(tmp_path, MUTIRAO_URL=f"http://127.0.0.1:{free_port()}"), tmp_path)
+    assert_clean_error(await cli("login"), "no terminal", "--user NAME")
+    assert_clean_error(await cli("login", "--user", "ana"), "no terminal", "--password-stdin")
 
 
 async def test_no_command_is_a_usage_error(tmp_path: Path) -> None:
@@ -374,8 +389,15 @@ async def test_errors_are_one_clean_line(cluster: LocalCluster, tmp_path: Path) 
             unreachable.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await unreachable
+    # Said while it retries, then one line with what to check.
     assert dead.code == 1, dead
-    assert_clean_error(dead, "no orchestrator answered", dead_url)
+    *retrying, error = dead.err.strip().splitlines()
+    assert retrying, dead
+    assert all(line == f"retrying {dead_url}: Connection refused…" for line in retrying), dead
+    assert error.startswith(f"error: no orchestrator answered within 10 s ({dead_url}"), dead
+    assert "Is the cluster running (`mutirao up`)? Does MUTIRAO_URL" in error, dead
+    assert "ssl:default" not in dead.err, dead
+    assert "Traceback" not in dead.err, dead
 
 
 def assert_last_line_error(run: Run, *words: str) -> None:
@@ -557,3 +579,30 @@ async def test_the_interactive_client_takes_the_payload_as_the_rest_of_the_line(
     async with cluster.client() as client:
         view = await client.wait(submitted[1], timeout=10)
     assert view["result"] == {"to": "you", "n": 1}
+
+
+async def test_tasks_pages_and_many_failures_say_why(cluster: LocalCluster, tmp_path: Path) -> None:
+    """``mutirao tasks`` says "100 of 106" and how to see the rest (``--after``);
+    ``submit --count N --wait`` says why the failed ones failed."""
+    await cluster.start("W1")
+    cli = Cli(cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token()), tmp_path)
+    async with cluster.client() as client:
+        ids = [t["id"] for t in await client.submit_batch([{"type": "echo"}] * 106)]
+        await client.wait_many(ids, timeout=20)
+    first = await cli("tasks")
+    assert first.code == 0, first
+    assert len(first.out.strip().splitlines()) == 1 + 100, first
+    hint = re.fullmatch(
+        r"100 of 106 shown, newest first; the next ones: mutirao tasks --after (\w+)\n", first.err
+    )
+    assert hint is not None, first
+    rest = await cli("tasks", "--after", hint[1])
+    assert len(rest.out.strip().splitlines()) == 1 + 6, rest
+    assert rest.err == "", rest
+    shown = {line.split()[0] for run in (first, rest) for line in run.out.splitlines()[1:]}
+    assert shown == set(ids)
+
+    failed = await cli("submit", "fail", "--count", "6", "--max-attempts", "1", "--wait")
+    assert failed.code == 1, failed
+    assert failed.out.strip() == "6 failed", failed
+    assert "  6 x failed after 1 attempts; last error: RuntimeError: " in failed.err, failed

@@ -35,7 +35,10 @@ _SETTING = "setting:"
 
 
 def _flag(parser: argparse.ArgumentParser, *names: str, setting: str, **kw: Any) -> None:
-    """A flag that overrides ``setting`` (a dotted path into :class:`Settings`)."""
+    """A flag that overrides ``setting`` (a dotted path into :class:`Settings`); its usage
+    reads ``--port PORT`` (not the setting's internal name)."""
+    if "choices" not in kw and "action" not in kw:
+        kw.setdefault("metavar", names[-1].lstrip("-").upper().replace("-", "_"))
     parser.add_argument(*names, dest=_SETTING + setting, default=None, **kw)
 
 
@@ -383,6 +386,7 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "tasks":
         p.add_argument("--state", help="only tasks in this state")
         p.add_argument("--limit", type=int, default=100, help="at most this many [100]")
+        p.add_argument("--after", metavar="ID", help="the ones older than task ID (the next page)")
     elif name == "top":
         p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes [1]")
         p.add_argument("--once", action="store_true", help="print one screen and exit")
@@ -420,12 +424,16 @@ def _client_runner(
             raise SystemExit("error: --count must be at least 1")
 
         async def go() -> int:
-            async with credentials.connect(target) as client:
+            async with credentials.connect(target, on_retry=_say) as client:
                 return await fn(client, args)
 
         return asyncio.run(go())
 
     return run
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _server_settings(args: argparse.Namespace) -> Settings:

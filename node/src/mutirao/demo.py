@@ -145,10 +145,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--dir", type=Path, help="keep data and logs here [a temp dir]")
     parser.add_argument("--tasks", type=int, default=10_000, help="throughput run size [10000]")
+    parser.add_argument(
+        "--port", type=int, help="orchestrator port (the standby takes the next) [a free one]"
+    )
     args = parser.parse_args()
     root = args.dir or Path(tempfile.mkdtemp(prefix="mutirao-demo-"))
     data, logs = root / "data", root / "logs"
-    port = _free_port()
+    port = args.port or _free_port()
     print(f"starting a local cluster on port {port} (data {data}, logs {logs})", flush=True)
     up = subprocess.Popen(
         [

@@ -602,8 +602,31 @@ OPENAPI: dict[str, Any] = {
                         "description": "at most this many tasks (capped at 10,000)",
                         "schema": {"type": "integer", "minimum": 1},
                     },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "the tasks older than this one (the `next` of a page)",
+                        "schema": {"type": "string"},
+                    },
                 ],
-                "responses": _responses({"schema": {"type": "object"}}, 401, 422),
+                "responses": _responses(
+                    {
+                        "schema": {
+                            "type": "object",
+                            "required": ["tasks", "total", "next"],
+                            "properties": {
+                                "tasks": {"type": "array", "items": _TASK},
+                                "total": {"type": "integer", "description": "how many match"},
+                                "next": {
+                                    "type": ["string", "null"],
+                                    "description": "the `after` of the next page (null: none)",
+                                },
+                            },
+                        }
+                    },
+                    401,
+                    422,
+                ),
             },
         },
         "/v1/tasks/wait": {

@@ -70,6 +70,11 @@ def worker_table(workers: list[WorkerView]) -> str:
 def read_password(args: argparse.Namespace, confirm: bool) -> str:
     if args.password_stdin:
         return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise SystemExit(
+            "error: no terminal to ask for the password: give it on standard input with "
+            "--password-stdin (e.g. `echo $PW | mutirao login --user NAME --password-stdin`)"
+        )
     password = getpass.getpass("Password: ")
     if confirm and getpass.getpass("Repeat password: ") != password:
         raise SystemExit("error: passwords do not match")
@@ -77,6 +82,8 @@ def read_password(args: argparse.Namespace, confirm: bool) -> str:
 
 
 async def login(client: Client, args: argparse.Namespace) -> int:
+    if not args.user and not sys.stdin.isatty():
+        raise SystemExit("error: no terminal to ask for the user name: give --user NAME")
     user = args.user or await asyncio.to_thread(input, "User: ")
     password = await asyncio.to_thread(read_password, args, False)
     token = await client.login(user, password)
@@ -182,11 +189,27 @@ async def submit(client: Client, args: argparse.Namespace) -> int:
     elif args.count == 1:
         _print_result(views[0])
     else:
-        states: dict[str, int] = {}
-        for view in views:
-            states[view["state"]] = states.get(view["state"], 0) + 1
-        print(", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+        _print_summary(views)
     return 0 if all(v["state"] == "succeeded" for v in views) else 1
+
+
+def _print_summary(views: list[TaskView]) -> None:
+    """``94 succeeded, 6 failed``, then why, each distinct error once with its count (the
+    most frequent first, at most 5)."""
+    states: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    for view in views:
+        states[view["state"]] = states.get(view["state"], 0) + 1
+        if view["state"] != "succeeded":
+            error = view["error"] or f"{view['state']}, no reason given"
+            errors[error] = errors.get(error, 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(states.items())))
+    ranked = sorted(errors.items(), key=lambda item: -item[1])
+    for error, n in ranked[:5]:
+        print(f"  {n} x {error}", file=sys.stderr)
+    if len(ranked) > 5:
+        more = len(ranked) - 5
+        print(f"  and {more} other error(s): mutirao tasks --state failed", file=sys.stderr)
 
 
 async def _submit_many(client: Client, spec: dict[str, Any], args: argparse.Namespace) -> list[str]:
@@ -250,11 +273,18 @@ async def result(client: Client, args: argparse.Namespace) -> int:
 
 
 async def tasks(client: Client, args: argparse.Namespace) -> int:
-    views = await client.tasks(state=args.state, limit=args.limit)
+    page = await client.task_page(state=args.state, limit=args.limit, after=args.after)
+    views = page["tasks"]
     if args.json:
         print_json(views)
-    else:
-        print(_task_rows(views) if views else "no tasks")
+        return 0
+    print(_task_rows(views) if views else "no tasks")
+    if page["next"]:
+        print(
+            f"{len(views)} of {page['total']} shown, newest first; the next ones: "
+            f"mutirao tasks --after {page['next']}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -7,6 +7,7 @@ reached or answers that it is not ready, so callers follow the active orchestrat
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import time
 import uuid
@@ -39,6 +40,7 @@ class Client:
         retry_for: float = 10.0,
         timeout: float = 90.0,
         ca: str = "",
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         """``refresh_token`` (from a login) renews ``token`` when it expires; ``on_refresh``
         is then called with the new one (the CLI saves it). ``ca``: the PEM file of the
@@ -54,6 +56,11 @@ class Client:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._http: aiohttp.ClientSession | None = None
         self.ca = ca
+        self.on_retry = on_retry
+        """Told, at most once a second, what the client is retrying once it has failed for
+        a second (the CLI prints it: a user waiting sees why)."""
+        self._failing_since: float | None = None
+        self._told = 0.0
         context = client_context(TlsSettings(ca=ca))
         self._ssl: ssl.SSLContext | bool = context if context is not None else True
 
@@ -89,6 +96,7 @@ class Client:
         data = None if body is None else orjson.dumps(body)
         query = {k: str(v) for k, v in params.items() if v is not None}
         deadline = time.monotonic() + self.retry_for
+        self._failing_since = None
         pause = 0.05
         renewed = False
         while True:
@@ -118,7 +126,7 @@ class Client:
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise self._untrusted(exc) from None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                problem = f"{self.url}: {exc or type(exc).__name__}"
+                problem = f"{self.url}: {_why(exc)}"
             pause = await self._next_url(deadline, problem, pause)
 
     async def connect(self, path: str) -> aiohttp.ClientWebSocketResponse:
@@ -126,6 +134,7 @@ class Client:
         refuses: the next one is tried), authenticated with the token."""
         assert self._http is not None, "use `async with Client(...)`"
         deadline = time.monotonic() + self.retry_for
+        self._failing_since = None
         pause = 0.05
         renewed = False
         while True:
@@ -143,7 +152,7 @@ class Client:
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise self._untrusted(exc) from None
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-                problem = f"{self.url}: {exc or type(exc).__name__}"
+                problem = f"{self.url}: {_why(exc)}"
             pause = await self._next_url(deadline, problem, pause)
 
     def _untrusted(self, exc: aiohttp.ClientConnectorCertificateError) -> Unreachable:
@@ -156,8 +165,17 @@ class Client:
     async def _next_url(self, deadline: float, problem: str, pause: float) -> float:
         """After a failed try: give up past ``deadline``, else move on to the next URL after
         ``pause``; returns the pause before the try after (backing off to 1 s)."""
-        if time.monotonic() >= deadline:
-            raise Unreachable(f"no orchestrator answered; last: {problem}")
+        now = time.monotonic()
+        if now >= deadline:
+            raise Unreachable(
+                f"no orchestrator answered within {self.retry_for:g} s ({problem}). Is the "
+                "cluster running (`mutirao up`)? Does MUTIRAO_URL (or --url) name it?"
+            )
+        if self._failing_since is None:
+            self._failing_since = now
+        if self.on_retry is not None and now - self._failing_since >= 1 and now - self._told >= 1:
+            self._told = now
+            self.on_retry(f"retrying {problem}…")
         self._current = (self._current + 1) % len(self.urls)
         await asyncio.sleep(pause)
         return min(pause * 2, 1.0)
@@ -265,9 +283,18 @@ class Client:
                 return views
 
     async def tasks(self, state: str | None = None, limit: int = 100) -> list[TaskView]:
-        reply = await self.request("GET", "/v1/tasks", state=state, limit=limit)
-        tasks: list[TaskView] = reply["tasks"]
+        tasks: list[TaskView] = (await self.task_page(state, limit))["tasks"]
         return tasks
+
+    async def task_page(
+        self, state: str | None = None, limit: int = 100, after: str | None = None
+    ) -> dict[str, Any]:
+        """Up to ``limit`` tasks, newest first, older than ``after`` (a task id: the
+        ``next`` of the page before); with ``total`` (how many match) and ``next``."""
+        page: dict[str, Any] = await self.request(
+            "GET", "/v1/tasks", state=state, limit=limit, after=after
+        )
+        return page
 
     async def cancel(self, task_id: str) -> TaskView:
         result: TaskView = await self.request("POST", f"/v1/tasks/{task_id}/cancel", {})
@@ -309,3 +336,13 @@ class Client:
     async def revoke_user(self, name: str) -> None:
         """Revoke every login token of ``name`` issued until now."""
         await self.request("POST", f"/v1/users/{name}/revoke", {})
+
+
+def _why(exc: BaseException) -> str:
+    """What failed, in words (not aiohttp's "Cannot connect to host ... ssl:default [...]")."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        return os.strerror(error.errno) if error.errno else str(error)
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__

@@ -27,7 +27,7 @@ from mutirao.orchestrator import limits_api, schedules_api, session, users_api
 from mutirao.orchestrator.reply import json_reply, submitter_of, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
-from mutirao.protocol import TaskState
+from mutirao.protocol import TaskState, TaskView
 from mutirao.serving import read_body
 
 log = logging.getLogger(__name__)
@@ -216,14 +216,37 @@ async def list_tasks(request: web.Request) -> web.Response:
             raise ValidationError(f"state must be one of {allowed}", field="state") from None
     limit = int(_number(request, "limit", 100, 1, 10_000))
     await orch.barrier()
-    views = []
+    table = orch.engine.table
+    before = math.inf
+    if "after" in request.query:
+        # A page starts after the last task of the one before (newest first).
+        last = table.tasks.get(request.query["after"])
+        if last is None or not (user.admin or last.owner == user.name):
+            raise ValidationError(
+                "after: no such task of yours (expired since?); list from the newest again",
+                field="after",
+            )
+        before = last.seq
+    # An admin's total is counted already; a user's takes a pass over the tasks.
+    counted = user.admin
+    total = (len(table.tasks) if state is None else table.by_state[state]) if counted else 0
+    views: list[TaskView] = []
+    more = False
     now = orch.clock()
-    for task in reversed(orch.engine.table.tasks.values()):
-        if (user.admin or task.owner == user.name) and (state is None or task.state is state):
+    for task in reversed(table.tasks.values()):
+        mine = user.admin or task.owner == user.name
+        if not mine or (state is not None and task.state is not state):
+            continue
+        total += not counted
+        if task.seq >= before:
+            continue
+        if len(views) < limit:
             views.append(orch.engine.view(task, now))
-            if len(views) >= limit:
+        else:
+            more = True
+            if counted:
                 break
-    return json_reply({"tasks": views})
+    return json_reply({"tasks": views, "total": total, "next": views[-1]["id"] if more else None})
 
 
 async def get_task(request: web.Request) -> web.Response:
