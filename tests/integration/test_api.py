@@ -127,7 +127,7 @@ async def test_requests_without_valid_token_are_rejected(
 
     ok = await call(http, "GET", tasks, token=good)
     assert ok.status == 200
-    assert ok.body == {"tasks": []}
+    assert ok.body == {"tasks": [], "total": 0, "next": None}
 
 
 async def test_login(cluster: LocalCluster, http: aiohttp.ClientSession) -> None:

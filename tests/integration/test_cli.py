@@ -593,7 +593,7 @@ async def test_tasks_pages_and_many_failures_say_why(cluster: LocalCluster, tmp_
     assert first.code == 0, first
     assert len(first.out.strip().splitlines()) == 1 + 100, first
     hint = re.fullmatch(
-        r"100 of 106 shown, newest first; the next ones: mutirao tasks --after (\w+)\n", first.err
+        r"100 of 106 shown, newest first; the next ones: mutirao tasks --after (\d+)\n", first.err
     )
     assert hint is not None, first
     rest = await cli("tasks", "--after", hint[1])

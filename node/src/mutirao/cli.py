@@ -386,7 +386,9 @@ def _client_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "tasks":
         p.add_argument("--state", help="only tasks in this state")
         p.add_argument("--limit", type=int, default=100, help="at most this many [100]")
-        p.add_argument("--after", metavar="ID", help="the ones older than task ID (the next page)")
+        p.add_argument(
+            "--after", type=int, metavar="N", help="the next page (the number the last one gave)"
+        )
     elif name == "top":
         p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes [1]")
         p.add_argument("--once", action="store_true", help="print one screen and exit")

@@ -605,8 +605,8 @@ OPENAPI: dict[str, Any] = {
                     {
                         "name": "after",
                         "in": "query",
-                        "description": "the tasks older than this one (the `next` of a page)",
-                        "schema": {"type": "string"},
+                        "description": "the tasks older than a page's last: its `next`",
+                        "schema": {"type": "integer", "minimum": 0},
                     },
                 ],
                 "responses": _responses(
@@ -618,7 +618,7 @@ OPENAPI: dict[str, Any] = {
                                 "tasks": {"type": "array", "items": _TASK},
                                 "total": {"type": "integer", "description": "how many match"},
                                 "next": {
-                                    "type": ["string", "null"],
+                                    "type": ["integer", "null"],
                                     "description": "the `after` of the next page (null: none)",
                                 },
                             },

@@ -287,10 +287,10 @@ class Client:
         return tasks
 
     async def task_page(
-        self, state: str | None = None, limit: int = 100, after: str | None = None
+        self, state: str | None = None, limit: int = 100, after: int | None = None
     ) -> dict[str, Any]:
-        """Up to ``limit`` tasks, newest first, older than ``after`` (a task id: the
-        ``next`` of the page before); with ``total`` (how many match) and ``next``."""
+        """Up to ``limit`` tasks, newest first, after position ``after`` (the ``next`` of
+        the page before); with ``total`` (how many match) and ``next``."""
         page: dict[str, Any] = await self.request(
             "GET", "/v1/tasks", state=state, limit=limit, after=after
         )

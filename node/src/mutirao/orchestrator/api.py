@@ -175,6 +175,15 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return min(value, high)
 
 
+def _position(raw: str | None) -> float:
+    """``after``: a whole number >= 0 (a page's ``next``); none: from the newest."""
+    if raw is None:
+        return math.inf
+    if not (raw.isascii() and raw.isdigit()):
+        raise ValidationError("after must be a whole number, a page's next", field="after")
+    return int(raw)
+
+
 async def submit(request: web.Request) -> web.Response:
     orch = request.app[ORCHESTRATOR]
     specs, batch = orch.submissions.parse(await read_body(request))
@@ -217,20 +226,14 @@ async def list_tasks(request: web.Request) -> web.Response:
     limit = int(_number(request, "limit", 100, 1, 10_000))
     await orch.barrier()
     table = orch.engine.table
-    before = math.inf
-    if "after" in request.query:
-        # A page starts after the last task of the one before (newest first).
-        last = table.tasks.get(request.query["after"])
-        if last is None or not (user.admin or last.owner == user.name):
-            raise ValidationError(
-                "after: no such task of yours (expired since?); list from the newest again",
-                field="after",
-            )
-        before = last.seq
+    # A page starts after the last task of the one before (newest first): ``after`` is
+    # that page's ``next``, a position in submission order (valid even once it expired).
+    before = _position(request.query.get("after"))
     # An admin's total is counted already; a user's takes a pass over the tasks.
     counted = user.admin
     total = (len(table.tasks) if state is None else table.by_state[state]) if counted else 0
     views: list[TaskView] = []
+    last = 0
     more = False
     now = orch.clock()
     for task in reversed(table.tasks.values()):
@@ -242,11 +245,12 @@ async def list_tasks(request: web.Request) -> web.Response:
             continue
         if len(views) < limit:
             views.append(orch.engine.view(task, now))
+            last = task.seq
         else:
             more = True
             if counted:
                 break
-    return json_reply({"tasks": views, "total": total, "next": views[-1]["id"] if more else None})
+    return json_reply({"tasks": views, "total": total, "next": last if more else None})
 
 
 async def get_task(request: web.Request) -> web.Response:
