@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo chaos bench bench-peers docs prometheus dashboards clean
+.PHONY: install lint test demo chaos bench bench-peers docs prometheus browser dashboards clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check node operator tests bench
 	$(BIN)/mypy
 
-test: lint tools prometheus
+test: lint tools prometheus browser
 	$(BIN)/pytest -q -n 2
 
 demo: $(STAMP)
@@ -65,6 +65,18 @@ $(PEERS_VENV)/.installed: requirements-peers.txt
 
 bench-peers: $(BENCH_STAMP) $(PEERS_VENV)/.installed
 	$(BIN)/python -m bench.run --size full --peers $(PEERS_VENV)/bin/python
+
+# Chromium and ChromeDriver (Debian's packages), which tests/integration/test_dashboard.py
+# drives with Selenium; installed only when missing, as Prometheus below.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+		echo "browser: installing Debian's chromium and chromium-driver with apt-get"; \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; \
+	fi
+	@chromium --version 2>&1 | head -1
 
 # Prometheus and promtool (Debian's package), which tests/integration/test_prometheus.py
 # runs against a local cluster; installed only when missing, so a fresh machine works too.

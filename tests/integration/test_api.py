@@ -694,3 +694,33 @@ async def test_a_session_submits_like_post_and_answers_each_call(
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await http.ws_connect(url)
     assert refused.value.status == 401
+
+
+async def test_task_lists_filter_and_a_finished_task_runs_again(cluster: LocalCluster) -> None:
+    """What the dashboard asks: tasks by type, owner, id or key; Run again (``retry``) of a
+    failed task only, by a user who may submit."""
+    await cluster.start("W1")
+    bob = cluster.token("bob", admin=False)
+    async with cluster.client() as admin, cluster.client(bob) as client:
+        mine = await client.submit("echo", 1, key="invoice-2026-17")
+        other = await admin.submit("sum", [1, 2], wait=10)
+        failed = await client.submit("fail", "x", max_attempts=1, wait=10)
+
+        async def ids(**query: Any) -> list[str]:
+            page = await admin.request("GET", "/v1/tasks", **query)
+            return [t["id"] for t in page["tasks"]]
+
+        assert await ids(type="sum") == [other["id"]]
+        assert await ids(owner="bob") == [failed["id"], mine["id"]]
+        assert await ids(q="2026-17") == [mine["id"]]
+        assert await ids(q=mine["id"]) == [mine["id"]]
+        again = await client.request("POST", f"/v1/tasks/{failed['id']}/retry", {})
+        assert (again["type"], again["payload"], again["owner"]) == ("fail", "x", "bob")
+        assert again["id"] != failed["id"]
+        with pytest.raises(ApiError) as info:
+            await admin.request("POST", f"/v1/tasks/{other['id']}/retry", {})
+        assert (info.value.status, info.value.body["field"]) == (409, "id")
+    async with cluster.client(cluster.token("vera", admin=False)) as client:
+        with pytest.raises(ApiError) as info:
+            await client.request("POST", f"/v1/tasks/{failed['id']}/retry", {})
+        assert info.value.status == 404  # bob's, not hers to see

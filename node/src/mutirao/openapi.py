@@ -602,6 +602,19 @@ OPENAPI: dict[str, Any] = {
                         "description": "at most this many tasks (capped at 10,000)",
                         "schema": {"type": "integer", "minimum": 1},
                     },
+                    {"name": "type", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "owner",
+                        "in": "query",
+                        "description": "admins: one user's tasks",
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "q",
+                        "in": "query",
+                        "description": "tasks whose id starts with, or key contains, this",
+                        "schema": {"type": "string"},
+                    },
                     {
                         "name": "after",
                         "in": "query",
@@ -686,6 +699,30 @@ OPENAPI: dict[str, Any] = {
                 "operationId": "cancelTask",
                 "parameters": _ID,
                 "responses": _responses({"schema": _TASK}, 401, 404, 409, 507),
+            }
+        },
+        "/v1/tasks/{id}/retry": {
+            "post": {
+                "summary": "Submit a failed or cancelled task's spec again, as a new task "
+                "(409 for a task that did not end so)",
+                "parameters": _ID,
+                "responses": _located(
+                    _created(_responses({"schema": _TASK}, 401, 403, 404, 409, 429, 503, 507))
+                ),
+            }
+        },
+        "/v1/events": {
+            "get": {
+                "summary": "Server-sent events every 0.5 s: the journal position (lsn), "
+                "leader and epoch; for admins task counts and standbys (the dashboard's "
+                "live updates)",
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "401": _responses({}, 401)["401"],
+                },
             }
         },
         "/v1/workers": {

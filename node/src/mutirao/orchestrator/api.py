@@ -23,11 +23,11 @@ from mutirao.errors import (
 )
 from mutirao.ha.controller import CONTROLLER, Controller
 from mutirao.openapi import OPENAPI
-from mutirao.orchestrator import limits_api, schedules_api, session, users_api
+from mutirao.orchestrator import limits_api, schedules_api, session, ui, users_api
 from mutirao.orchestrator.reply import json_reply, submitter_of, user_of
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 from mutirao.orchestrator.tasks import Task
-from mutirao.protocol import TaskState, TaskView
+from mutirao.protocol import TaskSpec, TaskState, TaskView
 from mutirao.serving import read_body
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,9 @@ def _reads(request: web.Request) -> bool:
 
 
 def _authenticate(request: web.Request) -> None:
-    if request.path in _PUBLIC or request.path in _PEER_SOCKETS:
-        return
+    path = request.path
+    if path in _PUBLIC or path in _PEER_SOCKETS or path == "/ui" or path.startswith("/ui/"):
+        return  # the dashboard's own files: its pages sign in through /v1/login
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise AuthError("missing bearer token: run `mutirao login` or set MUTIRAO_TOKEN")
@@ -229,16 +230,20 @@ async def list_tasks(request: web.Request) -> web.Response:
     # A page starts after the last task of the one before (newest first): ``after`` is
     # that page's ``next``, a position in submission order (valid even once it expired).
     before = _position(request.query.get("after"))
-    # An admin's total is counted already; a user's takes a pass over the tasks.
+    # An admin's total is counted already (unfiltered); else it takes a pass over the tasks.
     counted = user.admin
     total = (len(table.tasks) if state is None else table.by_state[state]) if counted else 0
     views: list[TaskView] = []
     last = 0
     more = False
     now = orch.clock()
+    wanted = _wanted(request)
+    counted = counted and wanted is None
     for task in reversed(table.tasks.values()):
         mine = user.admin or task.owner == user.name
         if not mine or (state is not None and task.state is not state):
+            continue
+        if wanted is not None and not wanted(task):
             continue
         total += not counted
         if task.seq >= before:
@@ -251,6 +256,28 @@ async def list_tasks(request: web.Request) -> web.Response:
             if counted:
                 break
     return json_reply({"tasks": views, "total": total, "next": last if more else None})
+
+
+def _wanted(request: web.Request) -> Callable[[Task], bool] | None:
+    """The filters ``type``, ``owner`` and ``q`` (an id's start, or a part of a key) of a
+    task list, as one test; None when none is given."""
+    task_type, owner = request.query.get("type"), request.query.get("owner")
+    search = request.query.get("q")
+    if task_type is None and owner is None and not search:
+        return None
+
+    def wanted(task: Task) -> bool:
+        return (
+            (task_type is None or task.type == task_type)
+            and (owner is None or task.owner == owner)
+            and (
+                not search
+                or task.id.startswith(search)
+                or (task.key is not None and search in task.key)
+            )
+        )
+
+    return wanted
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -309,6 +336,33 @@ async def cancel_task(request: web.Request) -> web.Response:
         extra={"task": task.id},
     )
     return json_reply(orch.engine.view(task, orch.clock()))
+
+
+async def retry_task(request: web.Request) -> web.Response:
+    """``POST /v1/tasks/{id}/retry``: a failed or cancelled task's spec submitted again, as
+    a new task of the user who asks (the dashboard's Run again)."""
+    orch = request.app[ORCHESTRATOR]
+    user = _submitter(request)
+    task = _visible(request, request.match_info["id"])
+    if task.state not in (TaskState.FAILED, TaskState.CANCELLED):
+        raise ConflictError(
+            f"task {task.id} is {task.state}: only a failed or cancelled task runs again",
+            field="id",
+        )
+    route = task.route
+    spec = TaskSpec(
+        task.type,
+        task.payload,
+        priority=task.priority,
+        max_attempts=task.max_attempts,
+        timeout=task.timeout,
+        queue="default" if route is None else route.queue,
+        resources=None if route is None else dict(route.demand),
+    )
+    (again,), _ = await orch.submit([spec], user.name)
+    log.info("task %s runs again as %s", task.id, again.id, extra={"task": again.id})
+    location = {"Location": f"/v1/tasks/{again.id}"}
+    return json_reply(orch.engine.view(again, orch.clock()), 201, location)
 
 
 async def list_workers(request: web.Request) -> web.Response:
@@ -405,6 +459,7 @@ def create_app(orch: Orchestrator) -> web.Application:
             *users_api.ROUTES,
             *schedules_api.ROUTES,
             *limits_api.ROUTES,
+            *ui.ROUTES,
             web.post("/v1/tasks", submit),
             web.get("/v1/tasks", list_tasks),
             web.post("/v1/tasks/wait", wait_tasks),
@@ -412,6 +467,7 @@ def create_app(orch: Orchestrator) -> web.Application:
             web.get(r"/v1/tasks/{id:(?!wait$)[^/]+}", get_task),
             web.get("/v1/tasks/{id}/result", get_result),
             web.post("/v1/tasks/{id}/cancel", cancel_task),
+            web.post("/v1/tasks/{id}/retry", retry_task),
             web.get("/v1/workers", list_workers),
             web.get(protocol.WORKER_WS_PATH, worker_socket),
             web.get(protocol.SESSION_PATH, client_session),
