@@ -66,28 +66,28 @@ $(PEERS_VENV)/.installed: requirements-peers.txt
 bench-peers: $(BENCH_STAMP) $(PEERS_VENV)/.installed
 	$(BIN)/python -m bench.run --size full --peers $(PEERS_VENV)/bin/python
 
-# Chromium and ChromeDriver (Debian's packages), which tests/integration/test_dashboard.py
-# drives with Selenium; installed only when missing, as Prometheus below.
-browser:
-	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
-		echo "browser: installing Debian's chromium and chromium-driver with apt-get"; \
+# $(call debian,COMMANDS,PACKAGES): install Debian's PACKAGES with apt-get unless every one
+# of COMMANDS is on the PATH already, so a fresh machine works and a ready one waits for nothing.
+define debian
+@missing=; for c in $(1); do command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "$@: installing Debian's $(2) with apt-get"; \
 		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			chromium chromium-driver >/dev/null; \
+			$(2) >/dev/null; \
 	fi
-	@chromium --version 2>&1 | head -1
+endef
 
-# Prometheus and promtool (Debian's package), which tests/integration/test_prometheus.py
-# runs against a local cluster; installed only when missing, so a fresh machine works too.
+# Chromium and ChromeDriver, which tests/integration/test_dashboard.py drives with Selenium.
+browser:
+	$(call debian,chromium chromedriver,chromium chromium-driver)
+	@chromedriver --version 2>&1 | head -1
+
+# Prometheus and promtool, which tests/integration/test_prometheus.py runs against a local
+# cluster.
 prometheus:
-	@if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then \
-		echo "prometheus: installing Debian's prometheus package with apt-get"; \
-		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
-		$$SUDO apt-get update -qq && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus >/dev/null; \
-	fi
+	$(call debian,prometheus promtool,prometheus)
 	@prometheus --version 2>&1 | head -1
 
 # The Grafana dashboards as code: charts/mutirao/dashboards/ and manifests/grafana/.

@@ -349,6 +349,7 @@ _BAD_SUBMISSIONS: list[tuple[str, bytes | None, int, str]] = [
         "resources.memory",
     ),
     ("a queue name with a space", b'{"type": "echo", "queue": "a b"}', 422, "queue"),
+    ("a trace that is no traceparent", b'{"type": "echo", "trace": "00-1-2-01"}', 422, "trace"),
     ("missing type", b'{"payload": 1}', 422, "type"),
     ("empty type", b'{"type": ""}', 422, "type"),
     ("string priority", b'{"type": "echo", "priority": "high"}', 422, "priority"),

@@ -249,6 +249,12 @@ _TASK_SPEC = {
                 "with that much free, and waits (pending, with a pending_reason) until then"
             ),
         },
+        "trace": {
+            "type": ["string", "null"],
+            "pattern": "^00-(?!0{32})[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            "description": "the caller's W3C traceparent: the task's trace (with tracing on) "
+            "goes on from that span; mutirao.Client sends the current one",
+        },
         "on_failure": {
             "enum": ["cancel", "run"],
             "default": "cancel",

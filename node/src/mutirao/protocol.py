@@ -91,6 +91,7 @@ _Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
 _Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
 _Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _Seconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT)]
+_TRACEPARENT = r"^00-(?!0{32})[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
 _Queue = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
 MAX_TIME = 2.0**36
 """Latest ``not_before`` (unix seconds, about the year 4147)."""
@@ -142,6 +143,8 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
     queue: _Queue = "default"
     """Only workers that serve this queue (``--queues``) take the task."""
     resources: Annotated[dict[str, float | str], msgspec.Meta(max_length=32)] | None = None
+    trace: Annotated[str, msgspec.Meta(pattern=_TRACEPARENT)] | None = None
+    """The caller's W3C ``traceparent``: the task's trace goes on from that span."""
     """What the task takes while it runs, e.g. ``{"cpu": 2, "memory": "4Gi", "gpu": 1}``
     (one cpu unless it says otherwise): it goes only where that much is free."""
 
@@ -444,8 +447,9 @@ class ReleaseMsg(TypedDict):
 WorkerMessage = HelloMsg | HeartbeatMsg | StartedMsg | ResultsMsg | DrainMsg | ReleaseMsg
 
 
-AssignItem = tuple[str, int, str, Any, float]
-"""An attempt to run: ``[task, attempt, type, payload, timeout]``."""
+AssignItem = tuple[str, int, str, Any, float] | tuple[str, int, str, Any, float, str]
+"""An attempt to run: ``[task, attempt, type, payload, timeout]``, and the task's
+``traceparent`` when it has one."""
 
 
 class WelcomeMsg(TypedDict):

@@ -196,6 +196,16 @@ class WorkerSettings:
 
 
 @dataclass
+class TracingSettings:
+    exporter: str = ""
+    """OpenTelemetry traces of tasks (see :mod:`mutirao.tracing`): ``otlp`` (OTLP over
+    HTTP), ``console`` (JSON on stdout), or empty: off."""
+    endpoint: str = ""
+    """Where ``otlp`` sends spans; empty: the OTEL_EXPORTER_OTLP_* variables, else
+    http://localhost:4318/v1/traces."""
+
+
+@dataclass
 class Settings:
     """Settings shared by every Mutirão process."""
 
@@ -220,6 +230,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     ha: HaSettings = field(default_factory=HaSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def advertised_url(self) -> str:

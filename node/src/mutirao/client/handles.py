@@ -36,6 +36,20 @@ def outcome(view: TaskView | dict[str, Any]) -> Any:
     raise TaskFailed(view["id"], view["error"], attempts)
 
 
+def _traced(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the caller's current OpenTelemetry span as the task's ``trace``
+    (its trace then goes on from that span), if there is one and none was given."""
+    if "trace" in options:
+        return options
+    from opentelemetry import trace  # here: `import mutirao` stays light for task modules
+
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return options
+    flags = int(span.trace_flags)
+    return {**options, "trace": f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags:02x}"}
+
+
 class AsyncTask:
     """One submitted task. ``await handle.result()`` waits for it."""
 
@@ -106,12 +120,12 @@ class AsyncClient:
     async def submit(self, task_type: str, payload: Any = None, **options: Any) -> AsyncTask:
         """Submit one task: ``options`` are the task's fields (``priority``, ``timeout``,
         ``max_attempts``, ``key``, ``queue``, ``resources``, ``not_before``, ``retry``...)."""
-        view = await self._api.submit(task_type, payload, **options)
+        view = await self._api.submit(task_type, payload, **_traced(options))
         return AsyncTask(self._api, view["id"])
 
     async def map(self, task_type: str, payloads: Iterable[Any], **options: Any) -> list[AsyncTask]:
         """One task per payload, submitted in batches (each recorded whole or not at all)."""
-        spec = {k: v for k, v in options.items() if v is not None}
+        spec = {k: v for k, v in _traced(options).items() if v is not None}
         items = [{"type": task_type, "payload": p, **spec} for p in payloads]
         handles: list[AsyncTask] = []
         for start in range(0, len(items), BATCH):

@@ -492,6 +492,7 @@ class Engine:
                 or spec.keep_result is not None
                 or spec.queue != DEFAULT_QUEUE
                 or spec.resources is not None
+                or spec.trace is not None
             ):
                 extras.add(len(rows), spec, now, f"tasks[{i}]." if len(specs) > 1 else "")
             row_of.append(len(rows))
@@ -934,7 +935,12 @@ class Engine:
         chosen = [tasks[entry.task_id] for entry, _ in pairs]
         by_worker: dict[str, list[AssignItem]] = grouped(
             [worker.id for _, worker in pairs],
-            [(t.id, len(t.attempts) + 1, t.type, t.payload, t.timeout) for t in chosen],
+            [
+                (t.id, len(t.attempts) + 1, t.type, t.payload, t.timeout)
+                if t.trace is None
+                else (t.id, len(t.attempts) + 1, t.type, t.payload, t.timeout, t.trace)
+                for t in chosen
+            ],
         )
         for wid, items in by_worker.items():
             refs = [item[:2] for item in items]
@@ -1034,6 +1040,7 @@ class _Extras:
 
     def __init__(self) -> None:
         self.timing: list[list[Any]] = []
+        self.trace: list[list[Any]] = []
         self.routes: dict[tuple[str, resources.Demand], list[int]] = {}
         self._last: tuple[object, resources.Demand] = (None, resources.DEFAULT_DEMAND)
         """The last ``resources`` read, and its demand (a batch usually repeats one)."""
@@ -1057,11 +1064,15 @@ class _Extras:
                 demand = resources.demand(spec.resources, f"{where}resources")
                 self._last = (spec.resources, demand)
             self.routes.setdefault((spec.queue, demand), []).append(row)
+        if spec.trace is not None:
+            self.trace.append([row, spec.trace])
 
     def record(self) -> Record:
         extras: Record = {}
         if self.timing:
             extras["timing"] = self.timing
+        if self.trace:
+            extras["trace"] = self.trace
         if self.routes:
             extras["route"] = [
                 [queue, [list(pair) for pair in demand], rows]

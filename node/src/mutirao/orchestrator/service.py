@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -54,6 +54,9 @@ from mutirao.orchestrator.throttle import LoginThrottle
 from mutirao.protocol import TERMINAL_STATES, RetryPolicy, TaskSpec
 from mutirao.settings import Settings, SettingsError
 
+if TYPE_CHECKING:
+    from mutirao.tracing import Tracing
+
 log = logging.getLogger(__name__)
 
 LAPSED = "this orchestrator's lease may have lapsed: not acknowledged; retry"
@@ -76,6 +79,8 @@ class Orchestrator:
         self.clock = clock
         self.monotonic = monotonic
         self.metrics = OrchestratorMetrics(self)
+        self.tracing = _tracing(settings)
+        """Spans of the tasks that end here (None: tracing is off, the default)."""
         self.engine = self._new_engine()
         self.submissions = protocol.SubmissionParser(settings.tasks, settings.limits)
         self.hub = Hub()
@@ -342,7 +347,20 @@ class Orchestrator:
         if effects.finished:
             finished = [task.id for task in effects.finished]
             durable.add_done_callback(lambda _: self._wake(finished))
+            if self.tracing is not None:
+                self._trace(durable, effects.finished)
         return durable
+
+    def _trace(self, durable: asyncio.Future[None], tasks: list[Task]) -> None:
+        """The spans of tasks that ended, once that is durable (see :mod:`mutirao.tracing`)."""
+        tracing = self.tracing
+        assert tracing is not None
+
+        def emit(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                tracing.finished(tasks)
+
+        durable.add_done_callback(emit)
 
     def _gated(self, durable: asyncio.Future[None]) -> asyncio.Future[None]:
         """``durable``, failed instead if this node may no longer acknowledge by the time
@@ -635,3 +653,12 @@ def _generated_peer_token(settings: Settings) -> str:
             "MUTIRAO_AUTH_PEER_TOKEN), the same secret on every orchestrator"
         )
     return read_or_create_secret(settings.ha.lease_dir / PEER_TOKEN_FILE)
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """Task spans, if tracing is on (OpenTelemetry is imported only then)."""
+    if not settings.tracing.exporter:
+        return None
+    from mutirao.tracing import from_settings
+
+    return from_settings(settings.tracing, f"mutirao-orchestrator-{settings.node_id}")

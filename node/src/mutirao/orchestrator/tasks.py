@@ -12,7 +12,8 @@ Records (``e`` is the kind; batches keep the journal cheap under load):
   ``timing`` (only when some have it) = ``[[row index, retry policy or null, not_before or
   null, keep_result or null], ...]``: a task with a ``not_before`` is ``scheduled``;
   ``route`` (only when some have it) = ``[[queue, [[resource, amount], ...], [row index,
-  ...]], ...]``: where those tasks may run (see :mod:`mutirao.orchestrator.scheduler`)
+  ...]], ...]``: where those tasks may run (see :mod:`mutirao.orchestrator.scheduler`);
+  ``trace`` (only when some have it) = ``[[row index, traceparent], ...]``
 - ``assign``: worker ``w`` took ``items`` = ``[[task, attempt], ...]`` at ``at``
 - ``start``: ``items`` began running at ``at``
 - ``finish``: ``items`` = ``[[task, attempt, outcome, value, error, started, ended], ...]``;
@@ -187,6 +188,8 @@ class Task(msgspec.Struct, gc=False, omit_defaults=True):
     deps: Deps | None = None
     timing: Timing | None = None
     route: Route | None = None
+    trace: str | None = None
+    """The submitter's W3C traceparent (see :mod:`mutirao.tracing`)."""
 
     @property
     def current(self) -> Attempt | None:
@@ -300,9 +303,12 @@ class TaskTable:
         """Apply one record; returns the tasks whose state changed."""
         kind = record["e"]
         if kind == "submit":
-            return self._submit(
+            changes = self._submit(
                 record["tasks"], record.get("deps"), record.get("timing"), record.get("route")
             )
+            for row, traceparent in record.get("trace", ()):
+                changes[row].task.trace = traceparent
+            return changes
         if kind == "assign":
             return self._assign(record["w"], record["items"], record["at"])
         if kind == "start":

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +30,19 @@ from mutirao.worker.metrics import WorkerMetrics
 from mutirao.worker.pool import ProcessPool
 from mutirao.worker.runner import Runner
 
+if TYPE_CHECKING:
+    from mutirao.tracing import Tracing
+
 log = logging.getLogger(__name__)
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """Spans around handlers, if tracing is on (OpenTelemetry is imported only then)."""
+    if not settings.tracing.exporter:
+        return None
+    from mutirao.tracing import from_settings
+
+    return from_settings(settings.tracing, "mutirao-worker")
 
 
 def default_worker_id() -> str:
@@ -79,6 +92,7 @@ class WorkerNode:
             ),
             on_stuck=lambda _: self._dirty.set(),
             on_retry=self._on_retry,
+            tracing=_tracing(settings),
         )
 
     def _on_retry(self, ref: AttemptRef, delay: float) -> None:

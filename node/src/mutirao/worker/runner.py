@@ -10,19 +10,24 @@ integer N the first N attempts, ``"always"`` every attempt.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import math
 import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from mutirao.protocol import AssignItem, AttemptRef, ResultItem
 from mutirao.registry import Registry, Retry
 from mutirao.worker.pool import HandlerFailed, ProcessPool
+
+if TYPE_CHECKING:
+    from mutirao.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,11 @@ class Runner:
         processes: ProcessPool | None = None,
         on_stuck: Callable[[int], None] | None = None,
         on_retry: Callable[[AttemptRef, float], None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.tracing = tracing
+        """Spans around handlers, in their task's trace (None: off, nothing per attempt)."""
         self.allow_crash = allow_crash
         self.on_result = on_result
         self.on_outcome = on_outcome
@@ -84,13 +92,24 @@ class Runner:
         self._timer_at = math.inf
 
     def start(self, item: AssignItem) -> None:
-        task_id, attempt, task_type, payload, timeout = item
+        task_id, attempt, task_type, payload, timeout, *trace = item
         ref = (task_id, attempt)
         if ref in self.running:
             return
+        run = self._attempt(ref, task_type, payload, timeout)
+        if self.tracing is not None:
+            run = self._traced(run, ref, task_type, trace[0] if trace else None)
         # No task name and no done callback: each costs a little per attempt, and for a
         # no-op task that adds up (an attempt forgets itself as it ends; see :meth:`_attempt`).
-        self.running[ref] = asyncio.create_task(self._attempt(ref, task_type, payload, timeout))
+        self.running[ref] = asyncio.create_task(run)
+
+    async def _traced(
+        self, run: Awaitable[None], ref: AttemptRef, task_type: str, traceparent: str | None
+    ) -> None:
+        """``run`` inside the attempt's span: the handler's own spans nest under it."""
+        assert self.tracing is not None
+        async with self.tracing.handler(ref[0], ref[1], task_type, traceparent):
+            await run
 
     def _forget(self, ref: AttemptRef) -> None:
         self.running.pop(ref, None)
@@ -249,5 +268,8 @@ class Runner:
             return awaitable
         if self.processes is not None:
             return self.processes.run(task_type, payload)
-        call = self._threads[ref] = self._pool.submit(handler.fn, payload)
+        fn = handler.fn
+        if self.tracing is not None:  # the thread runs in the attempt's span too
+            fn = functools.partial(contextvars.copy_context().run, handler.fn)  # type: ignore[call-arg]
+        call = self._threads[ref] = self._pool.submit(fn, payload)
         return asyncio.wrap_future(call)
