@@ -49,3 +49,28 @@ async def test_a_task_traced_from_its_caller_to_its_handler(cluster: LocalCluste
     assert spans["attempt 1"]["parent_id"] == root["context"]["span_id"]
     assert spans["run sum"]["parent_id"] == spans["attempt 1"]["context"]["span_id"]
     assert spans["attempt 1"]["attributes"]["mutirao.worker"] == "W1"
+
+
+async def test_a_blocking_handlers_own_spans_nest_from_its_slot_process(
+    cluster: LocalCluster,
+) -> None:
+    """A plain (blocking) handler runs in a slot process: the worker sends it the span
+    context, and the span the handler opens there is a child of the worker's run span."""
+    cluster.env_extra.update(
+        {"MUTIRAO_TRACING_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    )
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("W1", extra=("--tasks", "tests.integration.fixtures.user_tasks"))
+    await cluster.wait_workers("W1")
+    async with cluster.client() as client:
+        task = await client.submit("traced-square", 7, trace=f"00-{TRACE}-{CALLER}-01", wait=10)
+    assert task["result"] == 49
+
+    async def exported() -> bool:
+        return "square it" in _spans(cluster.proc("worker-W1").output())
+
+    await eventually(exported, timeout=15, what="the handler's own span, from its process")
+    spans = _spans(cluster.proc("worker-W1").output())
+    assert spans["square it"]["context"]["trace_id"] == f"0x{TRACE}"
+    assert spans["square it"]["parent_id"] == spans["run traced-square"]["context"]["span_id"]

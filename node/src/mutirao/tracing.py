@@ -9,8 +9,8 @@ One trace per task, from its submission to its recorded end:
 - ``attempt <n>``, one per attempt, from assignment to its end, with its worker, outcome
   and error (a lost attempt too: its worker was SIGKILLed);
 - ``run <type>`` under its attempt, made by the worker around the handler, which runs in
-  its context: a handler's own spans nest under it (async handlers and ``--pool threads``;
-  a slot process runs outside it).
+  its context: a handler's own spans nest under it (on the worker's loop, in a thread, or
+  in a slot process, which is sent the context with the call).
 
 The leader emits the task, queue and attempt spans once the task's end is durable, with
 their recorded times, so a trace is whole whatever process died on the way: a failover,
@@ -188,6 +188,15 @@ class Tracing:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def current_traceparent() -> str | None:
+    """The current span as a W3C traceparent, or None (no span): what a submission carries
+    from its caller, and a slot process gets from its worker."""
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return None
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}"
 
 
 def from_settings(settings: TracingSettings, service: str) -> Tracing | None:

@@ -41,13 +41,10 @@ def _traced(options: dict[str, Any]) -> dict[str, Any]:
     (its trace then goes on from that span), if there is one and none was given."""
     if "trace" in options:
         return options
-    from opentelemetry import trace  # here: `import mutirao` stays light for task modules
+    from mutirao.tracing import current_traceparent  # here: `import mutirao` stays light
 
-    span = trace.get_current_span().get_span_context()
-    if not span.is_valid:
-        return options
-    flags = int(span.trace_flags)
-    return {**options, "trace": f"00-{span.trace_id:032x}-{span.span_id:016x}-{flags:02x}"}
+    traceparent = current_traceparent()
+    return options if traceparent is None else {**options, "trace": traceparent}
 
 
 class AsyncTask:

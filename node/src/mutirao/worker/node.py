@@ -86,7 +86,11 @@ class WorkerNode:
             on_result=self._on_result,
             on_outcome=self.metrics.ran,
             processes=(
-                ProcessPool(settings.worker.slots, settings.worker.tasks)
+                ProcessPool(
+                    settings.worker.slots,
+                    settings.worker.tasks,
+                    settings.tracing if settings.tracing.exporter else None,
+                )
                 if settings.worker.pool == "processes"
                 else None
             ),

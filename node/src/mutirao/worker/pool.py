@@ -14,7 +14,7 @@ import asyncio
 import importlib
 import logging
 import multiprocessing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from mutirao.registry import Retry
+from mutirao.settings import TracingSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +39,66 @@ class ProcessDied(Exception):
     """The slot's process exited while running the handler (it crashed or was killed)."""
 
 
-def _serve(conn: Connection, modules: Sequence[str]) -> None:
-    """A slot process: run one handler call at a time until the worker closes the pipe."""
+def _serve(conn: Connection, modules: Sequence[str], tracing: TracingSettings | None) -> None:
+    """A slot process: run one handler call at a time until the worker closes the pipe;
+    with ``tracing``, each in the span context the worker sends along (see
+    :mod:`mutirao.tracing`), its spans exported from here."""
     from mutirao.registry import REGISTRY
     from mutirao.worker import builtins
 
     assert builtins  # imported for its @task registrations
     for module in modules:
         importlib.import_module(module)
+    traced = None if tracing is None else _SlotTracing(tracing)
     while True:
         try:
-            task_type, payload = orjson.loads(conn.recv_bytes())
+            task_type, payload, *trace = orjson.loads(conn.recv_bytes())
         except EOFError:
+            if traced is not None:
+                traced.close()
             return  # the worker is gone
         handler = REGISTRY.get(task_type)
         try:
             if handler is None:
                 raise LookupError(f"no handler for task type {task_type!r} in the pool")
-            reply = orjson.dumps(["ok", handler.fn(payload)])
+            if traced is not None and trace:
+                value = traced.call(trace[0], handler.fn, payload)
+            else:
+                value = handler.fn(payload)
+            reply = orjson.dumps(["ok", value])
         except Retry as exc:
             reply = orjson.dumps(["retry", [exc.delay, exc.reason]])
         except Exception as exc:
             reply = orjson.dumps(["error", f"{type(exc).__name__}: {exc}"])
         conn.send_bytes(reply)
+
+
+class _SlotTracing:
+    """The tracing of a slot process: a provider of its own, the worker's span as parent."""
+
+    def __init__(self, settings: TracingSettings) -> None:
+        from opentelemetry import trace
+
+        from mutirao.tracing import from_settings
+
+        self.tracing = from_settings(settings, "mutirao-worker")
+        if self.tracing is not None:
+            trace.set_tracer_provider(self.tracing.provider)
+
+    def call(self, traceparent: str, fn: Callable[[Any], Any], payload: Any) -> Any:
+        from opentelemetry import context
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        parent = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+        token = context.attach(parent)
+        try:
+            return fn(payload)
+        finally:
+            context.detach(token)
+
+    def close(self) -> None:
+        if self.tracing is not None:
+            self.tracing.shutdown()  # what the handlers' spans left to export
 
 
 def _receive(conn: Connection) -> bytes | None:
@@ -81,21 +119,27 @@ class _Slot:
 
 
 class ProcessPool:
-    def __init__(self, size: int, modules: Sequence[str]) -> None:
+    def __init__(
+        self, size: int, modules: Sequence[str], tracing: TracingSettings | None = None
+    ) -> None:
         self.size = size
         self.modules = list(modules)
+        self.tracing = tracing
+        """Given, the slots trace the handlers they run (in the caller's span context)."""
         self._idle: asyncio.Queue[_Slot] = asyncio.Queue()
         self._slots: set[_Slot] = set()
         # One reader thread per slot: the default executor may have fewer threads.
         self._readers = ThreadPoolExecutor(max_workers=size, thread_name_prefix="slot-reader")
 
-    async def run(self, task_type: str, payload: Any) -> Any:
-        """Call the handler in a slot process. Cancelling this (a timeout, a cancel) kills
-        that process; raises HandlerFailed or ProcessDied."""
+    async def run(self, task_type: str, payload: Any, traceparent: str | None = None) -> Any:
+        """Call the handler in a slot process (in the span ``traceparent`` names, if any).
+        Cancelling this (a timeout, a cancel) kills that process; raises HandlerFailed or
+        ProcessDied."""
         slot = await self._take()
         loop = asyncio.get_running_loop()
+        call = [task_type, payload] if traceparent is None else [task_type, payload, traceparent]
         try:
-            slot.conn.send_bytes(orjson.dumps([task_type, payload]))
+            slot.conn.send_bytes(orjson.dumps(call))
             slot.reading = True
             data = await loop.run_in_executor(self._readers, _receive, slot.conn)
             slot.reading = False
@@ -125,7 +169,10 @@ class ProcessPool:
     def _spawn(self) -> _Slot:
         ours, theirs = _CONTEXT.Pipe()
         process = _CONTEXT.Process(
-            target=_serve, args=(theirs, self.modules), name="mutirao-slot", daemon=True
+            target=_serve,
+            args=(theirs, self.modules, self.tracing),
+            name="mutirao-slot",
+            daemon=True,
         )
         process.start()
         theirs.close()

@@ -267,7 +267,12 @@ class Runner:
             awaitable: Awaitable[Any] = handler.fn(payload)
             return awaitable
         if self.processes is not None:
-            return self.processes.run(task_type, payload)
+            trace = None
+            if self.tracing is not None:
+                from mutirao.tracing import current_traceparent
+
+                trace = current_traceparent()
+            return self.processes.run(task_type, payload, trace)
         fn = handler.fn
         if self.tracing is not None:  # the thread runs in the attempt's span too
             fn = functools.partial(contextvars.copy_context().run, handler.fn)  # type: ignore[call-arg]
