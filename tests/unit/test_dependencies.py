@@ -74,9 +74,23 @@ def test_pick_follows_keys_and_array_indexes() -> None:
     assert dependencies.pick(value, "") == value
     assert dependencies.pick(value, "a.b.1") == 20
     assert dependencies.pick(value, "a.b.2.c") == "deep"
-    for missing in ("a.x", "a.b.3", "a.b.-1", "a.b.c"):
+    # "²" and "١" are digits to str.isdigit and not to int: a path with one names nothing
+    # (it once raised ValueError while a record was applied).
+    for missing in ("a.x", "a.b.3", "a.b.-1", "a.b.c", "a.b.²", "a.b.١"):
         with pytest.raises(dependencies.MissingInput):
             dependencies.pick(value, missing)
+    assert dependencies.batch_index("#12") == 12
+    assert dependencies.batch_index("#²") is None
+
+
+def test_an_input_path_with_a_non_ascii_digit_cancels_the_task_it_does_not_crash(
+    h: Harness,
+) -> None:
+    (a, b), _ = h.submit(spec(payload=1), spec(payload={"$result": "#0", "path": "²"}), now=1.0)
+    h.result("w1", a, 1, 2.0, value=[1, 2, 3])
+    assert b.state is TaskState.CANCELLED
+    assert b.error == f"dependency {a.id} has no '²' in its result"
+    rebuilt_agrees(h)
 
 
 def test_plan_refuses_refs_outside_the_batch_unknown_foreign_and_cycles() -> None:

@@ -617,7 +617,7 @@ def _assign_spare(settings: Settings, line: str) -> None:
     match line.split():
         case [worker_id]:
             settings.worker.id = worker_id
-        case [worker_id, port] if port.isdigit():
+        case [worker_id, port] if port.isascii() and port.isdigit():
             settings.worker.id, settings.worker.port = worker_id, int(port)
         case _:
             raise SystemExit(f"error: --spare expects 'ID [PORT]' on standard input, got {line!r}")

@@ -28,16 +28,29 @@ class Spec(Protocol):
     after: list[str] | None
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` takes "²", which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def batch_index(ref: str) -> int | None:
     """N for a ``#N`` ref, None for a task id."""
-    if ref.startswith("#") and ref[1:].isdigit():
-        return int(ref[1:])
+    if ref[:1] == "#":
+        tail = ref[1:]
+        if _digits(tail):
+            return int(tail)
     return None
+
+
+def _is_input(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` is exactly ``{"$result": ...}``, with a ``path`` or not (no set made:
+    this runs for every object of every payload with inputs)."""
+    return RESULT in obj and (len(obj) == 1 or (len(obj) == 2 and PATH in obj))
 
 
 def _input(obj: dict[str, Any], where: str) -> str | None:
     """The ref of an input object, None for any other object."""
-    if RESULT not in obj or not set(obj) <= {RESULT, PATH}:
+    if not _is_input(obj):
         return None
     ref, path = obj[RESULT], obj.get(PATH, "")
     if not isinstance(ref, str) or not 1 <= len(ref) <= 256:
@@ -71,11 +84,14 @@ def _mapped(payload: Any, visit: Callable[[dict[str, Any]], Any]) -> Any:
     """``payload`` with every input object replaced by ``visit(input)``; parts holding no
     input are shared, not copied."""
     if isinstance(payload, dict):
-        if RESULT in payload and set(payload) <= {RESULT, PATH}:
+        if _is_input(payload):
             return visit(payload)
-        return {k: _mapped(v, visit) for k, v in payload.items()}
+        return {
+            k: _mapped(v, visit) if isinstance(v, dict | list) else v for k, v in payload.items()
+        }
     if isinstance(payload, list):
-        return [_mapped(v, visit) for v in payload]
+        # Scalars as they are, without a call each (a payload is mostly scalars).
+        return [_mapped(v, visit) if isinstance(v, dict | list) else v for v in payload]
     return payload
 
 
@@ -109,7 +125,7 @@ def pick(value: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif isinstance(value, list) and _digits(part) and int(part) < len(value):
             value = value[int(part)]
         else:
             raise MissingInput(path)
