@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from mutirao import resources
 from mutirao.errors import ValidationError
-from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted, lane_key
+from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
+from tests.unit.test_scheduler import lane_key
 
 
 def always(_entry: Entry) -> bool:

@@ -7,7 +7,23 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mutirao.orchestrator.scheduler import Entry, Lane, PendingQueue, Slotted, lane_key, pick_worker
+from mutirao.orchestrator.scheduler import (
+    DEFAULT_QUEUE,
+    Entry,
+    Lane,
+    LaneKey,
+    PendingQueue,
+    Slotted,
+    pick_worker,
+)
+from mutirao.resources import DEFAULT_DEMAND, Demand
+
+
+def lane_key(
+    task_type: str, owner: str = "", queue: str = DEFAULT_QUEUE, demand: Demand = DEFAULT_DEMAND
+) -> LaneKey:
+    """The lane of tasks of ``task_type`` (as the engine keys them: owner first)."""
+    return (owner, task_type, queue, demand)
 
 
 def worker(

@@ -93,12 +93,6 @@ class Lane:
         self.heap: list[Entry] = []
 
 
-def lane_key(
-    task_type: str, owner: str = "", queue: str = DEFAULT_QUEUE, demand: Demand = DEFAULT_DEMAND
-) -> LaneKey:
-    return (owner, task_type, queue, demand)
-
-
 def _fits(worker: Slotted, lane: Lane) -> bool:
     room = worker.room
     if room is None:
