@@ -8,6 +8,7 @@ exchange batched messages on it. Decoding failures raise :class:`~mutirao.errors
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NewType, NotRequired, TypedDict, cast
 
@@ -241,14 +242,21 @@ def _integral_floats(body: bytes) -> bytes | None:
     except orjson.JSONDecodeError:
         return None
     specs = doc.get("tasks") if isinstance(doc, dict) and "tasks" in doc else [doc]
+    items = specs if isinstance(specs, list) else []
+    changed = [whole_numbers(spec, _INTEGER_FIELDS) for spec in items if isinstance(spec, dict)]
+    return orjson.dumps(doc) if any(changed) else None
+
+
+def whole_numbers(doc: dict[str, Any], names: Sequence[str]) -> bool:
+    """``3.0`` as ``3`` in the fields ``names`` of ``doc`` (JSON Schema's integers take it,
+    msgspec's do not); whether any changed."""
     changed = False
-    for spec in specs if isinstance(specs, list) else ():
-        for name in _INTEGER_FIELDS:
-            value = spec.get(name) if isinstance(spec, dict) else None
-            if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-                spec[name] = int(value)
-                changed = True
-    return orjson.dumps(doc) if changed else None
+    for name in names:
+        value = doc.get(name)
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            doc[name] = int(value)
+            changed = True
+    return changed
 
 
 def _payload_field(index: int, batch: bool) -> str:

@@ -377,19 +377,10 @@ async def cluster(request: web.Request) -> web.Response:
     if not user_of(request).admin:
         raise ForbiddenError("the cluster view is for admins")
     engine = orch.engine
-    in_lease = orch.standbys_in_lease()
     return json_reply(
         {
             **orch.ha_view(),
-            "standbys": [
-                {
-                    "node": r.node,
-                    "url": r.url,
-                    "synced": r.node in in_lease,
-                    "lag": max(0, orch.lsn - r.acked),
-                }
-                for r in orch.hub.replicas.values()
-            ],
+            "standbys": orch.standby_views(),
             "tasks": engine.counts(),
             "queue": engine.pending_by_type(),
             "oldest_pending": round(engine.backlog(orch.clock()).oldest, 3),

@@ -8,7 +8,7 @@ limits the old one acknowledged. Anyone signed in may read the limits, and their
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
@@ -17,7 +17,7 @@ from mutirao import protocol
 from mutirao.errors import ForbiddenError, NotFoundError, ValidationError
 from mutirao.orchestrator.limits import ANY_USER, Limit, LimitSpec, Quota, QuotaSpec, limit
 from mutirao.orchestrator.reply import json_reply, user_of
-from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
+from mutirao.orchestrator.service import ORCHESTRATOR
 from mutirao.protocol import invalid
 from mutirao.serving import read_body
 
@@ -36,20 +36,11 @@ _COUNTS = ("burst", "concurrency", "max_running", "max_pending")
 async def _decoded(request: web.Request, kind: type[S]) -> S:
     doc = protocol.decode_json(await read_body(request))
     if isinstance(doc, dict):
-        # JSON Schema's integers include 5.0 (so the OpenAPI document's do); msgspec's not.
-        for name in _COUNTS:
-            value = doc.get(name)
-            if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
-                doc[name] = int(value)
+        protocol.whole_numbers(doc, _COUNTS)
     try:
         return msgspec.convert(doc, type=kind)
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
-
-
-async def _commit(orch: Orchestrator, record: dict[str, Any]) -> None:
-    orch.require_writable()
-    await orch.commit(orch.engine.record(record))
 
 
 # -- limits per task type ------------------------------------------------------------------
@@ -76,14 +67,14 @@ async def set_limit(request: web.Request) -> web.Response:
     _admin(request, "setting limits")
     orch, task_type = request.app[ORCHESTRATOR], request.match_info["type"]
     found = limit(task_type, await _decoded(request, LimitSpec))
-    await _commit(orch, {"e": "limit", "l": msgspec.to_builtins(found)})
+    await orch.commit_record({"e": "limit", "l": msgspec.to_builtins(found)})
     return json_reply(found.view())
 
 
 async def remove_limit(request: web.Request) -> web.Response:
     _admin(request, "removing limits")
     found = _limit_of(request)
-    await _commit(request.app[ORCHESTRATOR], {"e": "unlimit", "type": found.type})
+    await request.app[ORCHESTRATOR].commit_record({"e": "unlimit", "type": found.type})
     return json_reply(found.view())
 
 
@@ -129,14 +120,14 @@ async def set_quota(request: web.Request) -> web.Response:
     _admin(request, "setting quotas")
     orch, name = request.app[ORCHESTRATOR], _user(request)
     quota = (await _decoded(request, QuotaSpec)).quota(name)
-    await _commit(orch, {"e": "quota", "q": msgspec.to_builtins(quota)})
+    await orch.commit_record({"e": "quota", "q": msgspec.to_builtins(quota)})
     return json_reply(quota.view())
 
 
 async def remove_quota(request: web.Request) -> web.Response:
     _admin(request, "removing quotas")
     found = _quota_of(request)
-    await _commit(request.app[ORCHESTRATOR], {"e": "unquota", "user": found.user})
+    await request.app[ORCHESTRATOR].commit_record({"e": "unquota", "user": found.user})
     return json_reply(found.view())
 
 

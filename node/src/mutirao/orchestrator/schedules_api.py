@@ -21,7 +21,6 @@ from mutirao.errors import (
     NotFoundError,
     ValidationError,
 )
-from mutirao.orchestrator.engine import Effects
 from mutirao.orchestrator.reply import json_reply, submitter_of, user_of
 from mutirao.orchestrator.schedules import Schedule, ScheduleSpec, checked
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
@@ -43,12 +42,6 @@ def _found(request: web.Request) -> Schedule:
     if schedule is None or not (user.admin or schedule.owner == user.name):
         raise NotFoundError(f"no schedule {name!r}", field="name")
     return schedule
-
-
-async def _commit(orch: Orchestrator, record: dict[str, Any]) -> None:
-    orch.require_writable()
-    effects: Effects = orch.engine.record(record)
-    await orch.commit(effects)
 
 
 def _record(schedule: Schedule) -> dict[str, Any]:
@@ -80,7 +73,7 @@ async def add_schedule(request: web.Request) -> web.Response:
         overlap=spec.overlap,
         catch_up=spec.catch_up,
     )
-    await _commit(orch, _record(schedule))
+    await orch.commit_record(_record(schedule))
     return json_reply(schedule.view(orch.clock()), 201)
 
 
@@ -123,7 +116,7 @@ async def get_schedule(request: web.Request) -> web.Response:
 async def remove_schedule(request: web.Request) -> web.Response:
     _submitter(request)
     schedule, orch = _found(request), request.app[ORCHESTRATOR]
-    await _commit(orch, {"e": "unschedule", "name": schedule.name})
+    await orch.commit_record({"e": "unschedule", "name": schedule.name})
     return json_reply(schedule.view(orch.clock()))
 
 
@@ -134,7 +127,7 @@ async def _paused(request: web.Request, paused: bool) -> web.Response:
     if not paused:
         # Ticks that came while paused are not missed ones to catch up: start afresh.
         changed.last_tick = max(orch.clock(), schedule.due_from())
-    await _commit(orch, _record(changed))
+    await orch.commit_record(_record(changed))
     return json_reply(orch.engine.table.schedules[schedule.name].view(orch.clock()))
 
 

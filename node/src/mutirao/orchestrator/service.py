@@ -388,6 +388,25 @@ class Orchestrator:
         with _retryable():
             await self.execute(effects)
 
+    async def commit_record(self, record: dict[str, Any]) -> None:
+        """Apply a record made for a client's request (a user, a schedule, a limit) and
+        wait until it is durable here and on the standbys, as a submission."""
+        self.require_writable()
+        await self.commit(self.engine.record(record))
+
+    def standby_views(self) -> list[dict[str, Any]]:
+        """Each standby: whether the lease counts it in sync, how many batches behind."""
+        in_lease = self.standbys_in_lease()
+        return [
+            {
+                "node": r.node,
+                "url": r.url,
+                "synced": r.node in in_lease,
+                "lag": max(0, self.lsn - r.acked),
+            }
+            for r in self.hub.replicas.values()
+        ]
+
     async def submit(self, specs: list[TaskSpec], owner: str) -> tuple[list[Task], bool]:
         """Durably create tasks (see :mod:`mutirao.orchestrator.intake`); returns them and
         whether any is new (else every spec named a known idempotency key)."""

@@ -55,11 +55,7 @@ def _event(orch: Orchestrator, admin: bool) -> dict[str, Any]:
     event: dict[str, Any] = {"lsn": orch.lsn, "leader": view["node"], "epoch": view["epoch"]}
     if admin:
         event["tasks"] = orch.engine.counts()
-        in_lease = orch.standbys_in_lease()
-        event["standbys"] = [
-            {"node": r.node, "synced": r.node in in_lease, "lag": max(0, orch.lsn - r.acked)}
-            for r in orch.hub.replicas.values()
-        ]
+        event["standbys"] = orch.standby_views()
     return event
 
 

@@ -73,11 +73,6 @@ def _audit(request: web.Request, event: str, message: str, by: User, target: str
     )
 
 
-async def _commit(orch: Orchestrator, record: dict[str, Any]) -> None:
-    orch.require_writable()
-    await orch.commit(orch.engine.record(record))
-
-
 async def _password(doc: dict[str, Any]) -> tuple[str, str]:
     return await asyncio.to_thread(hash_password, _string(doc, "password"))
 
@@ -134,7 +129,7 @@ async def logout(request: web.Request) -> web.Response:
         )
     now = orch.clock()
     until = now + orch.settings.auth.refresh_ttl  # no token of the session outlives this
-    await _commit(orch, orch.accounts.revoke(claims.token_id, until, now))
+    await orch.commit_record(orch.accounts.revoke(claims.token_id, until, now))
     name = claims.user.name
     audit("logout", f"user {name} logged out", actor=name, address=_address(request))
     return json_reply({"user": name, "revoked": True})
@@ -151,7 +146,7 @@ async def add_user(request: web.Request) -> web.Response:
     name, role = _string(doc, "name"), _role(doc) or SUBMITTER
     orch.accounts.check_new(name, role)  # before the slow hash
     salt, digest = await _password(doc)
-    await _commit(orch, orch.accounts.add(name, role, salt, digest, orch.clock()))
+    await orch.commit_record(orch.accounts.add(name, role, salt, digest, orch.clock()))
     _audit(request, "user.add", f"user {name} added with role {role} by {by.name}", by, name)
     return json_reply(orch.accounts.view(name), 201)
 
@@ -174,7 +169,7 @@ async def change_user(request: web.Request) -> web.Response:
         raise ValidationError("nothing to change: give password or role", field="body")
     orch.accounts.check_change(name, role)  # before the slow hash
     password = await _password(doc) if "password" in doc else None
-    await _commit(orch, orch.accounts.change(name, orch.clock(), role=role, password=password))
+    await orch.commit_record(orch.accounts.change(name, orch.clock(), role=role, password=password))
     what = " and ".join(w for w, v in (("password", password), ("role", role)) if v)
     _audit(request, "user.change", f"user {name}: {what} changed by {by.name}", by, name)
     return json_reply(orch.accounts.view(name))
@@ -183,7 +178,7 @@ async def change_user(request: web.Request) -> web.Response:
 async def remove_user(request: web.Request) -> web.Response:
     orch, by = request.app[ORCHESTRATOR], _admin(request)
     name = request.match_info["name"]
-    await _commit(orch, orch.accounts.remove(name))
+    await orch.commit_record(orch.accounts.remove(name))
     _audit(request, "user.remove", f"user {name} removed by {by.name}", by, name)
     return json_reply({"name": name, "removed": True})
 
@@ -192,7 +187,7 @@ async def sign_out(request: web.Request) -> web.Response:
     """Revoke every login token of the user issued until now."""
     orch = request.app[ORCHESTRATOR]
     by, name = _admin_or_self(request)
-    await _commit(orch, orch.accounts.change(name, orch.clock(), sign_out=True))
+    await orch.commit_record(orch.accounts.change(name, orch.clock(), sign_out=True))
     _audit(request, "user.revoke", f"every token of user {name} revoked by {by.name}", by, name)
     return json_reply({"name": name, "revoked": True})
 
