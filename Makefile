@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo chaos bench bench-peers docs prometheus browser dashboards clean
+.PHONY: install lint test demo chaos bench bench-peers redis docs prometheus browser dashboards clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,8 +63,12 @@ $(PEERS_VENV)/.installed: requirements-peers.txt
 	$(PEERS_VENV)/bin/pip install --quiet -r requirements-peers.txt
 	touch $@
 
-bench-peers: $(BENCH_STAMP) $(PEERS_VENV)/.installed
+bench-peers: $(BENCH_STAMP) $(PEERS_VENV)/.installed redis
 	$(BIN)/python -m bench.run --size full --peers $(PEERS_VENV)/bin/python
+
+# Celery's broker and result backend in bench-peers (started there on a free loopback port).
+redis:
+	$(call debian,redis-server,redis-server)
 
 # $(call debian,COMMANDS,PACKAGES): install Debian's PACKAGES with apt-get unless every one
 # of COMMANDS is on the PATH already, so a fresh machine works and a ready one waits for nothing.

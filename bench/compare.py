@@ -1,4 +1,4 @@
-"""Mutirão's figures next to Dask's and Ray's from the same run, as ratios.
+"""Mutirão's figures next to Dask's, Ray's and Celery's from the same run, as ratios.
 
 The peers run in their own virtualenv (``bench/peers.py`` under ``PYTHON``); the table goes
 to ``docs/benchmarks.md`` and a plot to ``docs/benchmarks/latest.png``. The page also shows
@@ -26,6 +26,7 @@ PEER_FLAGS = {
 ``bench.run.SIZES`` so that every system runs the same workloads."""
 
 PEER_TIMEOUT_S = 3600
+SYSTEMS = ("dask", "ray", "celery")
 
 MARKDOWN = Path("docs/benchmarks.md")
 
@@ -38,7 +39,7 @@ def run_peers(python: str, sizes: Mapping[str, int]) -> dict[str, dict[str, Any]
     are shown as they come, the rest of its stderr (Ray's logging) only if it fails."""
     flags = [part for flag, size in PEER_FLAGS.items() for part in (flag, str(sizes[size]))]
     peers = {}
-    for system in ("dask", "ray"):
+    for system in SYSTEMS:
         print(f"  running the same workloads on {system}...", flush=True)
         with subprocess.Popen(
             [python, "bench/peers.py", system, *flags],
@@ -97,7 +98,11 @@ def comparison(figures: dict[str, Any], peers: dict[str, dict[str, Any]]) -> lis
             "lower"),
         row("latency p50 (Mutirão: HTTP request)", "ms", figures.get("latency_p50_http", 0.0),
             "latency.p50_ms", "lower"),
-        row("worker SIGKILL: extra time", "s", figures["kill_extra"], "kill.extra_s", "lower"),
+        row("worker SIGKILL: extra time (Celery: acks_late)", "s", figures["kill_extra"],
+            "kill.extra_s", "lower"),
+        *([row("worker SIGKILL: tasks lost (Celery: default acks, early)", "tasks", 0.0,
+               "kill_default.lost", "lower")]
+          if any("kill_default" in p for p in peers.values()) else []),
         *([row("workflow: 100,010-task graph (chains of 10, fan-in of 1,000)", "tasks/s",
                figures["dag_tasks_s"], "dag_tasks_s", "higher")]
           if "dag_tasks_s" in figures else []),
@@ -137,6 +142,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "",
         f"Measured {doc['when']} on {machine['cpus']} CPUs ({machine['platform']}, Python "
         f"{machine['python']}), every system in the same run: Mutirão, {versions}.",
+        "Celery has no equivalent of the failover and the restart rows (no scheduler, tasks",
+        "in Redis) nor of the retention row (results expire in Redis).",
         "Reproduce with `make bench-peers` (it creates `.venv-peers` with the pinned peers);",
         "`make bench` runs Mutirão's side alone. The machine is shared and noisy: only ratios",
         "taken in one run mean much. Ratio: Mutirão's advantage over Ray (> 1 is better).",
@@ -147,11 +154,11 @@ def markdown(doc: dict[str, Any]) -> str:
         "the others; every run redraws `docs/benchmarks/latest.png` and `scale.png`",
         "(matplotlib, installed into `.venv` from `requirements-bench.txt` by both targets).",
         "",
-        "| workload | unit | Mutirão | Dask | Ray | ratio vs Ray |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| workload | unit | Mutirão | Dask | Ray | Celery | ratio vs Ray |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in doc["comparison"]:
-        cells = [_fmt(row.get(s)) for s in ("mutirao", "dask", "ray")]
+        cells = [_fmt(row.get(s)) for s in ("mutirao", *SYSTEMS)]
         ratio = row["ratio_vs_ray"]
         lines.append(
             f"| {row['workload']} | {row['unit']} | {' | '.join(cells)} | "
@@ -160,7 +167,8 @@ def markdown(doc: dict[str, Any]) -> str:
     figures = doc["figures"]
     lines.append(
         f"| failover (SIGKILL of the active) | s | {figures['failover_ms'] / 1000:.2f} | "
-        "no scheduler HA | restart and reload | client-go defaults: up to "
+        "no scheduler HA | restart and reload | no scheduler to fail over (Redis is the "
+        "single point) | client-go defaults: up to "
         f"{CLIENT_GO_FAILOVER_S:.0f} s |"
     )
     if "scale_recovery_s" in figures:
@@ -168,40 +176,50 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| restart after SIGKILL with {_recovered(doc)} tasks -> ready | s | "
             f"{figures['scale_recovery_s']:.2f} | no durable task state: a scheduler's death "
             "loses its tasks | the owner's death loses its tasks; GCS fault tolerance restores "
-            "cluster metadata, not tasks | - |"
+            "cluster metadata, not tasks | as durable as Redis is configured (here: in memory) "
+            "| - |"
         )
     lines += [
         "",
-        "How each runs: 2 workers (Dask: 2 one-thread worker processes; Ray: 2 CPUs), the",
-        "journal fsynced. Throughput: Mutirão submits 1,000-task batches, up to 4 in flight,",
-        "collecting each batch's results as soon as it is acknowledged; Dask `client.map` then",
-        "`gather`; Ray `.remote()` in a loop then `ray.get`; each after 100 unmeasured tasks.",
-        "One task per call: 64 concurrent submitters (Mutirão: coroutines over one client",
-        "session, or one HTTP request per task; Dask, Ray: threads). Latency: one task at a",
-        "time, submit to result. Worker SIGKILL: 2,000 x 10 ms tasks on 2 one-slot workers,",
-        "three rounds of a batch without a kill and one with a worker process killed a third",
-        "of the way in; the figure is the median with minus the median without (one batch",
-        "varies by ~0.1 s, so a figure near 0 means no extra time measurable). Mutirão runs",
-        "under `mutirao up`, which hands the dead worker's id to a warm spare; Dask's nanny",
-        "restarts its worker; Ray's raylet replaces its worker process. Failover: the active",
-        "orchestrator is SIGKILLed while tasks stream in; the figure is the time until a",
-        "submission is accepted again.",
+        "How each runs: 2 workers (Dask: 2 one-thread worker processes; Ray: 2 CPUs; Celery:",
+        "one worker of 2 prefork processes, Redis as broker and result backend, in memory",
+        "only), Mutirão's journal fsynced. Throughput: Mutirão submits 1,000-task batches, up",
+        "to 4 in flight, collecting each batch's results as soon as it is acknowledged; Dask",
+        "`client.map` then `gather`; Ray `.remote()` in a loop then `ray.get`; Celery one",
+        "`group` then `.get()`; each after 100 unmeasured tasks. One task per call: 64",
+        "concurrent submitters (Mutirão: coroutines over one client session, or one HTTP",
+        "request per task; the peers: threads, Celery's `delay`). Latency: one task at a time,",
+        "submit to result. Worker SIGKILL: 2,000 x 10 ms tasks on 2 one-slot workers, three",
+        "rounds of a batch without a kill and one with a worker process killed a third of the",
+        "way in; the figure is the median with minus the median without (one batch varies by",
+        "~0.1 s, so a figure near 0 means no extra time measurable). Mutirão runs under",
+        "`mutirao up`, which hands the dead worker's id to a warm spare; Dask's nanny restarts",
+        "its worker; Ray's raylet replaces its worker process; Celery's pool replaces its",
+        "process. Celery runs it twice: with `acks_late` and `reject_on_worker_lost` (the task",
+        "is delivered again, the extra-time row) and with its default early acknowledgement,",
+        "where the task the killed process ran fails with `WorkerLostError` (the tasks-lost",
+        "row; Mutirão's workload asserts every task succeeded exactly once). Failover: the",
+        "active orchestrator is SIGKILLed while tasks stream in; the figure is the time until",
+        "a submission is accepted again. Workflow graph: Dask one graph, Ray refs as",
+        "arguments, Celery chains of `add` in the headers of chords into `total`.",
         "",
         "Scale: workers and slots as throughput, each on a fresh cluster (Dask: one-thread",
         "worker processes, then 2 workers of 1/4/16 threads; Ray: `num_cpus` of 1-8, then",
         "2 x 1/4/16, as Ray runs one task at a time per worker process and starts one per",
-        "CPU). Memory per pending task: RSS growth of what holds the queue while tasks wait",
-        "for a worker (Mutirão: the orchestrator, whose only worker was killed; Dask: a",
-        "scheduler process with no worker; Ray: the driver, which owns the tasks it submits,",
-        "plus `gcs_server` and `raylet`, with tasks asking for a resource no node has).",
-        "Memory still held: RSS growth once finished tasks' results are gone (Mutirão: 2 x",
-        "100,000 tasks with `MUTIRAO_TASKS_RETENTION=1`; Dask: the 200,000-task throughput",
-        "run's futures released, client and scheduler being one process; Ray: its refs",
-        "dropped, driver plus control processes). The sizes differ: the peers held 200,000",
+        "CPU; Celery: `--concurrency` 1-8, then 2/8/32 prefork processes). Memory per pending",
+        "task: RSS growth of what holds the queue while tasks wait for a worker (Mutirão: the",
+        "orchestrator, whose only worker was killed; Dask: a scheduler process with no worker;",
+        "Ray: the driver, which owns the tasks it submits, plus `gcs_server` and `raylet`,",
+        "with tasks asking for a resource no node has; Celery: `redis-server`, the broker,",
+        "before any worker started). Memory still held: RSS growth once finished tasks'",
+        "results are gone (Mutirão: 2 x 100,000 tasks with `MUTIRAO_TASKS_RETENTION=1`; Dask:",
+        "the 200,000-task throughput run's futures released, client and scheduler being one",
+        "process; Ray: its refs dropped, driver plus control processes; Celery: none, its",
+        "results live in Redis until they expire). The sizes differ: the peers held 200,000",
         "results at once and their allocators keep that high-water mark, where Mutirão's",
         "rounds of 100,000 expire within 1 s, so this ratio flatters Mutirão. Restart:",
         "Mutirão's orchestrator SIGKILLed and started again on its data dir (details below);",
-        "neither peer keeps tasks on disk.",
+        "no peer keeps tasks on disk here.",
         "",
         "![same-run comparison](benchmarks/latest.png)",
         "",

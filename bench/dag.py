@@ -44,7 +44,8 @@ def _chains(count: int) -> list[dict[str, Any]]:
     return specs
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from ``/proc/<pid>/stat``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -91,9 +92,9 @@ async def _run_flat(client: Client, n: int) -> float:
 
 async def _measured(cluster: LocalCluster, run: Any) -> tuple[float, float, Any]:
     pid = cluster.proc("orchestrator").pid
-    cpu = _cpu_seconds(pid)
+    cpu = cpu_seconds(pid)
     elapsed, out = await run
-    return elapsed, _cpu_seconds(pid) - cpu, out
+    return elapsed, cpu_seconds(pid) - cpu, out
 
 
 async def dag(root: Path, chains: int) -> list[Result]:

@@ -1,26 +1,30 @@
-"""The same workloads on Dask distributed and Ray, for side-by-side ratios.
+"""The same workloads on Dask distributed, Ray and Celery, for side-by-side ratios.
 
-Runs in its own virtualenv (``make bench-peers`` creates ``.venv-peers`` with pinned Dask and
-Ray), each system used the way its docs recommend: Dask's ``client.map``/``gather`` and
-``client.submit``; Ray's ``f.remote()``/``ray.get``. Prints one JSON document on stdout,
-and progress on long work to stderr as lines starting with ``progress:``.
-Usage: ``python bench/peers.py dask|ray [--tasks N --large N --latency N --kill N ...]``.
+Runs in its own virtualenv (``make bench-peers`` creates ``.venv-peers`` with pinned Dask, Ray
+and Celery), each system used the way its docs recommend: Dask's ``client.map``/``gather``
+and ``client.submit``; Ray's ``f.remote()``/``ray.get``; Celery's ``group``, ``delay`` and
+``chord`` over a Redis broker and result backend (Debian's ``redis-server``, started here
+on a free loopback port). Prints one JSON document on stdout, and progress on long work to
+stderr as lines starting with ``progress:``.
+Usage: ``python bench/peers.py dask|ray|celery [--tasks N --large N --latency N ...]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -436,9 +440,215 @@ def _ray_kill(ray: Any, n: int, rounds: int) -> dict[str, Any]:
     return _kill_rounds(run, rounds)
 
 
+HERE = Path(__file__).resolve().parent
+
+
+class Redis:
+    """Debian's ``redis-server`` on a free loopback port, in memory only (no snapshots, no
+    append-only file: Celery's broker as most run it, and not fsynced as Mutirão's journal
+    is), stopped on exit."""
+
+    def __init__(self, workdir: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", workdir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self._answers, f"redis-server on port {self.port}", timeout=20)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class CeleryWorker:
+    """``celery worker`` with ``concurrency`` prefork processes (Celery's default pool, one
+    task at a time per process), on the tasks of ``bench/celery_app.py``."""
+
+    def __init__(self, redis: Redis, concurrency: int, name: str) -> None:
+        env = {**os.environ, "BENCH_REDIS_URL": redis.url}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "--pool", "prefork",
+             "--concurrency", str(concurrency), "--loglevel", "WARNING", "-n", f"{name}@bench",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=HERE, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_celery(size: Sizes) -> dict[str, Any]:
+    import celery
+
+    out: dict[str, Any] = {"system": "celery", "version": celery.__version__}
+    with tempfile.TemporaryDirectory(prefix="celery-bench-") as tmp:
+        redis = Redis(tmp)
+        os.environ["BENCH_REDIS_URL"] = redis.url
+        sys.path.insert(0, str(HERE))
+        import celery_app as tasks  # reads BENCH_REDIS_URL
+
+        try:
+            if size.pending:
+                progress("scale: memory per pending task (no worker yet)")
+                out["pending_bytes_per_task"] = _celery_pending(tasks, redis, size)
+            progress("throughput, latency, one task per call, worker SIGKILL")
+            with _celery_worker(redis, 2, "main"):
+                _celery_rate(tasks, 100)
+                out["throughput_tasks_s"] = _celery_rate(tasks, size.tasks)
+                out["throughput_large_tasks_s"] = _celery_rate(tasks, size.large)
+                samples = []
+                for i in range(size.latency):
+                    t0 = time.perf_counter()
+                    tasks.noop.delay(i).get(timeout=60)
+                    samples.append(time.perf_counter() - t0)
+                out["latency"] = _percentiles(samples)
+                results: list[Any] = []
+                out["per_request_tasks_s"] = _concurrent(
+                    lambda i: results.append(tasks.noop.delay(i)),
+                    min(size.tasks, 5000),
+                    64,
+                    finish=lambda: [r.get(timeout=600) for r in results],
+                )
+                out["kill"] = _celery_kill(tasks, tasks.sleepy_late, size.kill, size.kill_rounds)
+                out["kill_default"] = _celery_kill(tasks, tasks.sleepy, size.kill, size.kill_rounds)
+                if size.dag_chains:
+                    progress("workflow graph")
+                    out["dag_tasks_s"] = _celery_dag(tasks, size.dag_chains)
+            progress("scale: workers, slots")
+            out["scale_workers"] = {
+                str(k): _celery_throughput(tasks, redis, k, size.scale)
+                for k in WORKER_COUNTS
+                if size.scale
+            }
+            # One task at a time per prefork process, as Ray's worker processes.
+            out["scale_slots"] = {
+                str(k): _celery_throughput(tasks, redis, 2 * k, size.slots)
+                for k in SLOT_COUNTS
+                if size.slots
+            }
+        finally:
+            redis.stop()
+    return out
+
+
+@contextlib.contextmanager
+def _celery_worker(redis: Redis, concurrency: int, name: str) -> Iterator[CeleryWorker]:
+    """A running :class:`CeleryWorker`, ready once it ran a task, stopped on exit."""
+    import celery_app as tasks
+
+    worker = CeleryWorker(redis, concurrency, name)
+    try:
+        tasks.noop.delay(0).get(timeout=60)
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _celery_children(tasks: Any, count: int) -> list[int]:
+    """The worker's prefork processes, once it has ``count`` of them (a killed one is
+    replaced), from its remote control ``stats``."""
+    found: list[int] = []
+
+    def ready() -> bool:
+        nonlocal found
+        stats = tasks.app.control.inspect(timeout=2).stats() or {}
+        found = sorted(pid for s in stats.values() for pid in s["pool"]["processes"])
+        return len(found) == count
+
+    wait_until(ready, f"{count} Celery worker processes", timeout=60)
+    return found
+
+
+def _celery_rate(tasks: Any, n: int) -> float:
+    """Tasks per second for ``n`` no-op tasks as one ``group``, then all their results."""
+    from celery import group
+
+    started = time.perf_counter()
+    results = group(tasks.noop.s(i) for i in range(n)).apply_async().get(timeout=3600)
+    elapsed = time.perf_counter() - started
+    assert len(results) == n
+    return n / elapsed
+
+
+def _celery_throughput(tasks: Any, redis: Redis, processes: int, n: int) -> float:
+    with _celery_worker(redis, processes, f"scale{processes}"):
+        _celery_rate(tasks, 100)
+        return _celery_rate(tasks, n)
+
+
+def _celery_pending(tasks: Any, redis: Redis, size: Sizes) -> dict[str, float]:
+    """Tasks sent while no worker runs: they wait in the broker, whose RSS is measured."""
+    import redis as redis_client
+
+    broker = redis_client.Redis(port=redis.port)
+    return _pending_memory(
+        lambda keys: [tasks.noop.delay(i) for i in keys],
+        lambda n: broker.llen("celery") >= n,
+        size,
+        [redis.proc.pid],
+    )
+
+
+def _celery_kill(tasks: Any, sleepy_task: Any, n: int, rounds: int) -> dict[str, Any]:
+    """As the others' kill workload, one prefork process SIGKILLed (Celery starts another);
+    ``lost`` counts the tasks that failed with it instead of running again."""
+    lost = 0
+
+    def run(kill_after: float | None) -> float:
+        nonlocal lost
+        victim = _celery_children(tasks, 2)[0]
+        started = time.perf_counter()
+        results = [sleepy_task.delay(i) for i in range(n)]
+        if kill_after is not None:
+            time.sleep(kill_after)
+            os.kill(victim, signal.SIGKILL)
+        for result in results:
+            result.get(timeout=600, propagate=False)
+        lost += sum(not r.successful() for r in results)
+        return time.perf_counter() - started
+
+    return {**_kill_rounds(run, rounds), "lost": lost}
+
+
+def _celery_dag(tasks: Any, chains: int) -> float:
+    """The workflow graph as chains of ``add`` in the headers of chords into ``total``."""
+    from celery import chain, chord
+
+    started = time.perf_counter()
+    sums = []
+    for i in range(0, chains, DAG_FAN_IN):
+        header = [
+            chain(tasks.add.s(0, 1), *(tasks.add.s(1) for _ in range(1, DAG_CHAIN)))
+            for _ in range(i, min(i + DAG_FAN_IN, chains))
+        ]
+        sums.append(chord(header)(tasks.total.s()))
+    results = [s.get(timeout=3600) for s in sums]
+    elapsed = time.perf_counter() - started
+    assert results == _dag_expected(chains), results
+    return (chains * DAG_CHAIN + len(sums)) / elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("system", choices=["dask", "ray"])
+    parser.add_argument("system", choices=["dask", "ray", "celery"])
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--large", type=int, default=200_000, help="the large throughput run")
     parser.add_argument("--latency", type=int, default=500)
@@ -456,7 +666,7 @@ def main() -> int:
         "--dag-chains", type=int, default=10_000, help="chains of the workflow graph; 0: skip"
     )
     args = parser.parse_args()
-    run = run_dask if args.system == "dask" else run_ray
+    run = {"dask": run_dask, "ray": run_ray, "celery": run_celery}[args.system]
     size = Sizes(args.tasks, args.large, args.latency, args.kill, args.kill_rounds, args.scale,
                  args.slots, args.pending_first, args.pending, args.dag_chains)  # fmt: skip
     print(json.dumps(run(size)))

@@ -44,6 +44,8 @@ SIZES = {
         "kill_rounds": 1,
         "scale_workers": 500,
         "scale_slots": 200,
+        "curve_workers": 2,
+        "curve_tasks": 20_000,
         "pending_first": 2_000,
         "pending": 5_000,
         "retention": 2_000,
@@ -62,6 +64,8 @@ SIZES = {
         "kill_rounds": 3,
         "scale_workers": 20_000,
         "scale_slots": 5_000,  # 20,000 would take ~15 s with 1-slot workers
+        "curve_workers": 32,
+        "curve_tasks": 1_000_000,
         "pending_first": 100_000,
         "pending": 1_000_000,
         "retention": 100_000,

@@ -10,7 +10,10 @@ orchestrator and workers on loopback, journal fsynced, through :func:`bench.run.
   table in memory;
 - whether that memory comes back once finished tasks expire (``MUTIRAO_TASKS_RETENTION``);
 - how long an orchestrator takes to come back from a checkpoint plus journal tail of a
-  million tasks, since that is the outage a crash costs without a standby.
+  million tasks, since that is the outage a crash costs without a standby;
+- whether the cost per task stays flat as the cluster grows (1 to 32 workers) and as a run
+  grows (10,000 to 1,000,000 tasks): the orchestrator's CPU per task, read from ``/proc``,
+  and the wall time per task (the curve).
 
 The workloads are registered in :func:`bench.run.workloads` under ``scale-*`` names; run them
 alone with ``python -m bench.run --only scale`` (or one, e.g. ``--only scale-memory``).
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from tests.integration.cluster import LocalCluster, Proc, eventually
 
+from bench.dag import cpu_seconds
 from bench.peers import MIB, rss
 from bench.run import Result, Workload, _cluster, no_op_batches
 from mutirao.client.http import ApiError, Client
@@ -49,6 +53,7 @@ def workloads(n: Mapping[str, int]) -> dict[str, Workload]:
         "scale-memory": lambda root: pending_memory(root, n["pending_first"], n["pending"]),
         "scale-retention": lambda root: retention(root, n["retention"]),
         "scale-recovery": lambda root: recovery(root, n["recovery"]),
+        "scale-curve": lambda root: curve(root, n["curve_workers"], n["curve_tasks"]),
     }
 
 
@@ -90,6 +95,40 @@ async def _rate(root: Path, n: int, *, workers: int, slots: int) -> Result:
         "tasks/s",
         {**detail, "note": f"{seconds:.2f} s"},
     )
+
+
+async def _cost(root: Path, n: int, *, workers: int, key: str) -> Result:
+    """Orchestrator CPU per task (the figure) and wall time per task for ``n`` no-op tasks
+    in batches, on ``workers`` workers of 256 slots."""
+    async with _running(root, workers=workers, slots=256) as cluster, cluster.client() as c:
+        pid = cluster.proc("orchestrator").pid
+        before = cpu_seconds(pid)
+        seconds = await no_op_batches(c, n)
+        cpu = cpu_seconds(pid) - before
+    cpu_us, wall_us = cpu / n * 1e6, seconds / n * 1e6
+    return Result(
+        f"scale: orchestrator CPU per task, {n:,} tasks, {workers} worker(s)",
+        cpu_us,
+        "µs/task",
+        {"tasks": n, "workers": workers, "seconds": seconds, "cpu_s": cpu,
+         "wall_us_per_task": wall_us, "tasks_s": n / seconds,
+         "note": f"{wall_us:.1f} µs/task wall, {n / seconds:,.0f} tasks/s"},
+        key=key,
+    )  # fmt: skip
+
+
+async def curve(root: Path, most_workers: int, most_tasks: int) -> list[Result]:
+    """Cost per task with 1, 2, 4 ... ``most_workers`` workers (``most_tasks`` / 10 tasks
+    each), then with 2 workers and ``most_tasks`` / 100, / 10 and ``most_tasks`` tasks."""
+    results = []
+    counts = [2**i for i in range(most_workers.bit_length()) if 2**i <= most_workers]
+    for count in counts:
+        results.append(await _cost(root / f"curve-w{count}", most_tasks // 10, workers=count,
+                                   key=f"scale_curve_workers_{count}"))  # fmt: skip
+    for n in (most_tasks // 100, most_tasks // 10, most_tasks):
+        results.append(await _cost(root / f"curve-t{n}", n, workers=2,
+                                   key=f"scale_curve_tasks_{n}"))  # fmt: skip
+    return results
 
 
 async def by_workers(root: Path, n: int) -> list[Result]:

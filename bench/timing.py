@@ -12,7 +12,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.dag import _cpu_seconds
+from bench.dag import cpu_seconds
 from bench.run import Result, _cluster
 
 IDLE_S = 5.0
@@ -31,9 +31,9 @@ async def delayed(root: Path, n: int) -> Result:
             assert scheduled == n, f"{scheduled} of {n} tasks scheduled"
             pid = cluster.proc("orchestrator").pid
             await asyncio.sleep(1.0)  # the submissions' own work settles
-            cpu = _cpu_seconds(pid)
+            cpu = cpu_seconds(pid)
             await asyncio.sleep(IDLE_S)
-            used = _cpu_seconds(pid) - cpu
+            used = cpu_seconds(pid) - cpu
     finally:
         cluster.stop()
     return Result(

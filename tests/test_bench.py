@@ -59,6 +59,11 @@ async def test_every_scale_benchmark_runs_at_tiny_size() -> None:
         "scale_pending_5000",
         "scale_retention_held_mb",
         "scale_recovery_s",
+        "scale_curve_workers_1",
+        "scale_curve_workers_2",
+        "scale_curve_tasks_200",
+        "scale_curve_tasks_2000",
+        "scale_curve_tasks_20000",
     ]
     _plausible(results)
 
@@ -126,12 +131,15 @@ def test_comparison_rows_and_ratios() -> None:
         "scale_slots": {"1": 1_000}, "pending_bytes_per_task": {"100000": 8_000},
         "retention_held_mb": 20.0,
     }  # fmt: skip
-    rows = comparison(figures, {"dask": {"version": "1"}, "ray": ray})
+    celery = {"system": "celery", "version": "5", "kill_default": {"lost": 3}}
+    rows = comparison(figures, {"dask": {"version": "1"}, "ray": ray, "celery": celery})
     ratios = {r["workload"]: r["ratio_vs_ray"] for r in rows}
+    [lost] = [r for r in rows if r["workload"].startswith("worker SIGKILL: tasks lost")]
+    assert (lost["mutirao"], lost["celery"], lost["ray"]) == (0.0, 3.0, None)
     assert ratios["throughput, batches, 20,000 tasks"] == 30
     assert ratios["throughput, batches, 200,000 tasks"] == 50
     assert ratios["latency p50 (Mutirão: session)"] == 2
-    assert ratios["worker SIGKILL: extra time"] is None
+    assert ratios["worker SIGKILL: extra time (Celery: acks_late)"] is None
     assert [w for w in ratios if "worker(s)" in w] == [
         "throughput, batches, 2 worker(s)",
         "throughput, batches, 10 worker(s)",
@@ -145,5 +153,5 @@ def test_comparison_rows_and_ratios() -> None:
            "peers": {"ray": ray}}  # fmt: skip
     page = markdown(doc)
     assert "| restart after SIGKILL with 1,050 tasks -> ready | s | 7.00 |" in page
-    row = "| memory per pending task, 100,000 pending | B/task | 800 | - | 8,000 | 10.00x |"
+    row = "| memory per pending task, 100,000 pending | B/task | 800 | - | 8,000 | - | 10.00x |"
     assert row in page

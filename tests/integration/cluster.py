@@ -243,12 +243,12 @@ class LocalCluster:
 
             await eventually(registered, timeout=timeout, what=f"workers {ids} alive")
 
-    async def start(self, *workers: str, slots: int = 4) -> None:
-        """Orchestrator plus workers, all registered."""
+    async def start(self, *workers: str, slots: int = 4, extra: tuple[str, ...] = ()) -> None:
+        """Orchestrator plus workers (``extra``: flags for each), all registered."""
         self.start_orchestrator()
         await self.wait_ready()
         for wid in workers:
-            self.start_worker(wid, slots=slots)
+            self.start_worker(wid, slots=slots, extra=extra)
         await self.wait_workers(*workers)
 
     def stop(self) -> None:

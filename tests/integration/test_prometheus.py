@@ -110,7 +110,8 @@ async def test_every_dashboard_query_runs_against_a_real_prometheus(
     await cluster.wait_ready()
     cluster.start_backup()
     for wid in ("W1", "W2", "W3"):
-        cluster.start_worker(wid)
+        # No prefetch: tasks beyond the slots stay queued, for the backlog panels.
+        cluster.start_worker(wid, extra=("--prefetch", "0"))
     await cluster.wait_workers("W1", "W2", "W3")
     async with cluster.client() as client:
         worker_urls = [w["url"] for w in await client.workers()]

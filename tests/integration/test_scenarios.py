@@ -206,25 +206,39 @@ async def test_orchestrator_restart_keeps_every_acknowledged_task(
 
 
 async def test_cancel_running_and_pending(cluster: LocalCluster) -> None:
-    await cluster.start("W1", slots=1)
+    """A running task, one prefetched behind it (assigned to W1, not started: the worker's
+    one slot is busy) and one pending (W2 takes none: --prefetch 0 and its slot is busy)."""
+    cluster.start_orchestrator()
+    await cluster.wait_ready()
+    cluster.start_worker("W1", slots=1, extra=("--prefetch", "1"))
+    await cluster.wait_workers("W1")
     async with cluster.client() as client:
         running = await client.submit("sleep", 2.0)
-        pending = await client.submit("sleep", 2.0)
+        prefetched = await client.submit("sleep", 2.0)
+        cluster.start_worker("W2", slots=1, extra=("--prefetch", "0", "--queues", "other"))
+        await cluster.wait_workers("W2")
+        pending = await client.submit("sleep", 2.0, queue="other")
+        blocked = await client.submit("sleep", 2.0, queue="other")
 
         async def started() -> bool:
-            return (await client.get(running["id"]))["state"] == "running"
+            states = [(await client.get(t["id"]))["state"] for t in (running, pending)]
+            return states == ["running", "running"]
 
-        await eventually(started, timeout=10, what="first task running")
-        assert (await client.get(pending["id"]))["state"] == "pending"
-        assert (await client.cancel(pending["id"]))["state"] == "cancelled"
-        assert (await client.cancel(running["id"]))["state"] == "cancelled"
+        await eventually(started, timeout=10, what="the first task on each worker running")
+        assert (await client.get(prefetched["id"]))["state"] == "assigned"
+        assert (await client.get(blocked["id"]))["state"] == "pending"
+        for task in (prefetched, blocked, running, pending):
+            assert (await client.cancel(task["id"]))["state"] == "cancelled"
         follow_up = await client.submit("echo", "after")
         done = await client.wait(follow_up["id"], timeout=10)
-        assert done["state"] == "succeeded", "the cancelled task must free its slot"
+        assert done["state"] == "succeeded", "the cancelled tasks must free their slots"
         await asyncio.sleep(0)
         final = await client.get(running["id"])
+        never = await client.get(prefetched["id"])
     assert final["state"] == "cancelled"
     assert final["attempts"][0]["outcome"] == "cancelled"
+    assert never["attempts"][0]["outcome"] == "cancelled"
+    assert never["attempts"][0]["started_at"] is None, "a prefetched attempt never started"
 
 
 async def test_a_damaged_checkpoint_is_named_in_one_line_and_recovery_falls_back(

@@ -42,7 +42,8 @@ async def _watch(
 async def test_top_shows_workers_queue_and_leader_and_stops_on_ctrl_c(
     cluster: LocalCluster, tmp_path: Path
 ) -> None:
-    await cluster.start("W1", slots=2)
+    # No prefetch: the third task stays queued instead of waiting on W1.
+    await cluster.start("W1", slots=2, extra=("--prefetch", "0"))
     async with cluster.client() as client:
         await client.submit_batch([{"type": "sleep", "payload": 30}] * 3)
     env = cli_env(tmp_path, MUTIRAO_URL=cluster.url, MUTIRAO_TOKEN=cluster.token())

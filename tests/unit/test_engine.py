@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from mutirao.errors import NotFoundError, ValidationError
-from mutirao.orchestrator.engine import Effects, Engine
+from mutirao.orchestrator.engine import STEAL_AFTER, Effects, Engine
 from mutirao.orchestrator.tasks import Record, Task, decode_snapshot
 from mutirao.protocol import (
     AssignMsg,
@@ -54,6 +54,7 @@ class Harness:
         running: Iterable[AttemptRef] = (),
         queues: Iterable[str] | None = None,
         resources: dict[str, float] | None = None,
+        prefetch: int = 0,
     ) -> Effects:
         self.session[wid] = next(self.sessions)
         msg: HelloMsg = {
@@ -69,6 +70,8 @@ class Harness:
             msg["queues"] = list(queues)
         if resources is not None:
             msg["resources"] = resources
+        if prefetch:
+            msg["prefetch"] = prefetch
         return self._keep(self.engine.hello(msg, self.session[wid], now))
 
     def submit(
@@ -756,4 +759,66 @@ def test_a_draining_worker_gets_nothing_new_and_hands_back_without_costing_attem
     assert sorted(assigned(effects)["w2"]) == sorted([(t2.id, 2), (t3.id, 1)])
     h.result("w2", t2, 2, 4.0)
     assert t2.state is TaskState.SUCCEEDED, "the hand-back did not use its only attempt"
+    assert {t: x.view() for t, x in replay(h.records).table.tasks.items()} == h.views()
+
+
+# -- prefetch ---------------------------------------------------------------------------------
+
+
+def test_a_worker_takes_its_prefetch_window_beyond_its_slots_counted_in_its_load(
+    h: Harness,
+) -> None:
+    h.hello("w1", 0.0, slots=1, prefetch=2)
+    tasks, effects = h.submit(*[TaskSpec("echo")] * 4, now=1.0)
+    assert assigned(effects) == {"w1": [(t.id, 1) for t in tasks[:3]]}
+    assert tasks[3].state is TaskState.PENDING, "the window is bounded"
+    view = h.engine.workers["w1"].view(1.0)
+    assert (view["running"], view["load"]) == (3, 3.0)
+    # A second worker: the least loaded takes the next task, not the one with a window.
+    assert assigned(h.hello("w2", 1.5, slots=1)) == {"w2": [(tasks[3].id, 1)]}
+
+
+def test_prefetched_attempts_are_lost_with_their_worker_and_run_again(h: Harness) -> None:
+    h.hello("w1", 0.0, slots=1, prefetch=2)
+    tasks, _ = h.submit(*[TaskSpec("echo")] * 3, now=1.0)
+    h.started("w1", 1.1, (tasks[0].id, 1))
+    effects = h.lost("w1", 2.0)
+    assert all(t.attempts[0].outcome is Outcome.LOST for t in tasks)
+    effects = h.hello("w2", 2.5, slots=4)
+    assert sorted(assigned(effects)["w2"]) == sorted((t.id, 2) for t in tasks)
+    assert {t: x.view() for t, x in replay(h.records).table.tasks.items()} == h.views()
+
+
+def test_no_prefetch_for_limited_types_or_tasks_that_take_resources(h: Harness) -> None:
+    h.hello("w1", 0.0, slots=1, prefetch=4, types=("echo", "sleep"))
+    h._keep(h.engine.record({"e": "limit", "l": {"type": "sleep", "concurrency": 10}}))
+    (big, capped, plain, plain2), effects = h.submit(
+        TaskSpec("echo", resources={"cpu": 2}), TaskSpec("sleep"), TaskSpec("sleep"),
+        TaskSpec("echo"), now=1.0,
+    )  # fmt: skip
+    # big fits no one-slot worker; of the sleeps only one starts (no window for a limited
+    # type); the echo waits in the window.
+    assert sorted(assigned(effects)["w1"]) == sorted([(capped.id, 1), (plain2.id, 1)])
+    assert (big.state, plain.state) == (TaskState.PENDING, TaskState.PENDING)
+
+
+def test_an_idle_worker_takes_over_prefetched_attempts_stuck_behind_a_long_one(
+    h: Harness,
+) -> None:
+    h.hello("w1", 0.0, slots=1, prefetch=3)
+    (long, *short), _ = h.submit(*[TaskSpec("echo")] * 4, now=1.0)
+    h.started("w1", 1.0, (long.id, 1))
+    h.hello("w2", 1.2, slots=2)
+    assert ops(h.tick(1.3), "w1") == [], "not before STEAL_AFTER: they may start any moment"
+    effects = h.tick(1.0 + STEAL_AFTER + 0.1)
+    [revoke] = [m for m in effects.sends["w1"] if m["op"] == "revoke"]
+    assert sorted(revoke["attempts"]) == sorted((t.id, 1) for t in short[1:])  # two: w2's slots
+    assert ops(h.tick(1.0 + STEAL_AFTER + 0.2), "w1") == [], "asked once"
+    # w1 had started one of them meanwhile: it gives back only the other.
+    h.started("w1", 1.7, (short[1].id, 1))
+    effects = h._keep(h.engine.release("w1", h.session["w1"], [(short[2].id, 1)], 1.8))
+    assert assigned(effects) == {"w2": [(short[2].id, 2)]}
+    assert short[2].attempts[0].outcome is Outcome.RELEASED
+    h.result("w2", short[2], 2, 2.0)
+    assert short[2].state is TaskState.SUCCEEDED
     assert {t: x.view() for t, x in replay(h.records).table.tasks.items()} == h.views()

@@ -169,3 +169,48 @@ async def test_attempts_forget_themselves_however_they_end() -> None:
         while runner.running:  # noqa: ASYNC110 (the runner signals nothing else)
             await asyncio.sleep(0.01)
     await runner.close()
+
+
+async def test_a_runner_starts_prefetched_attempts_as_slots_free_and_times_them_from_then() -> None:
+    """One slot, four attempts: one runs, the rest wait in order (one cancelled while it
+    waits never starts); each starts when the one before ends, and its time limit counts
+    from its start, not from its assignment."""
+    from mutirao.protocol import AttemptRef, ResultItem
+    from mutirao.registry import Registry
+    from mutirao.worker.runner import Runner
+
+    registry = Registry()
+    gates: dict[str, asyncio.Event] = {}
+
+    async def hold(name: str) -> str:
+        await gates.setdefault(name, asyncio.Event()).wait()
+        return name
+
+    registry.register("hold", hold)
+    results: list[ResultItem] = []
+    starts: list[AttemptRef] = []
+    runner = Runner(
+        registry, 1, allow_crash=False, on_result=results.append, on_start=starts.append
+    )
+    for name in ("a", "b", "c", "d"):
+        runner.start((name, 1, "hold", name, 0.5))
+    runner.start(("b", 1, "hold", "b", 0.5))  # a duplicate assignment changes nothing
+    assert (list(runner.running), list(runner.waiting)) == (
+        [("a", 1)],
+        [("b", 1), ("c", 1), ("d", 1)],
+    )
+    assert runner.held() == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    runner.cancel(("c", 1))
+    await asyncio.sleep(0.3)
+    gates.setdefault("a", asyncio.Event()).set()
+    await asyncio.sleep(0.3)  # 0.6 s after b was assigned, 0.3 s after it started
+    for name in ("b", "d"):
+        gates.setdefault(name, asyncio.Event()).set()
+    for _ in range(100):
+        if len(results) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert [(r[0], r[2]) for r in results] == [("a", True), ("b", True), ("d", True)]
+    assert starts == [("a", 1), ("b", 1), ("d", 1)]
+    assert runner.held() == []
+    await runner.close()

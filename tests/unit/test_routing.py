@@ -138,6 +138,9 @@ class Weights:
     def weight(self, owner: str) -> float:
         return self.weights.get(owner, 1.0)
 
+    def limited(self, task_type: str) -> bool:
+        return False
+
 
 def test_a_heavier_owner_gets_its_share() -> None:
     queue = _two_owners(1_000, 1_000)

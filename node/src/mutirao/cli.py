@@ -27,7 +27,7 @@ from mutirao.client.http import ApiError, Client, Unreachable
 from mutirao.errors import MutiraoError, ValidationError
 from mutirao.private import private_dir
 from mutirao.serving import Guard, listen, serve
-from mutirao.settings import Settings, SettingsError, from_env, validate
+from mutirao.settings import Settings, SettingsError, WorkerSettings, from_env, validate
 
 log = logging.getLogger("mutirao")
 
@@ -231,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--host", setting="host", help="interface of the worker's status server")
     _flag(p, "--port", setting="worker.port", type=int, help="status server port [free port]")
     _flag(p, "--slots", setting="worker.slots", type=int, help="tasks run at once [4]")
+    _flag(
+        p,
+        "--prefetch",
+        setting="worker.prefetch",
+        type=int,
+        metavar="N",
+        help="tasks taken beyond the slots, started as soon as one frees; 0 for long tasks [16]",
+    )
     _flag(
         p,
         "--pool",
@@ -534,6 +542,20 @@ def _lock_data_dir(data_dir: Path) -> IO[bytes]:
     return handle
 
 
+def _check_worker(worker: WorkerSettings) -> None:
+    """Refuse worker settings that cannot work, with a message naming the flag."""
+    if worker.slots < 1:
+        raise SystemExit("error: --slots must be at least 1")
+    if worker.prefetch < 0:
+        raise SystemExit("error: --prefetch must be 0 or more")
+    try:
+        resources.capacity(worker.resources, worker.slots, "--resources")
+    except ValidationError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    if worker.pool not in ("processes", "threads"):
+        raise SystemExit(f"error: --pool must be processes or threads, not {worker.pool!r}")
+
+
 def _run_worker(args: argparse.Namespace) -> int:
 
     from mutirao.registry import REGISTRY
@@ -579,16 +601,7 @@ def _run_worker(args: argparse.Namespace) -> int:
             "error: a worker needs the join token: --join-token, "
             "--join-token-file or MUTIRAO_AUTH_JOIN_TOKEN"
         )
-    if settings.worker.slots < 1:
-        raise SystemExit("error: --slots must be at least 1")
-    try:
-        resources.capacity(settings.worker.resources, settings.worker.slots, "--resources")
-    except ValidationError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    if settings.worker.pool not in ("processes", "threads"):
-        raise SystemExit(
-            f"error: --pool must be processes or threads, not {settings.worker.pool!r}"
-        )
+    _check_worker(settings.worker)
     ssl_context = _server_tls(settings)
     node = WorkerNode(settings, REGISTRY, token)
     sock = listen(settings.host, settings.worker.port)

@@ -411,6 +411,8 @@ class HelloMsg(TypedDict):
     """What it offers tasks (default: as many ``cpu`` as slots)."""
     draining: NotRequired[bool]
     """It is stopping: it takes no new attempts (also after a reconnection)."""
+    prefetch: NotRequired[int]
+    """Attempts it takes beyond its slots, to start as soon as a slot frees (default 0)."""
 
 
 class HeartbeatMsg(TypedDict):
@@ -446,7 +448,8 @@ class DrainMsg(TypedDict):
 
 
 class ReleaseMsg(TypedDict):
-    """A draining worker hands back the attempts it could not finish in time."""
+    """A worker hands back attempts: those a drain could not finish in time, or prefetched
+    ones not started that the orchestrator revoked."""
 
     op: Literal["release"]
     attempts: list[AttemptRef]
@@ -480,13 +483,22 @@ class CancelMsg(TypedDict):
     attempts: list[AttemptRef]
 
 
+class RevokeMsg(TypedDict):
+    """Give back these prefetched attempts if they have not started (an idle worker can run
+    them now): the worker answers ``release`` with those it had not started."""
+
+    op: Literal["revoke"]
+    epoch: int
+    attempts: list[AttemptRef]
+
+
 class AckMsg(TypedDict):
     op: Literal["ack"]
     attempts: list[AttemptRef]
     """Results now durably recorded (or rejected as stale): the worker may forget them."""
 
 
-OrchestratorMessage = WelcomeMsg | AssignMsg | CancelMsg | AckMsg
+OrchestratorMessage = WelcomeMsg | AssignMsg | CancelMsg | RevokeMsg | AckMsg
 
 # -- replication: a standby follows the active orchestrator's journal ------------------------
 
@@ -573,6 +585,7 @@ _ORCHESTRATOR_KEYS: dict[str, tuple[str, ...]] = {
     "welcome": ("epoch", "heartbeat_interval", "drop"),
     "assign": ("epoch", "items"),
     "cancel": ("epoch", "attempts"),
+    "revoke": ("epoch", "attempts"),
     "ack": ("attempts",),
 }
 

@@ -174,6 +174,11 @@ class WorkerSettings:
     """Port of the worker's own HTTP server (health, status); 0 picks a free one."""
     slots: int = 4
     """Attempts this worker runs at once; its load is running / slots."""
+    prefetch: int = 16
+    """Attempts it takes beyond its slots, each started as soon as a slot frees, so that
+    short tasks do not wait a round trip to the orchestrator between them. They count in
+    its load. 0 for long tasks, where one held here could have started on an idle worker
+    meanwhile."""
     tasks: list[str] = field(default_factory=list)
     """Python modules to import for ``@mutirao.task`` handlers, besides the built-ins."""
     allow_crash: bool = False

@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 _ACTIVE = (TaskState.ASSIGNED, TaskState.RUNNING)
 _COMPACT_SLACK = 10_000
 """Stale queue entries tolerated beyond twice the pending tasks before compacting."""
+STEAL_AFTER = 0.5
+"""Seconds a prefetched attempt waits unstarted before an idle worker may take it over:
+short tasks in a window start well within it, so only those stuck behind long ones move."""
 EXPIRE_BATCH = 20_000
 """Most finished tasks one tick forgets: a backlog of expired tasks is worked off over a few
 ticks instead of stalling the loop (~1 ms per 1,000)."""
@@ -90,6 +93,8 @@ class Worker(Slotted):
     """Its attempts of tasks that take other than one cpu, with what they take."""
     used: dict[str, float] = field(default_factory=dict)
     """What those take, summed."""
+    revoking: set[AttemptRef] = field(default_factory=set)
+    """Prefetched attempts asked back for an idle worker (see ``Engine.rebalance``)."""
 
     def take(self, ref: AttemptRef, demand: resources.Demand) -> None:
         """An attempt that takes ``demand`` (other than one cpu) runs here."""
@@ -588,6 +593,7 @@ class Engine:
             types=frozenset(msg["types"]),
             queues=frozenset(msg.get("queues") or DEFAULT_QUEUES),
             offered=dict(msg.get("resources") or {}),
+            window=max(0, msg.get("prefetch", 0)),
             heavy=dict(previous.heavy) if previous is not None else {},
             used=dict(previous.used) if previous is not None else {},
             url=msg["url"],
@@ -820,7 +826,63 @@ class Engine:
                 self._record(effects, {"e": "expire", "tasks": expired})
         # Always dispatch (fire does): a suspect worker whose heartbeat made it eligible
         # again has free slots, and nothing else would hand it the tasks queued meanwhile.
-        return effects.extend(self.fire(now))
+        effects.extend(self.fire(now))
+        self._rebalance(effects, now)
+        return effects
+
+    def _rebalance(self, effects: Effects, now: float) -> None:
+        """Ask back prefetched attempts that wait unstarted (behind long tasks) while
+        another worker that runs them has a slot free: released, they go to it."""
+        idle = [
+            w
+            for w in self.workers.values()
+            if w.eligible and w.room is None and len(w.attempts) + w.stuck < w.capacity
+        ]
+        if not idle:
+            return
+        free = {w.id: w.capacity - w.stuck - len(w.attempts) for w in idle}
+        donors = [w for w in self.workers.values() if w.connected and len(w.attempts) > w.slots]
+        for donor in donors:
+            donor.revoking &= donor.attempts
+        # Attempts asked back already will fill those slots once released.
+        budget = sum(free.values()) - sum(len(donor.revoking) for donor in donors)
+        tasks = self.table.tasks
+        for donor in donors:
+            if budget <= 0:
+                return
+            revoke: list[AttemptRef] = []
+            for ref in sorted(donor.attempts - donor.revoking, reverse=True):
+                task = tasks.get(ref[0])
+                if task is None or task.state is not TaskState.ASSIGNED:
+                    continue
+                if now - task.attempts[-1].assigned_at < STEAL_AFTER:
+                    continue
+                if task.route is not None and not task.route.plain:
+                    continue  # never prefetched: it waits for room that is not free yet
+                queue = DEFAULT_QUEUE if task.route is None else task.route.queue
+                taker = next(
+                    (w for w in idle if free[w.id] > 0 and w is not donor
+                     and task.type in w.types and queue in w.queues),
+                    None,
+                )  # fmt: skip
+                if taker is None:
+                    continue
+                free[taker.id] -= 1
+                budget -= 1
+                revoke.append(ref)
+                if budget <= 0:
+                    break
+            if revoke:
+                donor.revoking.update(revoke)
+                log.info(
+                    "asking worker %s back for %d prefetched attempt(s) not started in %.1f s: "
+                    "other workers are idle",
+                    donor.id,
+                    len(revoke),
+                    STEAL_AFTER,
+                    extra={"worker": donor.id},
+                )
+                effects.send(donor.id, {"op": "revoke", "epoch": self.epoch, "attempts": revoke})
 
     def fire(self, now: float) -> Effects:
         """Scheduled tasks and schedules whose time came, then dispatch: what a timer
@@ -995,10 +1057,15 @@ class Engine:
                     first = created if first is None else min(first, created)
         running: dict[str, int] = {}
         for worker in self.workers.values():
+            # Prefetched attempts not started yet wait as pending tasks do (for the autoscaler).
+            windowed = len(worker.attempts) > worker.slots
             for task_id, _ in worker.attempts:
                 task = tasks.get(task_id)
                 queue = DEFAULT_QUEUE if task is None or task.route is None else task.route.queue
                 running[queue] = running.get(queue, 0) + 1
+                if windowed and task is not None and task.state is TaskState.ASSIGNED:
+                    created = task.created_at
+                    first = created if first is None else min(first, created)
         return Backlog(0.0 if first is None else max(0.0, now - first), by_queue, running)
 
     def pending_by_type(self) -> dict[str, int]:

@@ -199,6 +199,9 @@ class Gates:
         quota = self.quota(owner)
         return 1.0 if quota is None else quota.weight
 
+    def limited(self, task_type: str) -> bool:
+        return task_type in self.limits
+
     # -- counting --------------------------------------------------------------------------
 
     def recount(self, tasks: Iterable[tuple[str, str, TaskState]]) -> None:

@@ -7,6 +7,12 @@ worker (alive, runs its type, serves its queue, has a free slot and room for its
 with the lowest load = running / slots, ties broken by worker id. A lane whose head cannot
 run anywhere right now never blocks the lanes behind it.
 
+A worker may also take a *window* of attempts beyond its slots, which wait on it to start
+as soon as a slot frees (prefetch: no round trip between one task and the next). They count
+in its load and are lost with it like running ones. Only tasks that take one cpu and whose
+type has no rate or concurrency limit are prefetched, and only by workers that declared no
+other resources: a limit counts starts, and a resource must be free when its task starts.
+
 Owners share the cluster by weighted fair share (stride scheduling): each dispatch advances
 its owner's *pass* by 1 / weight and the owner with the lowest pass goes next, so a user
 with 10,000 queued tasks and one with 10 alternate; priority orders each owner's own tasks.
@@ -47,10 +53,12 @@ class Slotted:
     room: dict[str, float] | None = None
     """Resources left to place tasks on; None: only cpu, as many as free slots (a worker
     that declared nothing else and runs only tasks that ask for one cpu)."""
+    window: int = 0
+    """Attempts it may hold beyond its slots, waiting to start (prefetch)."""
 
     @property
     def free(self) -> int:
-        return self.slots - self.running if self.eligible else 0
+        return self.slots + self.window - self.running if self.eligible else 0
 
     @property
     def load(self) -> float:
@@ -65,6 +73,9 @@ class Gate(Protocol):
     def took(self, task_type: str, owner: str, now: float) -> None: ...
 
     def weight(self, owner: str) -> float: ...
+
+    def limited(self, task_type: str) -> bool:
+        """Whether a rate or concurrency limit applies to ``task_type``."""
 
 
 class Entry(msgspec.Struct, order=True, frozen=True, gc=False):
@@ -103,8 +114,15 @@ def _fits(worker: Slotted, lane: Lane) -> bool:
     return True
 
 
-def pick_worker(workers: Iterable[Slotted], lane: Lane, avoid: str | None) -> Slotted | None:
-    """The least-loaded eligible worker with a free slot and room for ``lane``'s tasks."""
+_AVOIDED = 1e9
+"""Added to the load of the worker to avoid: it ranks after every other one."""
+
+
+def pick_worker(
+    workers: Iterable[Slotted], lane: Lane, avoid: str | None, prefetch: bool = False
+) -> Slotted | None:
+    """The least-loaded eligible worker with a free slot and room for ``lane``'s tasks;
+    with ``prefetch``, a place in a worker's window counts as a free slot."""
     best: Slotted | None = None
     best_load = 0.0
     task_type, queue = lane.type, lane.queue
@@ -112,14 +130,16 @@ def pick_worker(workers: Iterable[Slotted], lane: Lane, avoid: str | None) -> Sl
         # ``free`` and ``load`` spelt out, and no key tuple: this runs once per worker per
         # dispatched task.
         running, slots = worker.running, worker.slots
-        if not worker.eligible or running >= slots or task_type not in worker.types:
+        room = worker.room
+        # Not on a worker whose every slot a stuck thread holds: nothing would start there.
+        limit = slots + worker.window if prefetch and room is None and slots else slots
+        if not worker.eligible or running >= limit or task_type not in worker.types:
             continue
         if queue not in worker.queues:
             continue
-        if (worker.room is not None or not lane.plain) and not _fits(worker, lane):
+        if (room is not None or not lane.plain) and not _fits(worker, lane):
             continue
-        # The worker to avoid ranks after every other one (a load can never reach 1 + x).
-        load = running / slots + (1.0 if worker.id == avoid else 0.0)
+        load = running / slots + (_AVOIDED if worker.id == avoid else 0.0)
         if best is None or load < best_load or (load == best_load and worker.id < best.id):
             best, best_load = worker, load
     return best
@@ -134,10 +154,15 @@ def _place(
         entry, i, lane = heapq.heappop(heads)
         if gate is not None and not gate.admits(lane.type, lane.owner, now):
             continue
-        worker = pick_worker(workers, lane, entry.avoid)
+        worker = pick_worker(workers, lane, entry.avoid, _prefetched(lane, gate))
         if worker is not None:
             return i, lane, worker
     return None
+
+
+def _prefetched(lane: Lane, gate: Gate | None) -> bool:
+    """Whether ``lane``'s tasks may wait in a worker's window (see the module's docstring)."""
+    return lane.plain and (gate is None or not gate.limited(lane.type))
 
 
 def _take(worker: Slotted, lane: Lane) -> None:
@@ -276,12 +301,13 @@ class PendingQueue:
     ) -> None:
         pop, heap = heapq.heappop, lane.heap
         task_type, owner = lane.type, lane.owner
+        prefetch = _prefetched(lane, gate)
         while heap:
             entry = heap[0]
             if is_current(entry):
                 if gate is not None and not gate.admits(task_type, owner, now):
                     return
-                worker = pick_worker(workers, lane, entry.avoid)
+                worker = pick_worker(workers, lane, entry.avoid, prefetch)
                 if worker is None:
                     return
                 _take(worker, lane)

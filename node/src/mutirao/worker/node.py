@@ -76,6 +76,8 @@ class WorkerNode:
         self._release: list[AttemptRef] = []
         """Attempts to hand back (a drain that ran out of time)."""
         self._released = asyncio.Event()
+        self._give_back: list[AttemptRef] = []
+        """Prefetched attempts the orchestrator revoked and this worker had not started."""
         self._progress = asyncio.Event()
         """Set by each result and acknowledgement (what a drain waits on)."""
         self.metrics = WorkerMetrics(self)
@@ -96,8 +98,13 @@ class WorkerNode:
             ),
             on_stuck=lambda _: self._dirty.set(),
             on_retry=self._on_retry,
+            on_start=self._on_start,
             tracing=_tracing(settings),
         )
+
+    def _on_start(self, ref: AttemptRef) -> None:
+        self._started.append(ref)
+        self._dirty.set()
 
     def _on_retry(self, ref: AttemptRef, delay: float) -> None:
         self.asked[ref] = delay
@@ -126,6 +133,8 @@ class WorkerNode:
             len(self.runner.running),
             timeout,
         )
+        # Prefetched attempts go back at once: another worker can start them now.
+        await self._hand_back(list(self.runner.waiting), "not started yet")
         # Results must be acknowledged (durable) too, not just computed.
         # A lost connection ends it too: whoever leads next gets the attempts back anyway
         # (``mutirao up`` stops its orchestrators with its workers).
@@ -138,14 +147,20 @@ class WorkerNode:
             with contextlib.suppress(TimeoutError):
                 # Woken by each result and acknowledgement; the cap covers a cancel.
                 await asyncio.wait_for(self._progress.wait(), min(0.5, deadline - loop.time()))
-        left = list(self.runner.running)
-        if left and self._ws is not None and not self._ws.closed:
-            log.warning("handing back %d attempt(s) not finished in time", len(left))
-            self._release = left
-            self._dirty.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._released.wait(), 5.0)
+        await self._hand_back(self.runner.held(), "not finished in time")
         log.info("drained")
+
+    async def _hand_back(self, refs: list[AttemptRef], why: str) -> None:
+        """Give ``refs`` back to the orchestrator (``release``), waiting up to 5 s for it to
+        acknowledge them."""
+        if not refs or self._ws is None or self._ws.closed:
+            return
+        log.warning("handing back %d attempt(s) %s", len(refs), why)
+        self._release = refs
+        self._released.clear()
+        self._dirty.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), 5.0)
 
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: keep a connection to an orchestrator while serving."""
@@ -228,10 +243,11 @@ class WorkerNode:
             "worker_id": self.id,
             "url": self.url,
             "slots": self.settings.worker.slots,
+            "prefetch": self.settings.worker.prefetch,
             "types": self.registry.names(),
             # Finished but unacknowledged attempts count as held too: the orchestrator then
             # waits for their results instead of running them again.
-            "running": list(dict.fromkeys([*self.runner.running, *self.outbox])),
+            "running": list(dict.fromkeys([*self.runner.held(), *self.outbox])),
             "epoch": self.epoch,
             "stuck": self.runner.stuck,
             "queues": self.settings.worker.queues,
@@ -302,8 +318,13 @@ class WorkerNode:
         if msg["op"] == "assign":
             for item in msg["items"]:
                 self.runner.start(item)
-                self._started.append((item[0], item[1]))  # a list on the wire
-            self._dirty.set()
+        elif msg["op"] == "revoke":
+            # Only those not started go back; a started one runs on and reports as usual.
+            waiting = self.runner.waiting
+            given = [(t, n) for t, n in msg["attempts"] if waiting.pop((t, n), None)]
+            if given:
+                self._give_back.extend(given)
+                self._dirty.set()
         else:
             for task_id, n in msg["attempts"]:
                 self.runner.cancel((task_id, n))
@@ -328,6 +349,9 @@ class WorkerNode:
             self._dirty.clear()
             if self.draining:
                 await self._tell_drain(ws)
+            if self._give_back:
+                given, self._give_back = self._give_back, []
+                await ws.send_bytes(protocol.encode({"op": "release", "attempts": given}))
             if self._started:
                 # An attempt that already has a result needs no ``started``: the result
                 # carries its start time (fewer messages and records for short tasks).

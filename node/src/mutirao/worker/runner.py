@@ -59,9 +59,13 @@ class Runner:
         processes: ProcessPool | None = None,
         on_stuck: Callable[[int], None] | None = None,
         on_retry: Callable[[AttemptRef, float], None] | None = None,
+        on_start: Callable[[AttemptRef], None] | None = None,
         tracing: Tracing | None = None,
     ) -> None:
         self.registry = registry
+        self.slots = slots
+        self.on_start = on_start
+        """Told each attempt as it starts (prefetched ones start later than assigned)."""
         self.tracing = tracing
         """Spans around handlers, in their task's trace (None: off, nothing per attempt)."""
         self.allow_crash = allow_crash
@@ -70,6 +74,8 @@ class Runner:
         """Told ``(task type, outcome)`` of every attempt: succeeded, failed, timed_out or
         cancelled (metrics)."""
         self.running: dict[AttemptRef, asyncio.Task[None]] = {}
+        self.waiting: dict[AttemptRef, AssignItem] = {}
+        """Attempts assigned beyond the free slots (prefetched), in their order."""
         self.processes = processes
         """Where blocking handlers run; None: in this thread pool instead."""
         self._pool = ThreadPoolExecutor(max_workers=max(1, slots), thread_name_prefix="task")
@@ -79,9 +85,9 @@ class Runner:
         """Threads still running a call whose attempt ended (timed out, cancelled): each
         holds a slot of the pool until it returns."""
         self.on_stuck = on_stuck
+        """Told the new :attr:`stuck` count whenever it changes."""
         self.on_retry = on_retry
         """Told the delay a handler asked for by raising ``mutirao.Retry``."""
-        """Told the new :attr:`stuck` count whenever it changes."""
         # Attempt timeouts: one timer for the earliest deadline of every running attempt, not
         # an ``asyncio.timeout`` (an object and a timer handle) per attempt; most attempts end
         # long before theirs.
@@ -92,16 +98,36 @@ class Runner:
         self._timer_at = math.inf
 
     def start(self, item: AssignItem) -> None:
-        task_id, attempt, task_type, payload, timeout, *trace = item
-        ref = (task_id, attempt)
-        if ref in self.running:
+        """Run an assigned attempt now if a slot is free, else once one frees (prefetched)."""
+        ref = (item[0], item[1])
+        if ref in self.running or ref in self.waiting:
             return
+        if len(self.running) + self.stuck < self.slots:
+            self._launch(ref, item)
+        else:
+            self.waiting[ref] = item
+
+    def _launch(self, ref: AttemptRef, item: AssignItem) -> None:
+        _, _, task_type, payload, timeout, *trace = item
         run = self._attempt(ref, task_type, payload, timeout)
         if self.tracing is not None:
             run = self._traced(run, ref, task_type, trace[0] if trace else None)
         # No task name and no done callback: each costs a little per attempt, and for a
         # no-op task that adds up (an attempt forgets itself as it ends; see :meth:`_attempt`).
         self.running[ref] = asyncio.create_task(run)
+        if self.on_start is not None:
+            self.on_start(ref)
+
+    def _next(self) -> None:
+        """Start prefetched attempts while slots are free, first come first."""
+        waiting = self.waiting
+        while waiting and len(self.running) + self.stuck < self.slots:
+            ref = next(iter(waiting))
+            self._launch(ref, waiting.pop(ref))
+
+    def held(self) -> list[AttemptRef]:
+        """Every attempt this runner has: running, then waiting to start."""
+        return [*self.running, *self.waiting]
 
     async def _traced(
         self, run: Awaitable[None], ref: AttemptRef, task_type: str, traceparent: str | None
@@ -120,11 +146,14 @@ class Runner:
             self._held(+1)
             loop = asyncio.get_running_loop()
             call.add_done_callback(lambda _: loop.call_soon_threadsafe(self._held, -1))
+        self._next()
 
     def _held(self, change: int) -> None:
         self.stuck += change
         if self.on_stuck is not None:
             self.on_stuck(self.stuck)
+        if change < 0:
+            self._next()
 
     def _deadline(self, ref: AttemptRef, timeout: float) -> None:
         """Time the attempt out ``timeout`` seconds from now."""
@@ -153,6 +182,8 @@ class Runner:
             self._timer = asyncio.get_running_loop().call_at(deadline, self._expire)
 
     def cancel(self, ref: AttemptRef) -> None:
+        if self.waiting.pop(ref, None) is not None:
+            return
         task = self.running.get(ref)
         if task is not None:
             log.info("cancelling attempt", extra={"task": ref[0], "attempt": ref[1]})
@@ -165,6 +196,7 @@ class Runner:
         if self._timer is not None:
             self._timer.cancel()
             self._timer, self._timer_at = None, math.inf
+        self.waiting.clear()  # before the cancellations below, which would start them
         tasks = list(self.running.values())
         for task in tasks:
             task.cancel()
