@@ -345,7 +345,7 @@ Workload = Callable[[Path], Awaitable[Result | list[Result]]]
 def workloads(size: str) -> dict[str, Workload]:
     """Every workload by its ``--only`` name, in the order ``make bench`` runs them."""
     # Imported here: these build on this module's helpers.
-    from bench import dag, routing, scale, timing
+    from bench import dag, profile, routing, scale, timing
 
     n = SIZES[size]
     return {
@@ -358,6 +358,7 @@ def workloads(size: str) -> dict[str, Workload]:
         "failover": lambda root: failover(root, n["failover"]),
         "dag": lambda root: dag.dag(root, n["dag_chains"]),
         "routing": lambda root: routing.routing(root, n["throughput"]),
+        "profile": lambda root: profile.profile(root, n["throughput_large"]),
         "delayed": lambda root: timing.delayed(root, n["delayed"]),
         "schedules": lambda root: timing.schedules(root, n["schedules"]),
         **scale.workloads(n),

@@ -68,6 +68,15 @@ async def test_every_scale_benchmark_runs_at_tiny_size() -> None:
     _plausible(results)
 
 
+async def test_the_profile_runs_at_tiny_size() -> None:
+    [result] = await main_async("tiny", ["profile"])
+    assert result.key == "orchestrator_cpu_us_per_task"
+    shares = result.detail["shares"]
+    assert math.isclose(sum(shares.values()), 1.0), shares
+    assert "engine and scheduler" in shares, shares
+    _plausible([result])
+
+
 def _plausible(results: list[Result]) -> None:
     """Rates and durations are positive; differences (extra time after a kill, memory grown
     by a few thousand tasks) may come out at or below zero on a noisy machine, so those are

@@ -205,7 +205,7 @@ def test_cancel_a_pending_task(table: TaskTable) -> None:
     task = table.tasks["t1"]
     assert task.state is TaskState.CANCELLED
     assert task.finished_at == 2.0
-    assert task.attempts == []
+    assert not task.attempts
     # It can no longer be assigned.
     assert table.apply(assign("w1", 3.0, ("t1", 1))) == []
 
