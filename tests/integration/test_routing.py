@@ -150,7 +150,8 @@ async def test_fair_share_between_two_users(cluster: LocalCluster) -> None:
             try:
                 await a.request("POST", f"/v1/tasks/{task['id']}/cancel")
             except ApiError as exc:
-                assert exc.status == 409, exc  # it finished meanwhile
+                if exc.status != 409:  # 409: it finished meanwhile
+                    raise
     ended = sorted(
         (float(v["attempts"][-1]["ended_at"]), owner)
         for owner, group in (("alice", views), ("bob", bob_views))
