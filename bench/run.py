@@ -418,6 +418,8 @@ def main() -> int:
     doc = _document(args.size, results)
     if args.only is not None and args.size == "full":
         doc = _merged(args.out, doc)
+        if "peers" in doc:  # the same-run peers' figures, against the figures measured again
+            doc["comparison"] = compare.comparison(doc["figures"], doc["peers"])
     if args.peers:
         doc["peers"] = compare.run_peers(args.peers, SIZES[args.size])
         doc["comparison"] = compare.comparison(doc["figures"], doc["peers"])

@@ -80,10 +80,7 @@ async def test_tasks_prefetched_behind_a_long_one_move_to_an_idle_worker(
     """W1 (one slot) runs a 4 s task with three short ones prefetched behind it; W2 joins
     idle: the orchestrator asks W1 back for the three, and W2 runs them long before the
     long task ends."""
-    cluster.start_orchestrator()
-    await cluster.wait_ready()
-    cluster.start_worker("W1", slots=1, extra=("--prefetch", "4"))
-    await cluster.wait_workers("W1")
+    await cluster.start("W1", slots=1, extra=("--prefetch", "4"))
     async with cluster.client() as client:
         long = await client.submit("sleep", 4.0)
         short = await client.submit_batch([{"type": "sleep", "payload": 0.1}] * 3)

@@ -208,10 +208,7 @@ async def test_orchestrator_restart_keeps_every_acknowledged_task(
 async def test_cancel_running_and_pending(cluster: LocalCluster) -> None:
     """A running task, one prefetched behind it (assigned to W1, not started: the worker's
     one slot is busy) and one pending (W2 takes none: --prefetch 0 and its slot is busy)."""
-    cluster.start_orchestrator()
-    await cluster.wait_ready()
-    cluster.start_worker("W1", slots=1, extra=("--prefetch", "1"))
-    await cluster.wait_workers("W1")
+    await cluster.start("W1", slots=1, extra=("--prefetch", "1"))
     async with cluster.client() as client:
         running = await client.submit("sleep", 2.0)
         prefetched = await client.submit("sleep", 2.0)

@@ -851,6 +851,7 @@ class Engine:
             if budget <= 0:
                 return
             revoke: list[AttemptRef] = []
+            # Newest first (a leader's ids count up): they would wait the longest there.
             for ref in sorted(donor.attempts - donor.revoking, reverse=True):
                 task = tasks.get(ref[0])
                 if task is None or task.state is not TaskState.ASSIGNED:

@@ -405,7 +405,8 @@ class TaskTable:
                 )
             tasks[task.id] = task
             if task.key is not None:
-                keys.setdefault(task.owner, {})[task.key] = task.id
+                # No empty dict made per task by setdefault, unless the owner has none.
+                (keys.get(task.owner) or keys.setdefault(task.owner, {}))[task.key] = task.id
             changes.append(Change(task, pending, None))
         # Counted per (type, priority), not per task: a batch usually has one or a few.
         for group, n in tally([(c.task.type, c.task.priority) for c in changes]).items():

@@ -320,8 +320,7 @@ class WorkerNode:
                 self.runner.start(item)
         elif msg["op"] == "revoke":
             # Only those not started go back; a started one runs on and reports as usual.
-            waiting = self.runner.waiting
-            given = [(t, n) for t, n in msg["attempts"] if waiting.pop((t, n), None)]
+            given = self.runner.withdraw([(t, n) for t, n in msg["attempts"]])
             if given:
                 self._give_back.extend(given)
                 self._dirty.set()

@@ -125,6 +125,11 @@ class Runner:
             ref = next(iter(waiting))
             self._launch(ref, waiting.pop(ref))
 
+    def withdraw(self, refs: list[AttemptRef]) -> list[AttemptRef]:
+        """Take back those of ``refs`` still waiting to start; returns them."""
+        waiting = self.waiting
+        return [ref for ref in refs if waiting.pop(ref, None) is not None]
+
     def held(self) -> list[AttemptRef]:
         """Every attempt this runner has: running, then waiting to start."""
         return [*self.running, *self.waiting]
