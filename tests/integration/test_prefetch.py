@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from mutirao.client.http import Client
-from tests.integration.cluster import LocalCluster, eventually
+from tests.integration.cluster import LocalCluster, eventually, standby_synced
 
 
 def _once(views: list[Any]) -> list[str]:
@@ -37,9 +37,7 @@ async def test_a_window_survives_a_sigkill_of_the_active_then_of_its_worker(
     cluster.start_worker("W1", slots=1, extra=("--prefetch", "8"))
     await cluster.wait_workers("W1")
     async with cluster.client(retry_for=30) as client:
-        await eventually(
-            lambda: _synced(client), timeout=20, what="the standby in sync before the kill"
-        )
+        await standby_synced(client, "backup")
         tasks = await client.submit_batch([{"type": "sleep", "payload": 0.15}] * 30)
         ids = [t["id"] for t in tasks]
 
@@ -68,10 +66,6 @@ async def test_a_window_survives_a_sigkill_of_the_active_then_of_its_worker(
     lost = [v for v in views if v["attempts"][0]["outcome"] == "lost"]
     assert lost, "W1 held attempts when it was killed: they ran again elsewhere"
     assert all(v["attempts"][-1]["worker"] == "W2" for v in lost)
-
-
-async def _synced(client: Client) -> bool:
-    return any(s["synced"] for s in (await client.cluster())["standbys"])
 
 
 async def test_tasks_prefetched_behind_a_long_one_move_to_an_idle_worker(

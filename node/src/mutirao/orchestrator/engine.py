@@ -94,7 +94,7 @@ class Worker(Slotted):
     used: dict[str, float] = field(default_factory=dict)
     """What those take, summed."""
     revoking: set[AttemptRef] = field(default_factory=set)
-    """Prefetched attempts asked back for an idle worker (see ``Engine.rebalance``)."""
+    """Prefetched attempts asked back for an idle worker (see ``Engine._rebalance``)."""
 
     def take(self, ref: AttemptRef, demand: resources.Demand) -> None:
         """An attempt that takes ``demand`` (other than one cpu) runs here."""
@@ -833,46 +833,30 @@ class Engine:
     def _rebalance(self, effects: Effects, now: float) -> None:
         """Ask back prefetched attempts that wait unstarted (behind long tasks) while
         another worker that runs them has a slot free: released, they go to it."""
-        idle = [
-            w
+        free = {
+            w.id: n
             for w in self.workers.values()
-            if w.eligible and w.room is None and len(w.attempts) + w.stuck < w.capacity
-        ]
-        if not idle:
+            if w.eligible and w.room is None and (n := w.capacity - w.stuck - len(w.attempts)) > 0
+        }
+        if not free:
             return
-        free = {w.id: w.capacity - w.stuck - len(w.attempts) for w in idle}
+        idle = [self.workers[wid] for wid in free]
         donors = [w for w in self.workers.values() if w.connected and len(w.attempts) > w.slots]
         for donor in donors:
             donor.revoking &= donor.attempts
         # Attempts asked back already will fill those slots once released.
         budget = sum(free.values()) - sum(len(donor.revoking) for donor in donors)
-        tasks = self.table.tasks
         for donor in donors:
-            if budget <= 0:
-                return
             revoke: list[AttemptRef] = []
             # Newest first (a leader's ids count up): they would wait the longest there.
             for ref in sorted(donor.attempts - donor.revoking, reverse=True):
-                task = tasks.get(ref[0])
-                if task is None or task.state is not TaskState.ASSIGNED:
-                    continue
-                if now - task.attempts[-1].assigned_at < STEAL_AFTER:
-                    continue
-                if task.route is not None and not task.route.plain:
-                    continue  # never prefetched: it waits for room that is not free yet
-                queue = DEFAULT_QUEUE if task.route is None else task.route.queue
-                taker = next(
-                    (w for w in idle if free[w.id] > 0 and w is not donor
-                     and task.type in w.types and queue in w.queues),
-                    None,
-                )  # fmt: skip
-                if taker is None:
-                    continue
-                free[taker.id] -= 1
-                budget -= 1
-                revoke.append(ref)
-                if budget <= 0:
+                if budget <= len(revoke):
                     break
+                taker = self._taker(ref, donor, idle, free, now)
+                if taker is not None:
+                    free[taker.id] -= 1
+                    revoke.append(ref)
+            budget -= len(revoke)
             if revoke:
                 donor.revoking.update(revoke)
                 log.info(
@@ -884,6 +868,25 @@ class Engine:
                     extra={"worker": donor.id},
                 )
                 effects.send(donor.id, {"op": "revoke", "epoch": self.epoch, "attempts": revoke})
+
+    def _taker(
+        self, ref: AttemptRef, donor: Worker, idle: list[Worker], free: dict[str, int], now: float
+    ) -> Worker | None:
+        """An idle worker with a slot left for ``ref``, if it waits unstarted on ``donor``
+        since ``STEAL_AFTER`` and only for a slot (a plain task)."""
+        task = self.table.tasks.get(ref[0])
+        if task is None or task.state is not TaskState.ASSIGNED:
+            return None
+        if now - task.attempts[-1].assigned_at < STEAL_AFTER:
+            return None
+        _, task_type, queue, demand = _lane(task)
+        if demand != resources.DEFAULT_DEMAND:
+            return None  # never prefetched: it waits for room that is not free yet
+        return next(
+            (w for w in idle if free[w.id] > 0 and w is not donor
+             and task_type in w.types and queue in w.queues),
+            None,
+        )  # fmt: skip
 
     def fire(self, now: float) -> Effects:
         """Scheduled tasks and schedules whose time came, then dispatch: what a timer
