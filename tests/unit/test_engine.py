@@ -735,9 +735,9 @@ def test_a_standby_queue_does_not_grow_with_every_task(monkeypatch: pytest.Monke
         follower.apply(orjson.loads(orjson.dumps(record)))
         most = max(most, len(follower.queue))
     assert most <= 8 + 2 * 5, f"{most} entries for at most 5 pending tasks"
-    entries = [e for lane in follower.queue.lanes() for e in lane.heap]
-    queued = sorted(e for e in entries if follower._is_current(e))
-    assert [e.task_id for e in queued] == [t.id for t in waiting]
+    queued = [q for lane in follower.queue.lanes() for q in lane.queued()]
+    current = sorted(task_id for task_id, n in queued if follower._is_current(task_id, n))
+    assert current == sorted(t.id for t in waiting)
 
 
 def test_a_draining_worker_gets_nothing_new_and_hands_back_without_costing_attempts(

@@ -8,12 +8,8 @@ from hypothesis import strategies as st
 
 from mutirao import resources
 from mutirao.errors import ValidationError
-from mutirao.orchestrator.scheduler import Entry, PendingQueue, Slotted
-from tests.unit.test_scheduler import lane_key
-
-
-def always(_entry: Entry) -> bool:
-    return True
+from mutirao.orchestrator.scheduler import PendingQueue, Slotted
+from tests.unit.test_scheduler import Job, always, lane_key
 
 
 def worker(
@@ -65,26 +61,26 @@ def test_a_worker_offers_cpu_as_slots_unless_it_says_otherwise() -> None:
 
 def test_a_worker_takes_only_its_queues_tasks() -> None:
     queue = PendingQueue()
-    queue.push(lane_key("a", "u", "video"), Entry(0, 1, "v1"))
-    queue.push(lane_key("a", "u"), Entry(0, 2, "d1"))
+    queue.push(lane_key("a", "u", "video"), Job("v1", 1))
+    queue.push(lane_key("a", "u"), Job("d1", 2))
     plain, video = worker("plain"), worker("video", queues=("video",))
     pairs = queue.drain([plain], always)
-    assert [(e.task_id, w.id) for e, w in pairs] == [("d1", "plain")]
-    assert {lane.queue: len(lane.heap) for lane in queue.lanes() if lane.heap} == {"video": 1}
+    assert [(task_id, w.id) for task_id, w in pairs] == [("d1", "plain")]
+    assert {lane.queue: len(lane) for lane in queue.lanes() if lane} == {"video": 1}
     pairs = queue.drain([plain, video], always)
-    assert [(e.task_id, w.id) for e, w in pairs] == [("v1", "video")]
+    assert [(task_id, w.id) for task_id, w in pairs] == [("v1", "video")]
 
 
 def test_a_task_goes_only_where_its_resources_fit_and_takes_them() -> None:
     gpu = resources.demand({"gpu": 1})
     queue = PendingQueue()
     for n in range(3):
-        queue.push(lane_key("a", "u", demand=gpu), Entry(0, n, f"g{n}"))
+        queue.push(lane_key("a", "u", demand=gpu), Job(f"g{n}", n))
     without = worker("cpu-only")
     with_gpu = worker("gpu", room={"cpu": 4.0, "gpu": 1.0})
     pairs = queue.drain([without, with_gpu], always)
     # One gpu: one task, however many slots are free; none on the worker without one.
-    assert [(e.task_id, w.id) for e, w in pairs] == [("g0", "gpu")]
+    assert [(task_id, w.id) for task_id, w in pairs] == [("g0", "gpu")]
     assert with_gpu.room == {"cpu": 3.0, "gpu": 0.0}
     assert len(queue) == 2
 
@@ -94,10 +90,10 @@ def test_cpu_heavy_tasks_use_up_a_plain_workers_slots_by_cpu() -> None:
     two_cpu = resources.demand({"cpu": 2})
     queue = PendingQueue()
     for n in range(3):
-        queue.push(lane_key("a", "u", demand=two_cpu), Entry(0, n, f"t{n}"))
+        queue.push(lane_key("a", "u", demand=two_cpu), Job(f"t{n}", n))
     w = worker("w", slots=4)
     pairs = queue.drain([w], always)
-    assert [e.task_id for e, _ in pairs] == ["t0", "t1"]
+    assert [task_id for task_id, _ in pairs] == ["t0", "t1"]
     assert w.running == 2
     assert w.room == {"cpu": 0.0}
 
@@ -111,14 +107,14 @@ def _two_owners(big: int, small: int) -> PendingQueue:
     for owner, n in (("big", big), ("small", small)):
         for _ in range(n):
             seq += 1
-            queue.push(lane_key("a", owner), Entry(0, seq, f"{owner}-{seq}"))
+            queue.push(lane_key("a", owner), Job(f"{owner}-{seq}", seq))
     return queue
 
 
 def test_owners_alternate_however_much_one_of_them_queued() -> None:
     queue = _two_owners(10_000, 10)
     pairs = queue.drain([worker("w", slots=20)], always)
-    owners = [e.task_id.split("-")[0] for e, _ in pairs]
+    owners = [task_id.split("-")[0] for task_id, _ in pairs]
     assert owners.count("small") == 10, "the user with 10 tasks is not starved"
     assert owners[:4] in (["big", "small", "big", "small"], ["small", "big", "small", "big"])
 
@@ -145,7 +141,7 @@ class Weights:
 def test_a_heavier_owner_gets_its_share() -> None:
     queue = _two_owners(1_000, 1_000)
     pairs = queue.drain([worker("w", slots=300)], always, Weights({"big": 2.0}))
-    owners = [e.task_id.split("-")[0] for e, _ in pairs]
+    owners = [task_id.split("-")[0] for task_id, _ in pairs]
     assert owners.count("big") == 200
     assert owners.count("small") == 100
 
@@ -155,10 +151,10 @@ def test_an_owner_coming_back_gets_no_credit_for_its_idle_time() -> None:
     w = worker("w", slots=50)
     queue.drain([w], always)  # big alone: 50 dispatches
     for seq in range(1000, 1020):
-        queue.push(lane_key("a", "small"), Entry(0, seq, f"small-{seq}"))
+        queue.push(lane_key("a", "small"), Job(f"small-{seq}", seq))
     w.running = 0
     pairs = queue.drain([w], always)
-    owners = [e.task_id.split("-")[0] for e, _ in pairs[:10]]
+    owners = [task_id.split("-")[0] for task_id, _ in pairs[:10]]
     assert 4 <= owners.count("small") <= 6, owners
 
 
@@ -175,11 +171,11 @@ def test_fair_share_properties(queued: dict[str, int], slots: int) -> None:
     for owner, n in queued.items():
         for _ in range(n):
             seq += 1
-            queue.push(lane_key("a", owner), Entry(0, seq, f"{owner}-{seq}"))
+            queue.push(lane_key("a", owner), Job(f"{owner}-{seq}", seq))
     pairs = queue.drain([worker("w", slots=slots)], always)
     got = {owner: 0 for owner in queued}
-    for entry, _ in pairs:
-        got[entry.task_id.split("-")[0]] += 1
+    for task_id, _ in pairs:
+        got[task_id.split("-")[0]] += 1
     assert sum(got.values()) == min(slots, sum(queued.values()))
     most = max(got.values())
     for owner, n in got.items():

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from mutirao.orchestrator.scheduler import (
     DEFAULT_QUEUE,
-    Entry,
+    Chosen,
     Lane,
     LaneKey,
     PendingQueue,
@@ -40,7 +40,16 @@ def worker(
 A = Lane(lane_key("a"))
 
 
-def always(_entry: Entry) -> bool:
+@dataclass(frozen=True)
+class Job:
+    """A queued task as the queue reads it (the engine queues its Task structs)."""
+
+    id: str
+    seq: int
+    priority: int = 0
+
+
+def always(_task_id: str, _attempts: int) -> bool:
     return True
 
 
@@ -48,12 +57,12 @@ def queue_of(*items: tuple[str, int, int, str]) -> PendingQueue:
     """A queue from ``(task type, priority, seq, task id)``; priority as the user gives it."""
     queue = PendingQueue()
     for task_type, priority, seq, task_id in items:
-        queue.push(lane_key(task_type), Entry(-priority, seq, task_id))
+        queue.push(lane_key(task_type), Job(task_id, seq, priority))
     return queue
 
 
-def ids(pairs: list[tuple[Entry, Slotted]]) -> list[tuple[str, str]]:
-    return [(entry.task_id, chosen.id) for entry, chosen in pairs]
+def ids(pairs: list[Chosen]) -> list[tuple[str, str]]:
+    return [(task_id, chosen.id) for task_id, chosen in pairs]
 
 
 # -- pick_worker ----------------------------------------------------------------------------
@@ -123,7 +132,14 @@ def test_drain_priority_first_then_fifo() -> None:
         ("a", 9, 6, "top-6"),
     )
     pairs = queue.drain([worker("w", slots=10)], always)
-    assert [e.task_id for e, _ in pairs] == ["top-6", "high-2", "high-4", "low-1", "low-3", "neg-5"]
+    assert [task_id for task_id, _ in pairs] == [
+        "top-6",
+        "high-2",
+        "high-4",
+        "low-1",
+        "low-3",
+        "neg-5",
+    ]
     assert len(queue) == 0
 
 
@@ -131,7 +147,7 @@ def test_drain_priority_applies_across_types() -> None:
     queue = queue_of(("a", 0, 1, "a-1"), ("b", 1, 2, "b-2"), ("a", 2, 3, "a-3"))
     w = worker("w", slots=2, types=("a", "b"))
     pairs = queue.drain([w], always)
-    assert [e.task_id for e, _ in pairs] == ["a-3", "b-2"]
+    assert [task_id for task_id, _ in pairs] == ["a-3", "b-2"]
     assert len(queue) == 1
     assert queue.depth_by_type() == {"a": 1}
 
@@ -154,7 +170,7 @@ def test_a_task_no_worker_can_run_does_not_block_other_types() -> None:
         ("cpu", 0, 3, "cpu-3"),
     )
     pairs = queue.drain([worker("w", slots=4, types=("cpu",))], always)
-    assert [e.task_id for e, _ in pairs] == ["cpu-2", "cpu-3"]
+    assert [task_id for task_id, _ in pairs] == ["cpu-2", "cpu-3"]
     assert queue.depth_by_type() == {"gpu": 1}
     # Once a gpu worker appears, the gpu task goes.
     pairs = queue.drain([worker("g", types=("gpu",))], always)
@@ -171,9 +187,30 @@ def test_a_type_whose_workers_are_full_does_not_block_other_types() -> None:
     assert queue.depth_by_type() == {"a": 1}
 
 
+def test_tasks_queued_out_of_order_keep_priority_then_fifo() -> None:
+    """Submissions append to a lane's run; retries and tasks queued behind newer ones (a
+    dependency released, a start time come) take heap entries: the order is the same."""
+    queue = PendingQueue()
+    key = lane_key("a")
+    for seq in (3, 4, 6):
+        queue.push(key, Job(f"new-{seq}", seq))
+    queue.push(key, Job("retry-1", 1), attempts=1, avoid="x")
+    queue.push(key, Job("released-2", 2))  # behind seq 6: out of the run's order
+    queue.push(key, Job("urgent-7", 7, priority=5))
+    queue.push(key, Job("later-8", 8))
+    queue.push(key, Job("low-9", 9, priority=-1))
+    lane = next(queue.lanes())
+    assert len(lane.heap) == 3, "only the out-of-order tasks take heap entries"
+    pairs = queue.drain([worker("w", slots=10)], always)
+    assert [task_id for task_id, _ in pairs] == [
+        "urgent-7", "retry-1", "released-2", "new-3", "new-4", "new-6", "later-8", "low-9",
+    ]  # fmt: skip
+    assert len(queue) == 0
+
+
 def test_drain_uses_the_avoid_preference() -> None:
     queue = PendingQueue()
-    queue.push(lane_key("a"), Entry(0, 1, "retry", avoid="a"))
+    queue.push(lane_key("a"), Job("retry", 1), attempts=1, avoid="a")
     a = worker("a", slots=4)
     b = worker("b", slots=4, running=3)
     assert ids(queue.drain([a, b], always)) == [("retry", "b")]
@@ -183,7 +220,7 @@ def test_drain_skips_and_drops_entries_that_are_no_longer_pending() -> None:
     queue = queue_of(("a", 9, 1, "cancelled"), ("a", 0, 2, "live"), ("b", 0, 3, "gone"))
     cancelled = {"cancelled", "gone"}
     w = worker("w", slots=1, types=("a", "b"))
-    pairs = queue.drain([w], lambda entry: entry.task_id not in cancelled)
+    pairs = queue.drain([w], lambda task_id, _: task_id not in cancelled)
     assert ids(pairs) == [("live", "w")]
     assert w.running == 1
     assert len(queue) == 0
@@ -194,14 +231,21 @@ def test_drain_hands_out_a_task_queued_twice_only_once() -> None:
     # A stale entry (left behind by a replayed or adopted assignment, then a requeue) has
     # fewer attempts than the task now has; only the current entry may be handed out.
     queue = PendingQueue()
-    queue.push(lane_key("a"), Entry(0, 1, "t1", attempts=0))
-    queue.push(lane_key("a"), Entry(0, 1, "t1", attempts=1))
-    queue.push(lane_key("a"), Entry(0, 2, "t2", attempts=0))
+    queue.push(lane_key("a"), Job("t1", 1), attempts=0)
+    queue.push(lane_key("a"), Job("t1", 1), attempts=1)
+    queue.push(lane_key("a"), Job("t2", 2), attempts=0)
     current = {"t1": 1, "t2": 0}
+    asked: list[tuple[str, int]] = []
+
+    def is_current(task_id: str, attempts: int) -> bool:
+        asked.append((task_id, attempts))
+        return attempts == current[task_id]
+
     a = worker("a", slots=4)
     b = worker("b", slots=4)
-    pairs = queue.drain([a, b], lambda entry: entry.attempts == current[entry.task_id])
-    assert sorted((e.task_id, e.attempts) for e, _ in pairs) == [("t1", 1), ("t2", 0)]
+    pairs = queue.drain([a, b], is_current)
+    assert sorted(task_id for task_id, _ in pairs) == ["t1", "t2"]
+    assert ("t1", 0) in asked, "the stale first attempt was never looked at"
     assert a.running + b.running == 2
     assert len(queue) == 0
 
@@ -284,22 +328,22 @@ def test_drain_properties(scenario: tuple[list[Slotted], list[QueuedTask]]) -> N
     for task in tasks:
         # A duplicated task also has a stale entry from an earlier attempt.
         for attempts in (0, 1) if task.duplicated else (0,):
-            entry = Entry(-task.priority, task.seq, task.task_id, attempts, task.avoid)
-            queue.push(lane_key(task.type), entry)
+            job = Job(task.task_id, task.seq, task.priority)
+            queue.push(lane_key(task.type), job, attempts, task.avoid)
     by_id = {t.task_id: t for t in tasks}
     cancelled = {t.task_id for t in tasks if t.cancelled}
     initial = {w.id: w.running for w in workers}
 
-    def is_current(entry: Entry) -> bool:
-        task = by_id[entry.task_id]
-        return not task.cancelled and entry.attempts == (1 if task.duplicated else 0)
+    def is_current(task_id: str, attempts: int) -> bool:
+        task = by_id[task_id]
+        return not task.cancelled and attempts == (1 if task.duplicated else 0)
 
     pairs = queue.drain(workers, is_current)
 
     running = dict(initial)
     remaining = {t.task_id for t in tasks if not t.cancelled}
-    for entry, chosen in pairs:
-        task = by_id[entry.task_id]
+    for task_id, chosen in pairs:
+        task = by_id[task_id]
         # Only live, not yet handed out tasks, each at most once.
         assert task.task_id in remaining
         remaining.discard(task.task_id)
@@ -328,7 +372,7 @@ def test_drain_properties(scenario: tuple[list[Slotted], list[QueuedTask]]) -> N
         task = by_id[task_id]
         assert not any(_can_run(w, w.running, task.type) for w in workers), task
     # Cancelled entries never come out; the queue still holds every remaining live task.
-    assert not {e.task_id for e, _ in pairs} & cancelled
+    assert not {task_id for task_id, _ in pairs} & cancelled
     assert len(queue) >= len(remaining)
     depth = queue.depth_by_type()
     assert sum(depth.values()) == len(queue)

@@ -28,7 +28,6 @@ from mutirao.orchestrator.limits import Gates
 from mutirao.orchestrator.scheduler import (
     DEFAULT_QUEUE,
     DEFAULT_QUEUES,
-    Entry,
     LaneKey,
     PendingQueue,
     Slotted,
@@ -307,7 +306,7 @@ class Engine:
         if "deps" not in record and "timing" not in record:
             for change in changes:
                 task = change.task
-                push(_lane(task), Entry(-task.priority, task.seq, task.id, 0, None))
+                push(_lane(task), task)
             return
         # Tasks with dependencies wait (those released at once are in table.settled);
         # with a not_before, they are scheduled.
@@ -333,8 +332,7 @@ class Engine:
                     holder.give((task.id, last.n))
                 touched[holder.id] = holder
             if task.state is pending:
-                entry = Entry(-task.priority, task.seq, task.id, len(attempts), last.worker)
-                push(_lane(task), entry)
+                push(_lane(task), task, len(attempts), last.worker)
             elif task.state is TaskState.SCHEDULED:
                 self._timer(task)
             else:
@@ -353,8 +351,7 @@ class Engine:
                 old.running = len(old.attempts)
         if task.state is TaskState.PENDING:
             avoid = task.attempts[-1].worker if task.attempts else None
-            entry = Entry(-task.priority, task.seq, task.id, len(task.attempts), avoid)
-            self.queue.push(_lane(task), entry)
+            self.queue.push(_lane(task), task, len(task.attempts), avoid)
         elif task.state in _ACTIVE:
             attempt = task.attempts[-1]
             worker = self._worker(attempt.worker)
@@ -970,13 +967,11 @@ class Engine:
                 due.append(task_id)
         return due
 
-    def _is_current(self, entry: Entry) -> bool:
-        # A cancelled task's entry may outlive the task itself (expired meanwhile).
-        task = self.table.tasks.get(entry.task_id)
+    def _is_current(self, task_id: str, attempts: int) -> bool:
+        # A cancelled task may stay queued after the task itself expired.
+        task = self.table.tasks.get(task_id)
         return (
-            task is not None
-            and task.state is TaskState.PENDING
-            and len(task.attempts) == entry.attempts
+            task is not None and task.state is TaskState.PENDING and len(task.attempts) == attempts
         )
 
     def dispatch(self, now: float) -> Effects:
@@ -998,7 +993,7 @@ class Engine:
             gates.chosen()
             if gates.wake is not None:
                 self.earlier = True
-        chosen = [tasks[entry.task_id] for entry, _ in pairs]
+        chosen = [tasks[task_id] for task_id, _ in pairs]
         by_worker: dict[str, list[AssignItem]] = grouped(
             [worker.id for _, worker in pairs],
             [
@@ -1054,10 +1049,10 @@ class Engine:
         first: float | None = None
         by_queue: dict[str, int] = {}
         for lane in self.queue.lanes():
-            for entry in lane.heap:
-                if self._is_current(entry):
+            for task_id, attempts in lane.queued():
+                if self._is_current(task_id, attempts):
                     by_queue[lane.queue] = by_queue.get(lane.queue, 0) + 1
-                    created = tasks[entry.task_id].created_at
+                    created = tasks[task_id].created_at
                     first = created if first is None else min(first, created)
         running: dict[str, int] = {}
         for worker in self.workers.values():

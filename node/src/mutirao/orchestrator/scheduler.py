@@ -1,11 +1,13 @@
 """Least-load scheduling with queues, resources, limits and fair share: pure logic (no I/O,
 no clock of its own).
 
-Pending tasks wait in *lanes*: one priority heap per (owner, type, queue, resources), higher
-priority first, FIFO (by submission sequence) within a priority. A task goes to the eligible
-worker (alive, runs its type, serves its queue, has a free slot and room for its resources)
-with the lowest load = running / slots, ties broken by worker id. A lane whose head cannot
-run anywhere right now never blocks the lanes behind it.
+Pending tasks wait in *lanes*: one per (owner, type, queue, resources), higher priority
+first, FIFO (by submission sequence) within a priority. A lane keeps the tasks queued in that
+order (a submission's, the usual case) in a plain run, one reference each; only the others
+(retries, tasks released by their dependencies or their start time) take a heap entry. A
+task goes to the eligible worker (alive, runs its type, serves its queue, has a free slot and
+room for its resources) with the lowest load = running / slots, ties broken by worker id. A
+lane whose head cannot run anywhere right now never blocks the lanes behind it.
 
 A worker may also take a *window* of attempts beyond its slots, which wait on it to start
 as soon as a slot frees (prefetch: no round trip between one task and the next). They count
@@ -23,6 +25,7 @@ while idle.
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,7 +34,8 @@ import msgspec
 
 from mutirao.resources import DEFAULT_DEMAND, Demand, fits
 
-IsCurrent = Callable[["Entry"], bool]
+IsCurrent = Callable[[str, int], bool]
+"""Whether a queued (task id, attempts it had when queued) still stands for a pending task."""
 DEFAULT_QUEUE = "default"
 DEFAULT_QUEUES = frozenset({DEFAULT_QUEUE})
 
@@ -78,9 +82,27 @@ class Gate(Protocol):
         """Whether a rate or concurrency limit applies to ``task_type``."""
 
 
+class Queued(Protocol):
+    """What the queue reads of a task."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def seq(self) -> int:
+        """Submission sequence: unique per task, FIFO order within a priority."""
+
+
+Chosen = tuple[str, Slotted]
+"""A task id and the worker it goes to."""
+
+
 class Entry(msgspec.Struct, order=True, frozen=True, gc=False):
-    """A queued task. Ordered field by field in C, as a tuple would be (and created ~5x
-    faster than a NamedTuple, one per queued task): ``(priority, seq)`` is unique per
+    """A task queued out of its lane's order. Ordered field by field in C, as a tuple would
+    be (and created ~5x faster than a NamedTuple): ``(priority, seq)`` is unique per
     task, so later fields only break ties between entries of one task, where ``attempts``
     differs (a stale entry) or the entries are equal (it does not matter)."""
 
@@ -96,12 +118,72 @@ class Entry(msgspec.Struct, order=True, frozen=True, gc=False):
 class Lane:
     """The queued tasks of one (owner, type, queue, demand)."""
 
-    __slots__ = ("demand", "heap", "owner", "plain", "queue", "type")
+    __slots__ = ("demand", "heap", "owner", "plain", "queue", "run", "type")
 
     def __init__(self, key: LaneKey) -> None:
         self.owner, self.type, self.queue, self.demand = key
         self.plain = self.demand == DEFAULT_DEMAND
         self.heap: list[Entry] = []
+        self.run: deque[Queued] = deque()
+        """First attempts queued in the lane's order: a reference each, where an entry
+        and its heap slot take 64 bytes and a heap push and pop per task."""
+
+    def __len__(self) -> int:
+        return len(self.heap) + len(self.run)
+
+    def add(self, item: Queued, attempts: int, avoid: str | None) -> None:
+        run = self.run
+        if attempts == 0 and avoid is None:
+            if not run:
+                run.append(item)
+                return
+            last = run[-1]
+            if item.priority < last.priority or (
+                item.priority == last.priority and item.seq > last.seq
+            ):
+                run.append(item)
+                return
+        heapq.heappush(self.heap, Entry(-item.priority, item.seq, item.id, attempts, avoid))
+
+    def heap_first(self) -> bool:
+        """Whether the next task is the heap's first entry rather than the run's."""
+        heap, run = self.heap, self.run
+        if not run:
+            return True
+        if not heap:
+            return False
+        entry, item = heap[0], run[0]
+        return (entry.priority, entry.seq) < (-item.priority, item.seq)
+
+    def first(self) -> tuple[tuple[int, int], str, int, str | None]:
+        """The next task (the lane is not empty): its order (negated priority, seq), id,
+        attempts when queued and the worker to avoid."""
+        if self.heap_first():
+            entry = self.heap[0]
+            return (entry.priority, entry.seq), entry.task_id, entry.attempts, entry.avoid
+        item = self.run[0]
+        return (-item.priority, item.seq), item.id, 0, None
+
+    def pop(self) -> None:
+        """Drop the next task."""
+        if self.heap_first():
+            heapq.heappop(self.heap)
+        else:
+            self.run.popleft()
+
+    def queued(self) -> Iterator[tuple[str, int]]:
+        """Every (task id, attempts when queued), stale ones included, in no order."""
+        for entry in self.heap:
+            yield entry.task_id, entry.attempts
+        for item in self.run:
+            yield item.id, 0
+
+    def keep(self, is_current: IsCurrent) -> int:
+        """Drop every stale task; returns how many are left."""
+        self.heap = [e for e in self.heap if is_current(e.task_id, e.attempts)]
+        heapq.heapify(self.heap)
+        self.run = deque(item for item in self.run if is_current(item.id, 0))
+        return len(self)
 
 
 def _fits(worker: Slotted, lane: Lane) -> bool:
@@ -145,18 +227,24 @@ def pick_worker(
     return best
 
 
+Head = tuple[tuple[int, int], int, str, str | None, Lane]
+"""A lane's first current task in a drain: its order, the lane's index (unique: ties between
+heads end there), its id, the worker to avoid, the lane."""
+
+
 def _place(
-    heads: list[tuple[Entry, int, Lane]], workers: Sequence[Slotted], gate: Gate | None, now: float
-) -> tuple[int, Lane, Slotted] | None:
+    heads: list[Head], workers: Sequence[Slotted], gate: Gate | None, now: float
+) -> tuple[Head, Slotted] | None:
     """The best head of ``heads`` that can go now, and where; heads that cannot are taken
     off (their lanes stay blocked for the rest of this drain: room only shrinks in one)."""
     while heads:
-        entry, i, lane = heapq.heappop(heads)
+        head = heapq.heappop(heads)
+        lane = head[4]
         if gate is not None and not gate.admits(lane.type, lane.owner, now):
             continue
-        worker = pick_worker(workers, lane, entry.avoid, _prefetched(lane, gate))
+        worker = pick_worker(workers, lane, head[3], _prefetched(lane, gate))
         if worker is not None:
-            return i, lane, worker
+            return head, worker
     return None
 
 
@@ -189,11 +277,12 @@ class PendingQueue:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, key: LaneKey, entry: Entry) -> None:
+    def push(self, key: LaneKey, item: Queued, attempts: int = 0, avoid: str | None = None) -> None:
+        """Queue ``item``, which had ``attempts`` and ran last on ``avoid``."""
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = Lane(key)
-        heapq.heappush(lane.heap, entry)
+        lane.add(item, attempts, avoid)
         self._size += 1
 
     def lanes(self) -> Iterator[Lane]:
@@ -206,13 +295,10 @@ class PendingQueue:
         grow with every task."""
         size = 0
         for key, lane in list(self._lanes.items()):
-            live = [entry for entry in lane.heap if is_current(entry)]
-            if not live:
+            left = lane.keep(is_current)
+            if not left:
                 del self._lanes[key]
-                continue
-            heapq.heapify(live)
-            lane.heap = live
-            size += len(live)
+            size += left
         self._size = size
         owners = {lane.owner for lane in self._lanes.values()}
         self._passes = {o: p for o, p in self._passes.items() if o in owners}
@@ -221,8 +307,8 @@ class PendingQueue:
         """Queued entries (stale ones included) by task type."""
         depth: dict[str, int] = {}
         for lane in self._lanes.values():
-            if lane.heap:
-                depth[lane.type] = depth.get(lane.type, 0) + len(lane.heap)
+            if lane:
+                depth[lane.type] = depth.get(lane.type, 0) + len(lane)
         return depth
 
     def drain(
@@ -231,28 +317,28 @@ class PendingQueue:
         is_current: IsCurrent,
         gate: Gate | None = None,
         now: float = 0.0,
-    ) -> list[tuple[Entry, Slotted]]:
+    ) -> list[Chosen]:
         """Assign as many queued tasks as free slots, room and ``gate`` allow; returns
-        (entry, worker) pairs.
+        (task id, worker) pairs.
 
-        ``is_current`` tells whether an entry still stands for a pending task: entries are
+        ``is_current`` tells whether a queued task still stands for a pending task: they are
         deleted lazily, so one left behind by a cancellation, or by an assignment the queue
         did not make (an adopted or replayed one), is dropped when it reaches the top.
         Each choice updates the chosen worker's ``running`` (and room) so the next one sees
         its load, and is told to ``gate``.
         """
-        assignments: list[tuple[Entry, Slotted]] = []
-        lanes = [lane for lane in self._lanes.values() if lane.heap]
+        assignments: list[Chosen] = []
+        lanes = [lane for lane in self._lanes.values() if lane]
         if len(lanes) == 1:
             # One kind of task queued (the usual case): no choice between heads to make.
             self._drain_one(lanes[0], workers, is_current, assignments, gate=gate, now=now)
             return assignments
         # Per owner, a heap of its lanes' heads: the best goes first, if it can go at all.
-        heads: dict[str, list[tuple[Entry, int, Lane]]] = {}
+        heads: dict[str, list[Head]] = {}
         for i, lane in enumerate(lanes):
-            head = self._head(lane, is_current)
+            head = self._head(lane, i, is_current)
             if head is not None:
-                heads.setdefault(lane.owner, []).append((head, i, lane))
+                heads.setdefault(lane.owner, []).append(head)
         for mine in heads.values():
             heapq.heapify(mine)
         vtime, passes = self._vtime, self._passes
@@ -265,54 +351,67 @@ class PendingQueue:
             if choice is None:
                 heapq.heappop(turns)  # nothing of this owner can go in this pass
                 continue
-            i, lane, worker = choice
-            entry = heapq.heappop(lane.heap)
+            (_, i, task_id, _, lane), worker = choice
+            lane.pop()
             self._size -= 1
             _take(worker, lane)
             if gate is not None:
                 gate.took(lane.type, owner, now)
-            assignments.append((entry, worker))
-            head = self._head(lane, is_current)
+            assignments.append((task_id, worker))
+            head = self._head(lane, i, is_current)
             if head is not None:
-                heapq.heappush(mine, (head, i, lane))
+                heapq.heappush(mine, head)
             if len(turns) > 1:
                 self._vtime = turn
                 passes[owner] = turn + 1.0 / (1.0 if gate is None else gate.weight(owner))
                 heapq.heapreplace(turns, (passes[owner], owner))
         return assignments
 
-    def _head(self, lane: Lane, is_current: IsCurrent) -> Entry | None:
-        """The lane's first current entry (stale ones before it are dropped)."""
-        heap = lane.heap
-        while heap and not is_current(heap[0]):
-            heapq.heappop(heap)
+    def _head(self, lane: Lane, i: int, is_current: IsCurrent) -> Head | None:
+        """Lane ``i``'s first current task (stale ones before it are dropped)."""
+        while lane:
+            order, task_id, attempts, avoid = lane.first()
+            if is_current(task_id, attempts):
+                return order, i, task_id, avoid, lane
+            lane.pop()
             self._size -= 1
-        return heap[0] if heap else None
+        return None
 
     def _drain_one(
         self,
         lane: Lane,
         workers: Sequence[Slotted],
         is_current: IsCurrent,
-        assignments: list[tuple[Entry, Slotted]],
+        assignments: list[Chosen],
         *,
         gate: Gate | None,
         now: float,
     ) -> None:
-        pop, heap = heapq.heappop, lane.heap
+        heap, run = lane.heap, lane.run
         task_type, owner = lane.type, lane.owner
         prefetch = _prefetched(lane, gate)
-        while heap:
-            entry = heap[0]
-            if is_current(entry):
+        while True:
+            # The run alone (a lane that only had submissions) needs no comparison.
+            from_heap = bool(heap) and lane.heap_first()
+            if from_heap:
+                entry = heap[0]
+                task_id, attempts, avoid = entry.task_id, entry.attempts, entry.avoid
+            elif run:
+                task_id, attempts, avoid = run[0].id, 0, None
+            else:
+                return
+            if is_current(task_id, attempts):
                 if gate is not None and not gate.admits(task_type, owner, now):
                     return
-                worker = pick_worker(workers, lane, entry.avoid, prefetch)
+                worker = pick_worker(workers, lane, avoid, prefetch)
                 if worker is None:
                     return
                 _take(worker, lane)
                 if gate is not None:
                     gate.took(task_type, owner, now)
-                assignments.append((entry, worker))
-            pop(heap)
+                assignments.append((task_id, worker))
+            if from_heap:
+                heapq.heappop(heap)
+            else:
+                run.popleft()
             self._size -= 1
