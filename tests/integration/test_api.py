@@ -692,6 +692,23 @@ async def test_a_session_submits_like_post_and_answers_each_call(
             assert (reply["status"], reply["error"]["field"]) == (status, field), frame
         await ws.send_bytes(b'{"ref": 5, "task": {"type": "echo", "payload": "ok"}}')
         assert orjson.loads((await ws.receive(timeout=5)).data)["status"] == 201
+    # Batch mode: arrays of calls in, arrays of the replies ready out.
+    async with http.ws_connect(url + "?batch=1", headers=headers) as ws:
+        await ws.send_bytes(
+            b'[{"ref": 6, "task": {"type": "echo"}}, {"ref": 7, "task": {"type": 1}},'
+            b' {"ref": 8, "task": {"type": "echo"}, "wait": 5}]'
+        )
+        replies: dict[int, dict[str, Any]] = {}
+        while len(replies) < 3:
+            message = orjson.loads((await ws.receive(timeout=5)).data)
+            assert isinstance(message, list), message
+            replies.update((reply["ref"], reply) for reply in message)
+        assert [replies[ref]["status"] for ref in (6, 7, 8)] == [201, 422, 201]
+        assert replies[7]["error"]["field"] == "type"
+        assert replies[8]["task"]["state"] == "succeeded"
+        await ws.send_bytes(b"[not json")
+        (reply,) = orjson.loads((await ws.receive(timeout=5)).data)
+        assert (reply["status"], reply["error"]["field"]) == (400, "body")
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await http.ws_connect(url)
     assert refused.value.status == 401

@@ -678,8 +678,11 @@ OPENAPI: dict[str, Any] = {
                 "summary": "Client session (websocket upgrade): one task per message",
                 "description": (
                     "Send {ref, task, wait} (task as for POST /v1/tasks); each is answered"
-                    " {ref, status, task} or {ref, status, error}, in any order."
+                    " {ref, status, task} or {ref, status, error}, in any order. With"
+                    " batch=1, a message may be an array of calls, and every message sent"
+                    " back is an array of replies."
                 ),
+                "parameters": [{"name": "batch", "in": "query", "schema": {"type": "boolean"}}],
                 "responses": _responses({}, 401, 421),
             }
         },

@@ -6,6 +6,9 @@ A session talks to one orchestrator. If the connection drops (the active orchest
 or stepped down), calls in flight fail with :class:`~mutirao.client.http.Unreachable`: each
 submission carries an idempotency key, so retrying it (on a new session, or over HTTP with
 :meth:`Client.submit <mutirao.client.http.Client.submit>`) never makes a second task.
+
+The session is opened in batch mode: calls made together (in one event loop turn) leave as
+one message, and replies come back as many as are ready per message.
 """
 
 from __future__ import annotations
@@ -32,12 +35,17 @@ class Session:
         self.client = client
         self._refs = itertools.count(1)
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._outgoing: list[bytes] = []
+        self._wake = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Session:
-        self._ws = await self.client.connect(protocol.SESSION_PATH)
-        self._reader = asyncio.create_task(self._read(self._ws), name="session-reader")
+        self._ws = ws = await self.client.connect(protocol.SESSION_PATH + "?batch=1")
+        self._tasks = [
+            asyncio.create_task(self._read(ws), name="session-reader"),
+            asyncio.create_task(self._write(ws), name="session-writer"),
+        ]
         return self
 
     async def __aexit__(
@@ -45,14 +53,15 @@ class Session:
     ) -> None:
         if self._ws is not None:
             await self._ws.close()
-        if self._reader is not None:
-            await self._reader
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(
         self, task_type: str, payload: Any = None, *, wait: float = 0.0, **options: Any
     ) -> TaskView:
         """As :meth:`Client.submit <mutirao.client.http.Client.submit>`, as one message."""
-        if self._ws is None or self._ws.closed:
+        if self._ws is None or self._ws.closed or any(t.done() for t in self._tasks):
             raise Unreachable("the session is closed")
         spec = {"type": task_type, "payload": payload}
         spec.update({k: v for k, v in options.items() if v is not None})
@@ -60,11 +69,10 @@ class Session:
         ref = next(self._refs)
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._calls[ref] = answer
+        self._outgoing.append(orjson.dumps({"ref": ref, "task": spec, "wait": wait}))
+        self._wake.set()
         try:
-            await self._ws.send_bytes(orjson.dumps({"ref": ref, "task": spec, "wait": wait}))
             reply = await answer
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            raise Unreachable(f"session with {self.client.url} broke: {exc}") from None
         finally:
             self._calls.pop(ref, None)
         if reply["status"] >= 400:
@@ -72,17 +80,31 @@ class Session:
         task: TaskView = reply["task"]
         return task
 
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send the calls made meanwhile, as one message."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            calls, self._outgoing = self._outgoing, []
+            try:
+                await ws.send_bytes(b"[" + b",".join(calls) + b"]")
+            except (ConnectionError, aiohttp.ClientError) as exc:
+                self._fail(Unreachable(f"session with {self.client.url} broke: {exc}"))
+                return
+
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     break
-                reply = orjson.loads(msg.data)
-                answer = self._calls.get(reply.get("ref"))
-                if answer is not None and not answer.done():
-                    answer.set_result(reply)
+                for reply in orjson.loads(msg.data):
+                    answer = self._calls.get(reply.get("ref"))
+                    if answer is not None and not answer.done():
+                        answer.set_result(reply)
         finally:
-            lost = Unreachable(f"session with {self.client.url} closed ({ws.close_code})")
-            for answer in self._calls.values():
-                if not answer.done():
-                    answer.set_exception(lost)
+            self._fail(Unreachable(f"session with {self.client.url} closed ({ws.close_code})"))
+
+    def _fail(self, error: Unreachable) -> None:
+        for answer in self._calls.values():
+            if not answer.done():
+                answer.set_exception(error)

@@ -478,12 +478,11 @@ class Engine:
         """Each spec's row, None where its key named an existing task."""
         fresh: dict[str, TaskId] = {}
         extras = _Extras()
-        by_key = self.table.by_key
+        known = self.table.keys_of(owner)
         for i, spec in enumerate(specs):
             key = spec.key
             if key is not None:
-                existing = by_key(owner, key)
-                earlier = existing.id if existing is not None else fresh.get(key)
+                earlier = known.get(key) or fresh.get(key)
                 if earlier is not None:
                     ids.append(earlier)
                     row_of.append(None)

@@ -78,16 +78,7 @@ class Intake:
                         submission.answer.set_exception(exc)
                 continue
             effects.extend(more)
-            # A task is created by the first request of the group naming it (the same key
-            # twice in one group is one task).
-            seen: set[str] = set()
-            offset = 0
-            for submission in group:
-                mine = tasks[offset : offset + len(submission.specs)]
-                offset += len(submission.specs)
-                created = any(t.seq > seq_before and t.id not in seen for t in mine)
-                seen.update(t.id for t in mine)
-                answered.append((submission, mine, created))
+            answered.extend(_shares(group, tasks, seq_before, engine.table.seq))
         durable = self.execute(effects)
 
         def acknowledge(done: asyncio.Future[None]) -> None:
@@ -103,3 +94,23 @@ class Intake:
                     submission.answer.set_result((mine, created))
 
         durable.add_done_callback(acknowledge)
+
+
+def _shares(
+    group: list[_Submission], tasks: list[Task], seq_before: int, seq_after: int
+) -> list[tuple[_Submission, list[Task], bool]]:
+    """Each submission of ``group`` with its tasks (``tasks`` in their order) and whether it
+    created any: tasks numbered after ``seq_before``, each created by the first submission
+    of the group naming it (the same key twice in one group is one task)."""
+    if len(group) == 1:
+        return [(group[0], tasks, seq_after > seq_before)]
+    shares = []
+    seen: set[str] = set()
+    offset = 0
+    for submission in group:
+        mine = tasks[offset : offset + len(submission.specs)]
+        offset += len(submission.specs)
+        created = any(t.seq > seq_before and t.id not in seen for t in mine)
+        seen.update(t.id for t in mine)
+        shares.append((submission, mine, created))
+    return shares

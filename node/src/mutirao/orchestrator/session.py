@@ -7,12 +7,16 @@ API call) and send each submission as one message. Every call is answered on its
 whatever order they finish, with what ``POST /v1/tasks`` would answer: the status and the
 task (or the error naming the field). Calls run concurrently, so submissions from many
 callers still share journal records (see :mod:`mutirao.orchestrator.intake`).
+
+Opened with ``?batch=1``, a session carries lists: a message may be a JSON array of calls,
+and every message the orchestrator sends is a JSON array of the replies ready at that moment.
+Replies to calls that share a journal write then leave in one message, which is one socket
+write for the orchestrator and one read for the client instead of one per call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import msgspec
@@ -32,6 +36,7 @@ from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
 log = logging.getLogger(__name__)
 
 _CALL = msgspec.json.Decoder(protocol.SessionCall)
+_CALLS = msgspec.json.Decoder(list[msgspec.Raw])
 MAX_CALLS_IN_FLIGHT = 4096
 """Calls of one session answered concurrently at most (each waits for its record)."""
 
@@ -40,6 +45,8 @@ async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
     orch = request.app[ORCHESTRATOR]
     ws = web.WebSocketResponse(max_msg_size=orch.settings.limits.max_request_bytes)
     await ws.prepare(request)
+    outbox = _Outbox(ws, batched=request.query.get("batch") in ("1", "true"))
+    writer = asyncio.create_task(outbox.run(), name="session-writer")
     calls: set[asyncio.Task[None]] = set()
     room = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
 
@@ -52,19 +59,61 @@ async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
             data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-            # A client sending faster than calls finish waits here: its messages then stay
-            # in the socket (TCP pushes back) instead of piling up as tasks in memory.
-            await room.acquire()
-            call = asyncio.create_task(_answer(orch, user, ws, data))
-            calls.add(call)
-            call.add_done_callback(done)
+            for one in outbox.calls(data):
+                # A client sending faster than calls finish waits here: its messages then
+                # stay in the socket (TCP pushes back) instead of piling up as tasks.
+                await room.acquire()
+                call = asyncio.create_task(_answer(orch, user, outbox, one))
+                calls.add(call)
+                call.add_done_callback(done)
     finally:
-        for call in list(calls):
+        for call in [*calls, writer]:
             call.cancel()
     return ws
 
 
-async def _answer(orch: Orchestrator, user: User, ws: web.WebSocketResponse, data: bytes) -> None:
+class _Outbox:
+    """A session's replies, written by one task: in batch mode, all those ready together
+    as one message."""
+
+    def __init__(self, ws: web.WebSocketResponse, *, batched: bool) -> None:
+        self.ws = ws
+        self.batched = batched
+        self._ready: list[bytes] = []
+        self._wake = asyncio.Event()
+
+    def calls(self, data: bytes) -> list[bytes]:
+        """The calls of one message: itself, or in batch mode the items of an array."""
+        if not (self.batched and data.lstrip().startswith(b"[")):
+            return [data]
+        try:
+            return [bytes(raw) for raw in _CALLS.decode(data)]
+        except (msgspec.DecodeError, RecursionError) as exc:
+            error = MalformedError(f"message is not a JSON array of calls: {exc}", field="body")
+            self.put({"ref": None, "status": error.status, "error": error.to_json()})
+            return []
+
+    def put(self, reply: protocol.SessionReply) -> None:
+        self._ready.append(protocol.encode(reply))
+        self._wake.set()
+
+    async def run(self) -> None:
+        ws = self.ws
+        while not ws.closed:
+            await self._wake.wait()
+            self._wake.clear()
+            ready, self._ready = self._ready, []
+            try:
+                if self.batched:
+                    await ws.send_bytes(b"[" + b",".join(ready) + b"]")
+                else:
+                    for reply in ready:
+                        await ws.send_bytes(reply)
+            except ConnectionError:  # the client went away meanwhile
+                return
+
+
+async def _answer(orch: Orchestrator, user: User, outbox: _Outbox, data: bytes) -> None:
     ref: int | None = None
     try:
         call = _decode(data)
@@ -88,9 +137,7 @@ async def _answer(orch: Orchestrator, user: User, ws: web.WebSocketResponse, dat
     except Exception:
         log.exception("unexpected error answering a session call")
         reply = {"ref": ref, "status": 500, "error": INTERNAL_ERROR}
-    if not ws.closed:
-        with contextlib.suppress(ConnectionError):  # the client went away meanwhile
-            await ws.send_bytes(protocol.encode(reply))
+    outbox.put(reply)
 
 
 def _decode(data: bytes) -> protocol.SessionCall:

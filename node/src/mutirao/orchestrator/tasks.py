@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from sys import intern
 from typing import Any, TypeVar, cast
 
@@ -76,19 +76,33 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+def _one_key(keys: list[K]) -> bool:
+    """Whether every key is the first one: the usual batch (one type, one worker), told by
+    ``list.count`` in C rather than by a dict update per key in Python."""
+    return bool(keys) and keys.count(keys[0]) == len(keys)
+
+
 def tally(keys: Iterable[K]) -> dict[K, int]:
     """How many times each key occurs: ``collections.Counter(keys)`` without its fixed cost
     (an ABC check per call), which dominates for the one-task records of single requests."""
+    if type(keys) is not list:
+        keys = list(keys)
+    if _one_key(keys):
+        return {keys[0]: len(keys)}
     counts: dict[K, int] = {}
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
     return counts
 
 
-def grouped(keys: Iterable[K], values: Iterable[V]) -> dict[K, list[V]]:
+def grouped(keys: list[K], values: list[V]) -> dict[K, list[V]]:
     """``values`` by their ``keys`` (paired in order), keys in first-seen order: what the
     hot path groups by worker or task type, usually one group for a whole batch. Callers
     pass lists built by comprehensions, cheaper than a generator of pairs."""
+    if len(keys) != len(values):
+        raise ValueError(f"{len(keys)} keys for {len(values)} values")
+    if _one_key(keys):
+        return {keys[0]: list(values)}
     groups: dict[K, list[V]] = {}
     for key, value in zip(keys, values, strict=True):
         group = groups.get(key)
@@ -303,9 +317,9 @@ class TaskTable:
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
 
-    def by_key(self, owner: str, key: str) -> Task | None:
-        task_id = self.keys.get(owner, _NO_KEYS).get(key)
-        return None if task_id is None else self.tasks[task_id]
+    def keys_of(self, owner: str) -> Mapping[str, TaskId]:
+        """The ids of ``owner``'s tasks by idempotency key (read only)."""
+        return self.keys.get(owner, _NO_KEYS)
 
     def apply(self, record: Record) -> list[Change]:
         """Apply one record; returns the tasks whose state changed."""
