@@ -272,6 +272,24 @@ async def test_a_checkpoint_records_where_replay_starts_and_a_checksum(tmp_path:
     assert recovered.next_segment == 3
 
 
+async def test_the_next_checkpoint_waits_for_half_the_last_ones_bytes(tmp_path: Path) -> None:
+    """Early checkpoints need ``min_records`` records and, once one was written, half its
+    size in journal bytes: a big state is not re-encoded every few thousand records."""
+    async with Journal(tmp_path, 1) as journal:
+        assert not journal.outgrown(3)
+        await journal.append(records(3))
+        assert journal.outgrown(3), "no checkpoint yet: the record count alone decides"
+        big = {"tasks": ["x" * 100] * 20}
+        await journal.checkpoint(pieces(big))
+        assert journal.checkpoint_bytes == len(orjson.dumps(big))
+        await journal.append(records(3, start=3))
+        assert not journal.outgrown(3), "3 small records are not half of that checkpoint"
+        while 2 * journal.bytes_since_checkpoint < journal.checkpoint_bytes:
+            await journal.append(records(1))
+        assert journal.outgrown(3)
+        assert not journal.outgrown(10**6)
+
+
 async def _three_checkpoints(directory: Path) -> None:
     async with Journal(directory, 1) as journal:
         for n in range(3):

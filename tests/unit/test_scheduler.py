@@ -376,3 +376,35 @@ def test_drain_properties(scenario: tuple[list[Slotted], list[QueuedTask]]) -> N
     assert len(queue) >= len(remaining)
     depth = queue.depth_by_type()
     assert sum(depth.values()) == len(queue)
+
+
+_WORKER_ST = st.builds(
+    Slotted,
+    id=st.sampled_from("abcdefgh"),
+    slots=st.integers(0, 4),
+    types=st.sampled_from([frozenset({"a"}), frozenset({"b"}), frozenset({"a", "b"})]),
+    running=st.integers(0, 5),
+    eligible=st.booleans(),
+    window=st.integers(0, 3),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(_WORKER_ST, max_size=8, unique_by=lambda w: w.id), st.integers(0, 40))
+def test_one_lane_drains_as_pick_worker_would_one_task_at_a_time(
+    workers: list[Slotted], n: int
+) -> None:
+    """A lane drained alone ranks its workers in a heap; the choices are those of
+    pick_worker, asked again before every task."""
+    queue = queue_of(*(("a", 0, seq, f"t{seq}") for seq in range(n)))
+    copies = [
+        Slotted(w.id, w.slots, w.types, w.running, w.eligible, window=w.window) for w in workers
+    ]
+    expected = []
+    for seq in range(n):
+        chosen = pick_worker(copies, A, None, prefetch=True)
+        if chosen is None:
+            break
+        chosen.running += 1
+        expected.append((f"t{seq}", chosen.id))
+    assert ids(queue.drain(workers, always)) == expected

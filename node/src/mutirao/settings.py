@@ -31,7 +31,8 @@ class JournalSettings:
     checkpoint_interval: float = 30.0
     """Seconds between checkpoints (snapshot + journal compaction)."""
     checkpoint_min_records: int = 10_000
-    """Write a checkpoint early once the journal holds this many records."""
+    """Write a checkpoint early once the journal holds this many records, and at least half
+    as many bytes as the last checkpoint (see ``Journal.outgrown``)."""
 
 
 @dataclass

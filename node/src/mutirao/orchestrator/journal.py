@@ -202,6 +202,9 @@ class Journal:
         """Called (in the writer thread) with the seconds each group took to write and fsync."""
         self.segment = segment
         self.records_since_checkpoint = 0
+        self.bytes_since_checkpoint = 0
+        self.checkpoint_bytes = 0
+        """Size of the last checkpoint this process wrote (0: none yet)."""
         self.reserve = reserve
         self._file = _Segment(_segment_path(directory, segment), reserve)
         self._queue: list[_Group] = []
@@ -257,6 +260,7 @@ class Journal:
         group.data.extend(data)
         group.waiters.append(future)
         self.records_since_checkpoint += len(records)
+        self.bytes_since_checkpoint += sum(map(len, data))
         self._wakeup.set()
         return future
 
@@ -268,8 +272,20 @@ class Journal:
         self.segment += 1
         group.rotate_to = self.segment
         self.records_since_checkpoint = 0
+        self.bytes_since_checkpoint = 0
         self._wakeup.set()
         return future
+
+    def outgrown(self, min_records: int) -> bool:
+        """Whether the journal grew enough since the last checkpoint for another: at least
+        ``min_records`` records, and half as many bytes as that checkpoint took. Writing a
+        checkpoint costs in proportion to the whole state (~1 s for a million tasks), so
+        this keeps its share of the work per task the same however many tasks are held,
+        while a restart replays at most half a checkpoint's worth of records after it."""
+        return (
+            self.records_since_checkpoint >= min_records
+            and 2 * self.bytes_since_checkpoint >= self.checkpoint_bytes
+        )
 
     async def _write_loop(self) -> None:
         while True:
@@ -370,6 +386,7 @@ class Journal:
 
     def _write_checkpoint(self, parts: list[bytes], first: int, fresh: bool) -> None:
         checkpoint.write(self.directory, parts, first)
+        self.checkpoint_bytes = sum(map(len, parts))
         previous = self.directory / checkpoint.PREVIOUS_NAME
         if fresh:
             previous.unlink(missing_ok=True)

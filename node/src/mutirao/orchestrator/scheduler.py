@@ -232,6 +232,39 @@ Head = tuple[tuple[int, int], int, str, str | None, Lane]
 heads end there), its id, the worker to avoid, the lane."""
 
 
+class _Ranking:
+    """The workers that can take a lane's tasks, least loaded first, in a heap: a pick is
+    O(log workers), where :func:`pick_worker` passes over every worker, a cost per task that
+    grows with the cluster. Only for lanes whose tasks need one cpu, on workers that declared
+    no resources: a take then changes nothing but the taker's load. An entry goes stale
+    when its worker takes a task; it is ranked again when it comes first (loads only grow
+    during a drain, so the first entry that is up to date is the least loaded worker)."""
+
+    def __init__(self, workers: Iterable[Slotted], lane: Lane, prefetch: bool) -> None:
+        self._prefetch = prefetch
+        self._heap = [
+            (w.running / w.slots, w.id, w)
+            for w in workers
+            if w.eligible and w.slots and lane.type in w.types and lane.queue in w.queues
+        ]
+        heapq.heapify(self._heap)
+
+    def pick(self) -> Slotted | None:
+        """The least-loaded worker with a free slot (ties: the lowest id), as
+        :func:`pick_worker` with nothing to avoid."""
+        heap = self._heap
+        while heap:
+            load, _, worker = heap[0]
+            running, slots = worker.running, worker.slots
+            if running >= (slots + worker.window if self._prefetch else slots):
+                heapq.heappop(heap)
+            elif running / slots != load:
+                heapq.heapreplace(heap, (running / slots, worker.id, worker))
+            else:
+                return worker
+        return None
+
+
 def _place(
     heads: list[Head], workers: Sequence[Slotted], gate: Gate | None, now: float
 ) -> tuple[Head, Slotted] | None:
@@ -390,6 +423,11 @@ class PendingQueue:
         heap, run = lane.heap, lane.run
         task_type, owner = lane.type, lane.owner
         prefetch = _prefetched(lane, gate)
+        ranking = (
+            _Ranking(workers, lane, prefetch)
+            if lane.plain and all(w.room is None for w in workers)
+            else None
+        )
         while True:
             # The run alone (a lane that only had submissions) needs no comparison.
             from_heap = bool(heap) and lane.heap_first()
@@ -403,7 +441,10 @@ class PendingQueue:
             if is_current(task_id, attempts):
                 if gate is not None and not gate.admits(task_type, owner, now):
                     return
-                worker = pick_worker(workers, lane, avoid, prefetch)
+                if ranking is not None and avoid is None:
+                    worker = ranking.pick()
+                else:
+                    worker = pick_worker(workers, lane, avoid, prefetch)
                 if worker is None:
                     return
                 _take(worker, lane)

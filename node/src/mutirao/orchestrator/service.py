@@ -491,7 +491,7 @@ class Orchestrator:
             assert self.journal is not None
             pending = self.journal.records_since_checkpoint
             due = time.monotonic() - last >= settings.checkpoint_interval
-            if pending >= settings.checkpoint_min_records or (pending and due):
+            if self.journal.outgrown(settings.checkpoint_min_records) or (pending and due):
                 await self.checkpoint()
                 last = time.monotonic()
 
