@@ -144,10 +144,10 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True):
     queue: _Queue = "default"
     """Only workers that serve this queue (``--queues``) take the task."""
     resources: Annotated[dict[str, float | str], msgspec.Meta(max_length=32)] | None = None
-    trace: Annotated[str, msgspec.Meta(pattern=_TRACEPARENT)] | None = None
-    """The caller's W3C ``traceparent``: the task's trace goes on from that span."""
     """What the task takes while it runs, e.g. ``{"cpu": 2, "memory": "4Gi", "gpu": 1}``
     (one cpu unless it says otherwise): it goes only where that much is free."""
+    trace: Annotated[str, msgspec.Meta(pattern=_TRACEPARENT)] | None = None
+    """The caller's W3C ``traceparent``: the task's trace goes on from that span."""
 
 
 class _Envelope(msgspec.Struct):
