@@ -24,6 +24,7 @@ import orjson
 
 from mutirao import protocol
 from mutirao.client.errors import ApiError, Unreachable
+from mutirao.outbox import Outbox
 from mutirao.protocol import TaskView
 
 if TYPE_CHECKING:
@@ -35,16 +36,16 @@ class Session:
         self.client = client
         self._refs = itertools.count(1)
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._outgoing: list[bytes] = []
-        self._wake = asyncio.Event()
+        self._outbox: Outbox | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Session:
         self._ws = ws = await self.client.connect(protocol.SESSION_PATH + "?batch=1")
+        self._outbox = Outbox(ws, batched=True, on_broken=self._broken)
         self._tasks = [
             asyncio.create_task(self._read(ws), name="session-reader"),
-            asyncio.create_task(self._write(ws), name="session-writer"),
+            asyncio.create_task(self._outbox.run(), name="session-writer"),
         ]
         return self
 
@@ -61,7 +62,8 @@ class Session:
         self, task_type: str, payload: Any = None, *, wait: float = 0.0, **options: Any
     ) -> TaskView:
         """As :meth:`Client.submit <mutirao.client.http.Client.submit>`, as one message."""
-        if self._ws is None or self._ws.closed or any(t.done() for t in self._tasks):
+        outbox = self._outbox
+        if outbox is None or outbox.ws.closed or any(t.done() for t in self._tasks):
             raise Unreachable("the session is closed")
         spec = {"type": task_type, "payload": payload}
         spec.update({k: v for k, v in options.items() if v is not None})
@@ -69,8 +71,7 @@ class Session:
         ref = next(self._refs)
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._calls[ref] = answer
-        self._outgoing.append(orjson.dumps({"ref": ref, "task": spec, "wait": wait}))
-        self._wake.set()
+        outbox.put(orjson.dumps({"ref": ref, "task": spec, "wait": wait}))
         try:
             reply = await answer
         finally:
@@ -80,17 +81,8 @@ class Session:
         task: TaskView = reply["task"]
         return task
 
-    async def _write(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Send the calls made meanwhile, as one message."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            calls, self._outgoing = self._outgoing, []
-            try:
-                await ws.send_bytes(b"[" + b",".join(calls) + b"]")
-            except (ConnectionError, aiohttp.ClientError) as exc:
-                self._fail(Unreachable(f"session with {self.client.url} broke: {exc}"))
-                return
+    def _broken(self, exc: Exception) -> None:
+        self._fail(Unreachable(f"session with {self.client.url} broke: {exc}"))
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         try:

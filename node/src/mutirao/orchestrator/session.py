@@ -32,6 +32,7 @@ from mutirao.errors import (
     ValidationError,
 )
 from mutirao.orchestrator.service import ORCHESTRATOR, Orchestrator
+from mutirao.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
     orch = request.app[ORCHESTRATOR]
     ws = web.WebSocketResponse(max_msg_size=orch.settings.limits.max_request_bytes)
     await ws.prepare(request)
-    outbox = _Outbox(ws, batched=request.query.get("batch") in ("1", "true"))
+    batched = request.query.get("batch") in ("1", "true")
+    outbox = Outbox(ws, batched=batched)
     writer = asyncio.create_task(outbox.run(), name="session-writer")
     calls: set[asyncio.Task[None]] = set()
     room = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
@@ -59,7 +61,7 @@ async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
             data = msg.data if isinstance(msg.data, bytes) else msg.data.encode()
-            for one in outbox.calls(data):
+            for one in _split(data, batched, outbox):
                 # A client sending faster than calls finish waits here: its messages then
                 # stay in the socket (TCP pushes back) instead of piling up as tasks.
                 await room.acquire()
@@ -72,48 +74,24 @@ async def serve(request: web.Request, user: User) -> web.WebSocketResponse:
     return ws
 
 
-class _Outbox:
-    """A session's replies, written by one task: in batch mode, all those ready together
-    as one message."""
-
-    def __init__(self, ws: web.WebSocketResponse, *, batched: bool) -> None:
-        self.ws = ws
-        self.batched = batched
-        self._ready: list[bytes] = []
-        self._wake = asyncio.Event()
-
-    def calls(self, data: bytes) -> list[bytes]:
-        """The calls of one message: itself, or in batch mode the items of an array."""
-        if not (self.batched and data.lstrip().startswith(b"[")):
-            return [data]
-        try:
-            return [bytes(raw) for raw in _CALLS.decode(data)]
-        except (msgspec.DecodeError, RecursionError) as exc:
-            error = MalformedError(f"message is not a JSON array of calls: {exc}", field="body")
-            self.put({"ref": None, "status": error.status, "error": error.to_json()})
-            return []
-
-    def put(self, reply: protocol.SessionReply) -> None:
-        self._ready.append(protocol.encode(reply))
-        self._wake.set()
-
-    async def run(self) -> None:
-        ws = self.ws
-        while not ws.closed:
-            await self._wake.wait()
-            self._wake.clear()
-            ready, self._ready = self._ready, []
-            try:
-                if self.batched:
-                    await ws.send_bytes(b"[" + b",".join(ready) + b"]")
-                else:
-                    for reply in ready:
-                        await ws.send_bytes(reply)
-            except ConnectionError:  # the client went away meanwhile
-                return
+def _split(data: bytes, batched: bool, outbox: Outbox) -> list[bytes]:
+    """The calls of one message: itself, or in batch mode the items of an array (a message
+    that is no array of calls is answered 400 at once)."""
+    if not (batched and data.lstrip().startswith(b"[")):
+        return [data]
+    try:
+        return [bytes(raw) for raw in _CALLS.decode(data)]
+    except (msgspec.DecodeError, RecursionError) as exc:
+        error = MalformedError(f"message is not a JSON array of calls: {exc}", field="body")
+        _reply(outbox, {"ref": None, "status": error.status, "error": error.to_json()})
+        return []
 
 
-async def _answer(orch: Orchestrator, user: User, outbox: _Outbox, data: bytes) -> None:
+def _reply(outbox: Outbox, reply: protocol.SessionReply) -> None:
+    outbox.put(protocol.encode(reply))
+
+
+async def _answer(orch: Orchestrator, user: User, outbox: Outbox, data: bytes) -> None:
     ref: int | None = None
     try:
         call = _decode(data)
@@ -137,7 +115,7 @@ async def _answer(orch: Orchestrator, user: User, outbox: _Outbox, data: bytes) 
     except Exception:
         log.exception("unexpected error answering a session call")
         reply = {"ref": ref, "status": 500, "error": INTERNAL_ERROR}
-    outbox.put(reply)
+    _reply(outbox, reply)
 
 
 def _decode(data: bytes) -> protocol.SessionCall:
