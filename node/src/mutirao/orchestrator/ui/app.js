@@ -12,6 +12,7 @@ let me = JSON.parse(sessionStorage.getItem("mutirao-me") || "null");  // {user, 
 let lsn = -1;             // the journal position the views show
 let pages = [];           // the "after" of each page shown before this one (Older/Newer)
 let refreshing = false;
+let refreshAgain = false;
 
 const $ = (id) => document.getElementById(id);
 
@@ -203,10 +204,22 @@ function showCluster(event) {
   $("cluster").textContent = parts.join(" · ");
 }
 
+// One refresh at a time; one asked for meanwhile (a new hash, a new event) runs after it,
+// or a page opened during a refresh would be painted over by the page it replaced.
 async function refresh() {
-  if (refreshing) return;
+  if (refreshing) {
+    refreshAgain = true;
+    return;
+  }
   refreshing = true;
-  try { await route(); } catch (error) { console.warn(error); } finally { refreshing = false; }
+  try {
+    do {
+      refreshAgain = false;
+      try { await route(); } catch (error) { console.warn(error); }
+    } while (refreshAgain);
+  } finally {
+    refreshing = false;
+  }
 }
 
 // Server-sent events read through fetch (EventSource cannot send the bearer token).
