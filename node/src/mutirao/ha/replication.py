@@ -78,18 +78,17 @@ class Hub:
     def wait(self, lsn: int) -> asyncio.Future[None]:
         """Resolves once every subscribed standby has stored batch ``lsn``."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.stored(lsn):
+        if self._satisfied(lsn):
             future.set_result(None)
         else:
             self._waiters.append((lsn, future))
         return future
 
-    def stored(self, lsn: int) -> bool:
-        """Whether every subscribed standby has stored batch ``lsn``."""
+    def _satisfied(self, lsn: int) -> bool:
         return all(r.acked >= lsn for r in self.replicas.values())
 
     def _release(self) -> None:
-        while self._waiters and self.stored(self._waiters[0][0]):
+        while self._waiters and self._satisfied(self._waiters[0][0]):
             _, future = self._waiters.popleft()
             if not future.done():
                 future.set_result(None)

@@ -241,18 +241,13 @@ class Journal:
             self._queue.append(_Group())
         return self._queue[-1]
 
-    @property
-    def settled(self) -> bool:
-        """Whether every record appended so far is durable (nothing queued or being written)."""
-        return not self._queue and not self._writing
-
     def append(self, records: list[dict[str, Any]]) -> asyncio.Future[None]:
         """Queue records in order; the future resolves once they are durable."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed:
             future.set_exception(RuntimeError("journal is closed"))
             return future
-        if not records and self.settled:
+        if not records and not self._queue and not self._writing:
             future.set_result(None)  # nothing to write and nothing earlier still in flight
             return future
         try:

@@ -265,27 +265,6 @@ class _Ranking:
         return None
 
 
-def _fill(
-    run: deque[Queued], ranking: _Ranking, is_current: IsCurrent, assignments: list[Chosen]
-) -> int:
-    """The hot loop of a drain, for a lane with nothing but its run, no gate and ranked
-    workers: run tasks to the least loaded while one has room. Returns how many tasks left
-    the run (stale ones included)."""
-    pick, popleft, append = ranking.pick, run.popleft, assignments.append
-    taken = 0
-    while run:
-        task_id = run[0].id
-        if is_current(task_id, 0):
-            worker = pick()
-            if worker is None:
-                break
-            worker.running += 1  # all of ``_take`` for a ranked lane
-            append((task_id, worker))
-        popleft()
-        taken += 1
-    return taken
-
-
 def _place(
     heads: list[Head], workers: Sequence[Slotted], gate: Gate | None, now: float
 ) -> tuple[Head, Slotted] | None:
@@ -441,31 +420,14 @@ class PendingQueue:
         gate: Gate | None,
         now: float,
     ) -> None:
-        ranking = (
-            _Ranking(workers, lane, _prefetched(lane, gate))
-            if lane.plain and all(w.room is None for w in workers)
-            else None
-        )
-        if ranking is not None and gate is None and not lane.heap:
-            self._size -= _fill(lane.run, ranking, is_current, assignments)
-        else:
-            self._drain_mixed(lane, workers, ranking, is_current, assignments, gate=gate, now=now)
-
-    def _drain_mixed(
-        self,
-        lane: Lane,
-        workers: Sequence[Slotted],
-        ranking: _Ranking | None,
-        is_current: IsCurrent,
-        assignments: list[Chosen],
-        *,
-        gate: Gate | None,
-        now: float,
-    ) -> None:
-        """A lane drained alone with tasks out of order (its heap), a gate or resources."""
         heap, run = lane.heap, lane.run
         task_type, owner = lane.type, lane.owner
         prefetch = _prefetched(lane, gate)
+        ranking = (
+            _Ranking(workers, lane, prefetch)
+            if lane.plain and all(w.room is None for w in workers)
+            else None
+        )
         while True:
             # The run alone (a lane that only had submissions) needs no comparison.
             from_heap = bool(heap) and lane.heap_first()

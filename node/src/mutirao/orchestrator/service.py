@@ -419,13 +419,7 @@ class Orchestrator:
         the engine applies records before they reach the disk. While the disk is full
         reads go on at once, showing what is in memory (writes are refused meanwhile), and
         so do they on a node serving reads only (what it recovered is on its disk)."""
-        journal = self.journal
-        if self.roles.read_only is not None or (journal is not None and journal.no_space):
-            return
-        # Everything durable already: what ``commit`` would check, without the futures it
-        # takes (a few loop turns on the path of every answer).
-        settled = journal is not None and journal.settled and self.hub.stored(self.lsn)
-        if settled and self.roles.acknowledgeable():
+        if self.roles.read_only is not None or (self.journal is not None and self.journal.no_space):
             return
         await self.commit(Effects())
 
@@ -445,18 +439,15 @@ class Orchestrator:
         unfinished = [task.id for task in tasks if task.state not in TERMINAL_STATES]
         if not unfinished or timeout <= 0:
             return
-        loop = asyncio.get_running_loop()
-        countdown = _Countdown(len(unfinished), loop.create_future())
+        countdown = _Countdown(len(unfinished), asyncio.get_running_loop().create_future())
         waiters = self.waiters
         for task_id in unfinished:
             waiters.setdefault(task_id, []).append(countdown)
-        # A timer rather than ``wait_for``, whose wrapper future costs a loop turn more on
-        # every answer's path.
-        timer = loop.call_later(timeout, _resolve, countdown.future)
         try:
-            await countdown.future
+            await asyncio.wait_for(countdown.future, timeout)
+        except TimeoutError:
+            pass
         finally:
-            timer.cancel()
             if countdown.left:
                 for task_id in unfinished:
                     held = waiters.get(task_id)
@@ -603,11 +594,6 @@ class Orchestrator:
             )
         else:
             raise ProtocolError(f"unexpected {msg['op']} message after hello")
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 @contextlib.contextmanager
